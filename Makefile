@@ -1,0 +1,35 @@
+# dunning-worker developer commands. `make help` lists them.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: help venv demo check lint typecheck test services
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/dunning: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/dunning ## create .venv with the package and dev tools
+
+demo: venv ## run the simulated month on embedded defaults
+	$(BIN)/dunning demo
+
+services: ## start PostgreSQL and Redis on this machine if they are not running
+	@scripts/services
+
+lint: venv ## ruff (lint + format check)
+	$(BIN)/ruff check worker tests migrations
+	$(BIN)/ruff format --check worker/dunning worker/webhooks worker/ledger
+
+typecheck: venv ## mypy on the package
+	$(BIN)/mypy
+
+test: venv services ## the test suite (T=path for one file)
+	$(BIN)/python -m pytest $(T)
+
+check: lint typecheck test ## everything CI runs: lint, types, tests (incl. migrations in sync)

@@ -1,0 +1,139 @@
+"""Decline classification, retry timing and quiet hours under the shipped config."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from worker.billing.domain import Decline
+from worker.config import DeclineClass, Policy
+from worker.dunning import policy as rules
+
+C = DeclineClass
+
+
+@pytest.mark.parametrize(
+    ("decline", "expected"),
+    [
+        (Decline(decline_code="insufficient_funds"), C.FUNDS),
+        (Decline(decline_code="do_not_honor"), C.SOFT),
+        (Decline(code="processing_error"), C.SOON),
+        (Decline(decline_code="expired_card", code="expired_card"), C.HARD),
+        (Decline(decline_code="authentication_required"), C.NEEDS_CUSTOMER),
+        (Decline(decline_code="stolen_card"), C.FRAUD),
+        (Decline(decline_code="revocation_of_authorization"), C.STOP),
+        (Decline(decline_code="some_new_code_stripe_added"), C.SOFT),
+        (Decline(), C.SOFT),
+        # signals in order: blocked outcome, advice code, Mastercard MAC, decline code
+        (Decline(decline_code="generic_decline", outcome_type="blocked"), C.STOP),
+        (Decline(decline_code="insufficient_funds", advice_code="do_not_try_again"), C.HARD),
+        (Decline(decline_code="insufficient_funds", advice_code="confirm_card_data"), C.HARD),
+        (Decline(decline_code="do_not_honor", network_advice_code="21"), C.STOP),
+        (Decline(decline_code="fraudulent", advice_code="try_again_later"), C.FRAUD),
+        (Decline(outcome_type="blocked", outcome_reason="highest_risk_level"), C.FRAUD),
+    ],
+)
+def test_classify(decline: Decline, expected: DeclineClass, policy: Policy) -> None:
+    assert rules.classify(decline, policy) is expected
+
+
+def test_next_retry_walks_the_class_offsets_and_stops_at_the_window(policy: Policy) -> None:
+    opened = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    end = opened + timedelta(days=14)
+    seen = []
+    now = opened
+    for done in range(10):
+        planned = rules.next_retry(
+            policy, C.FUNDS, opened_at=opened, window_ends_at=end, now=now, retries_done=done
+        )
+        if planned is None:
+            break
+        seen.append((planned.at - opened) / timedelta(hours=1))
+        now = planned.at
+    assert seen == [24, 72, 120, 168, 240]
+
+
+def test_no_blind_retry_for_hard_classes(policy: Policy) -> None:
+    opened = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    for cls in (C.HARD, C.STOP, C.FRAUD, C.NEEDS_CUSTOMER):
+        assert (
+            rules.next_retry(
+                policy,
+                cls,
+                opened_at=opened,
+                now=opened,
+                retries_done=0,
+                window_ends_at=opened + timedelta(days=14),
+            )
+            is None
+        )
+
+
+def test_max_retries_is_a_ceiling(policy: Policy) -> None:
+    opened = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    assert (
+        rules.next_retry(
+            policy,
+            C.SOON,
+            opened_at=opened,
+            now=opened,
+            retries_done=policy.retries.max_retries,
+            window_ends_at=opened + timedelta(days=14),
+        )
+        is None
+    )
+
+
+def test_observe_mode_never_plans_our_retries(policy: Policy) -> None:
+    observe = policy.model_copy(
+        update={"retries": policy.retries.model_copy(update={"mode": "observe"})}
+    )
+    opened = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    assert (
+        rules.next_retry(
+            observe,
+            C.FUNDS,
+            opened_at=opened,
+            now=opened,
+            retries_done=0,
+            window_ends_at=opened + timedelta(days=14),
+        )
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("utc_hour", "expected_local_hour"),
+    [
+        (20, 8),  # 21:00 Berlin (winter, UTC+1) is quiet: moved to 08:00 next day
+        (12, 13),  # 13:00 Berlin: allowed as is
+        (5, 8),  # 06:00 Berlin: moved to 08:00 the same day
+    ],
+)
+def test_quiet_hours_in_the_customer_zone(
+    utc_hour: int, expected_local_hour: int, policy: Policy
+) -> None:
+    at = datetime(2026, 3, 2, utc_hour, tzinfo=UTC)
+    zone = ZoneInfo("Europe/Berlin")
+    moved = rules.outside_quiet_hours(at, zone, policy.emails.quiet_hours)
+    assert moved.astimezone(zone).hour == expected_local_hour
+    assert moved >= at
+
+
+def test_email_plan_has_first_notice_reminders_and_final(policy: Policy) -> None:
+    opened = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    plan = rules.email_plan(
+        policy,
+        first_template="payment_failed",
+        opened_at=opened,
+        window_ends_at=opened + timedelta(days=14),
+    )
+    assert [(p.template, p.step) for p in plan] == [
+        ("payment_failed", "first"),
+        ("reminder", "reminder-3d"),
+        ("reminder", "reminder-7d"),
+        ("final_notice", "final"),
+    ]
+    assert plan[-1].at == opened + timedelta(days=12)

@@ -1,0 +1,90 @@
+"""Settings (DESIGN §4): embedded defaults, one clear line per bad variable, exit status 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker.settings import Secret, SettingError, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_no_environment_gives_the_embedded_defaults() -> None:
+    settings = load_settings({})
+    assert settings.database_url == "sqlite:///dunning.db"
+    assert settings.broker_url == "filesystem://"
+    assert settings.smtp_url is None
+    assert settings.outbox_dir == Path(".dunning/outbox")
+    assert settings.public_url == "http://127.0.0.1:8000"
+    assert settings.stripe_api_key is None
+
+
+def test_production_values() -> None:
+    settings = load_settings(
+        {
+            "DUNNING_DATABASE_URL": "postgresql://dunning@db/dunning",
+            "DUNNING_BROKER_URL": "redis://redis:6379/0",
+            "DUNNING_SMTP_URL": "smtp://user:pass@smtp:587?starttls=1",
+            "STRIPE_API_KEY": "sk_live_abc",
+            "STRIPE_WEBHOOK_SECRET": "whsec_abc",
+            "STRIPE_API_BASE": "http://127.0.0.1:12111/",
+        }
+    )
+    assert settings.database_url == "postgresql+psycopg://dunning@db/dunning"
+    assert settings.stripe_api_base == "http://127.0.0.1:12111"
+    assert settings.stripe_api_key is not None
+    assert settings.stripe_api_key.reveal() == "sk_live_abc"
+
+
+def test_secrets_never_show_themselves() -> None:
+    secret = Secret("sk_live_topsecret")
+    assert "topsecret" not in repr(secret)
+    assert "topsecret" not in f"{secret}"
+    settings = load_settings({"STRIPE_API_KEY": "sk_live_topsecret"})
+    assert "topsecret" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DUNNING_DATABASE_URL", "mysql://x@y/z"),
+        ("DUNNING_DATABASE_URL", "not a url"),
+        ("DUNNING_BROKER_URL", "kafka://broker"),
+        ("DUNNING_SMTP_URL", "http://smtp"),
+        ("DUNNING_PUBLIC_URL", "ftp://example.com"),
+        ("STRIPE_API_KEY", "pk_live_publishable"),
+        ("STRIPE_WEBHOOK_SECRET", "secret"),
+        ("STRIPE_API_BASE", "localhost:12111"),
+        ("DUNNING_CONFIG", "   "),
+    ],
+)
+def test_a_bad_variable_is_named(name: str, value: str) -> None:
+    with pytest.raises(SettingError) as err:
+        load_settings({name: value})
+    assert str(err.value).startswith(f"{name}: ")
+    assert "\n" not in str(err.value)
+    if "sk_" in value or "whsec" in value:
+        assert value not in str(err.value)
+
+
+def test_cli_reports_a_bad_setting_in_one_line_with_status_2(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DUNNING_", "STRIPE_"))}
+    env["DUNNING_BROKER_URL"] = "kafka://nope"
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "cases", "list"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "DUNNING_BROKER_URL" in lines[0]

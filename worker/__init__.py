@@ -1,0 +1,1 @@
+"""dunning-worker: recovers revenue lost to failed card payments."""

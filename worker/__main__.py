@@ -1,0 +1,5 @@
+"""``python -m worker`` is ``dunning``."""
+
+from worker.cli import main
+
+main()

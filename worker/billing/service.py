@@ -1,0 +1,228 @@
+"""Keeping our mirror of the provider's objects current from event facts.
+
+Upserts are idempotent and tolerate late and out-of-order events: a fact older than what we
+hold (``as_of``) does not overwrite it, and an invoice never moves from a final status
+(paid / void / uncollectible) back to open. Service functions take a Session and plain values
+and never commit.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker.billing.domain import Card, CustomerFacts, Decline, InvoiceFacts, SubscriptionFacts
+from worker.billing.models import (
+    AttemptOutcome,
+    AttemptSource,
+    Customer,
+    Invoice,
+    PaymentAttempt,
+    PaymentMethod,
+    Subscription,
+)
+
+FINAL_INVOICE_STATUSES = frozenset({"paid", "void", "uncollectible"})
+# Monthly normalisation factors (metrics.md: MRR is the monthly equivalent of recurring price).
+_PER_MONTH = {
+    "day": Decimal(365) / 12,
+    "week": Decimal(52) / 12,
+    "month": Decimal(1),
+    "year": Decimal(1) / 12,
+}
+
+
+def get_or_create_customer(session: Session, provider_id: str, *, at: datetime) -> Customer:
+    customer = session.scalar(select(Customer).where(Customer.provider_id == provider_id))
+    if customer is None:
+        customer = Customer(provider_id=provider_id, updated_at=at)
+        session.add(customer)
+        session.flush()  # the id is needed for the rows that point at this customer
+    return customer
+
+
+def upsert_customer(session: Session, facts: CustomerFacts, *, at: datetime) -> Customer:
+    customer = get_or_create_customer(session, facts.id, at=at)
+    if at >= customer.updated_at:
+        customer.email = facts.email or customer.email
+        customer.name = facts.name or customer.name
+        customer.locale = facts.locale or customer.locale
+        customer.timezone = facts.timezone or customer.timezone
+        customer.default_payment_method_id = facts.default_payment_method_id
+        customer.updated_at = at
+    return customer
+
+
+def upsert_payment_method(
+    session: Session, card: Card, *, customer: Customer | None, at: datetime
+) -> PaymentMethod | None:
+    if card.payment_method_id is None:
+        return None
+    pm = session.scalar(
+        select(PaymentMethod).where(PaymentMethod.provider_id == card.payment_method_id)
+    )
+    if pm is None:
+        pm = PaymentMethod(provider_id=card.payment_method_id, updated_at=at)
+        session.add(pm)
+    elif at < pm.updated_at:
+        return pm
+    pm.customer_id = customer.id if customer else pm.customer_id
+    pm.brand, pm.last4 = card.brand or pm.brand, card.last4 or pm.last4
+    pm.exp_month, pm.exp_year = card.exp_month or pm.exp_month, card.exp_year or pm.exp_year
+    pm.fingerprint = card.fingerprint or pm.fingerprint
+    pm.updated_at = at
+    session.flush()
+    return pm
+
+
+def monthly_amount(facts: SubscriptionFacts) -> int:
+    """MRR of a subscription in minor units, rounded half-even once, at the end."""
+    total = Decimal(0)
+    for item in facts.items:
+        if item.unit_amount is None or item.interval not in _PER_MONTH:
+            continue
+        per_month = _PER_MONTH[item.interval] / max(item.interval_count, 1)
+        total += Decimal(item.unit_amount) * item.quantity * per_month
+    return int(total.quantize(Decimal(1), rounding="ROUND_HALF_EVEN"))
+
+
+def upsert_subscription(
+    session: Session, facts: SubscriptionFacts, *, at: datetime
+) -> Subscription:
+    customer = get_or_create_customer(session, facts.customer_id, at=at)
+    sub = session.scalar(select(Subscription).where(Subscription.provider_id == facts.id))
+    if sub is None:
+        sub = Subscription(
+            provider_id=facts.id, customer_id=customer.id, status=facts.status, as_of=at
+        )
+        session.add(sub)
+    elif at < sub.as_of:
+        return sub
+    sub.status = facts.status
+    sub.currency = facts.currency or sub.currency
+    sub.mrr = monthly_amount(facts)
+    sub.cancellation_reason = facts.cancellation_reason
+    sub.ended_at = facts.ended_at
+    sub.as_of = at
+    session.flush()
+    return sub
+
+
+def get_or_create_subscription(
+    session: Session, provider_id: str, *, customer: Customer, at: datetime
+) -> Subscription:
+    sub = session.scalar(select(Subscription).where(Subscription.provider_id == provider_id))
+    if sub is None:
+        sub = Subscription(
+            provider_id=provider_id, customer_id=customer.id, status="unknown", as_of=at
+        )
+        session.add(sub)
+        session.flush()
+    return sub
+
+
+def upsert_invoice(session: Session, facts: InvoiceFacts, *, at: datetime) -> Invoice:
+    customer = get_or_create_customer(session, facts.customer_id, at=at)
+    if facts.customer_email or facts.customer_name:
+        customer.email = customer.email or facts.customer_email
+        customer.name = customer.name or facts.customer_name
+    invoice = session.scalar(select(Invoice).where(Invoice.provider_id == facts.id))
+    if invoice is None:
+        invoice = Invoice(
+            provider_id=facts.id,
+            customer_id=customer.id,
+            amount_due=facts.amount_due,
+            currency=facts.currency,
+            as_of=at,
+        )
+        session.add(invoice)
+    if facts.subscription_id and invoice.subscription_id is None:
+        invoice.subscription_id = get_or_create_subscription(
+            session, facts.subscription_id, customer=customer, at=at
+        ).id
+    final_now = invoice.status in FINAL_INVOICE_STATUSES
+    if (at >= invoice.as_of or facts.status in FINAL_INVOICE_STATUSES) and not (
+        final_now and facts.status not in FINAL_INVOICE_STATUSES
+    ):
+        invoice.status = facts.status
+        invoice.amount_due, invoice.amount_paid = facts.amount_due, facts.amount_paid
+        invoice.attempt_count = max(invoice.attempt_count, facts.attempt_count)
+        invoice.next_payment_attempt = facts.next_payment_attempt
+        invoice.hosted_invoice_url = facts.hosted_invoice_url or invoice.hosted_invoice_url
+        invoice.number = facts.number or invoice.number
+        invoice.as_of = max(at, invoice.as_of)
+    session.flush()
+    return invoice
+
+
+def record_attempt(
+    session: Session,
+    *,
+    invoice: Invoice | None,
+    source: AttemptSource,
+    outcome: AttemptOutcome,
+    at: datetime,
+    decline: Decline | None,
+    action_id: int | None = None,
+) -> PaymentAttempt:
+    """Record one charge attempt, or return the row already holding this charge."""
+    charge_id = decline.charge_id if decline else None
+    if charge_id is not None:
+        known = session.scalar(select(PaymentAttempt).where(PaymentAttempt.charge_id == charge_id))
+        if known is not None:
+            if known.invoice_id is None and invoice is not None:
+                known.invoice_id = invoice.id
+            if action_id is not None:  # our own call reported it: it was our attempt
+                known.action_id, known.source = action_id, AttemptSource.OURS
+            return known
+    card = decline.card if decline else None
+    attempt = PaymentAttempt(
+        invoice_id=invoice.id if invoice else None,
+        action_id=action_id,
+        source=source,
+        outcome=outcome,
+        occurred_at=at,
+        amount=invoice.amount_due if invoice else None,
+        currency=invoice.currency if invoice else None,
+        charge_id=charge_id,
+        payment_intent_id=decline.payment_intent_id if decline else None,
+        code=decline.code if decline else None,
+        decline_code=decline.decline_code if decline else None,
+        advice_code=decline.advice_code if decline else None,
+        network_decline_code=decline.network_decline_code if decline else None,
+        network_advice_code=decline.network_advice_code if decline else None,
+        outcome_type=decline.outcome_type if decline else None,
+        card_brand=card.brand if card else None,
+        card_fingerprint=card.fingerprint if card else None,
+    )
+    session.add(attempt)
+    session.flush()
+    return attempt
+
+
+def count_once(attempt: PaymentAttempt) -> bool:
+    """True the first time an attempt is used to move a case, False ever after."""
+    if attempt.counted:
+        return False
+    attempt.counted = True
+    return True
+
+
+def known_decline(
+    session: Session, *, charge_id: str | None, payment_intent_id: str | None
+) -> PaymentAttempt | None:
+    """An attempt already recorded from a charge / payment_intent event, if any."""
+    if charge_id:
+        found = session.scalar(select(PaymentAttempt).where(PaymentAttempt.charge_id == charge_id))
+        if found:
+            return found
+    if payment_intent_id:
+        return session.scalars(
+            select(PaymentAttempt)
+            .where(PaymentAttempt.payment_intent_id == payment_intent_id)
+            .order_by(PaymentAttempt.occurred_at.desc(), PaymentAttempt.id.desc())
+        ).first()
+    return None

@@ -1,0 +1,191 @@
+"""The one door to Stripe: every call goes through :meth:`StripeGateway._call`.
+
+Owns: the official ``stripe`` client, the tenacity choke point (seconds-scale retries of
+transient errors, honouring ``Stripe-Should-Retry`` and ``Retry-After``), and turning Stripe's
+answers into our domain values. Permanent errors become domain outcomes (a 402 card_error is a
+:class:`PaymentResult` with a decline, never an exception); transient ones that outlive
+tenacity surface as :class:`TransientProviderError` for Celery's minutes-scale retry.
+
+Every mutating call carries an idempotency key derived from our own row, so tenacity retries,
+Celery retries and redeliveries all reuse it and Stripe replays instead of charging twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import stripe
+from tenacity import (
+    RetryCallState,
+    retry,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from worker.billing.domain import Decline
+from worker.billing.normalise import (
+    decline_from_card_error,
+    decline_from_charge,
+    decline_from_payment_intent,
+    merge_declines,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_RETRY_AFTER_S = 60.0
+
+
+class TransientProviderError(Exception):
+    """The provider could not answer now (network, 409, 429, 5xx); try again later."""
+
+
+class ProviderError(Exception):
+    """The provider refused the request for good (4xx other than a card decline)."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class PaymentResult:
+    succeeded: bool
+    decline: Decline | None = None
+    requires_action: bool = False  # the customer must authenticate (3DS)
+
+
+def _header(exc: stripe.StripeError, name: str) -> str | None:
+    headers = exc.headers or {}
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return str(value)
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Stripe's own rule (stripe-python ``_should_retry``), plus 429 as DESIGN §6 asks."""
+    if isinstance(exc, stripe.APIConnectionError):
+        return True
+    if not isinstance(exc, stripe.StripeError) or isinstance(exc, stripe.CardError):
+        return False
+    should_retry = _header(exc, "Stripe-Should-Retry")
+    if should_retry is not None:
+        return should_retry == "true"
+    status = exc.http_status or 0
+    return status in {409, 429} or status >= 500
+
+
+_backoff = wait_random_exponential(multiplier=0.5, max=5)
+
+
+def _wait(state: RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, stripe.StripeError):
+        retry_after = _header(exc, "Retry-After")
+        if retry_after and retry_after.replace(".", "", 1).isdigit():
+            return min(float(retry_after), MAX_RETRY_AFTER_S)
+    return max(0.5, _backoff(state))  # Stripe's SDK never waits less than 0.5 s
+
+
+class StripeGateway:
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        api_base: str | None = None,
+        attempts: int = 4,
+        wait: Callable[[RetryCallState], float] = _wait,
+    ) -> None:
+        base: Any = {"api": api_base} if api_base else None
+        # max_network_retries=0: tenacity below is the single retry layer.
+        self._client = stripe.StripeClient(api_key, base_addresses=base, max_network_retries=0)
+        self._retrying = retry(
+            retry=retry_if_exception(is_transient),
+            wait=wait,
+            stop=stop_after_attempt(attempts),
+            reraise=True,
+        )
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return self._retrying(fn)()
+        except stripe.StripeError as exc:
+            if is_transient(exc):
+                msg = f"stripe: {type(exc).__name__} (HTTP {exc.http_status})"
+                raise TransientProviderError(msg) from exc
+            raise
+
+    # ---- mutations (always with our idempotency key) ----
+
+    def pay_invoice(self, invoice_id: str, *, idempotency_key: str) -> PaymentResult:
+        options: Any = {"idempotency_key": idempotency_key}
+        try:
+            self._call(lambda: self._client.v1.invoices.pay(invoice_id, options=options))
+        except stripe.CardError as exc:
+            body = exc.json_body if isinstance(exc.json_body, dict) else {}
+            error = body.get("error") or {}
+            decline = decline_from_card_error(error)
+            action = decline.reason in {"authentication_required", "authentication_not_handled"}
+            return PaymentResult(succeeded=False, decline=decline, requires_action=action)
+        except stripe.InvalidRequestError as exc:
+            if "already paid" in str(exc.user_message or exc).lower():
+                return PaymentResult(succeeded=True)
+            raise ProviderError(str(exc.user_message or exc), code=exc.code) from exc
+        return PaymentResult(succeeded=True)
+
+    def cancel_subscription(self, subscription_id: str, *, idempotency_key: str) -> None:
+        options: Any = {"idempotency_key": idempotency_key}
+        self._call(lambda: self._client.v1.subscriptions.cancel(subscription_id, options=options))
+
+    def mark_uncollectible(self, invoice_id: str, *, idempotency_key: str) -> None:
+        options: Any = {"idempotency_key": idempotency_key}
+        self._call(lambda: self._client.v1.invoices.mark_uncollectible(invoice_id, options=options))
+
+    # ---- reads ----
+
+    def fetch_decline(
+        self, *, invoice_id: str, payment_intent_id: str | None, charge_id: str | None
+    ) -> Decline:
+        """The decline signals of an invoice's latest failed attempt (retry-rules §1.1)."""
+        found: list[Decline] = []
+        if payment_intent_id is None and charge_id is None:
+            payments = self._call(
+                lambda: self._client.v1.invoice_payments.list(
+                    {"invoice": invoice_id, "expand": ["data.payment.payment_intent"]}
+                )
+            )
+            for payment in payments.data[:1]:  # newest first
+                intent = _as_dict(payment).get("payment", {}).get("payment_intent")
+                if isinstance(intent, Mapping):
+                    found.append(decline_from_payment_intent(intent))
+                elif isinstance(intent, str):
+                    payment_intent_id = intent
+        if payment_intent_id:
+            pi_id = payment_intent_id
+            pi = _as_dict(self._call(lambda: self._client.v1.payment_intents.retrieve(pi_id)))
+            found.append(decline_from_payment_intent(pi))
+        charge_ids = [d.charge_id for d in found if d.charge_id] or (
+            [charge_id] if charge_id else []
+        )
+        if charge_ids:
+            ch_id = charge_ids[0]
+            charge = _as_dict(self._call(lambda: self._client.v1.charges.retrieve(ch_id)))
+            found.append(decline_from_charge(charge))
+        return merge_declines(*found)
+
+    def portal_url(self, customer_id: str, *, return_url: str) -> str:
+        params: Any = {
+            "customer": customer_id,
+            "return_url": return_url,
+            "flow_data": {"type": "payment_method_update"},
+        }
+        session = self._call(lambda: self._client.v1.billing_portal.sessions.create(params))
+        return str(session.url)
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)

@@ -1,0 +1,294 @@
+"""The ``dunning`` command (DESIGN §3). Exit status: 0 ok, 2 bad usage or input, 1 failure.
+
+Each command builds what it needs from settings read once at start; errors are one readable
+line on stderr (``-v`` adds the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from worker.settings import SettingError, Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("worker")
+
+
+class Fail(click.ClickException):
+    """A runtime failure: one line, exit status 1."""
+
+    exit_code = 1
+
+
+class BadInput(click.ClickException):
+    """Bad usage or invalid input: one line, exit status 2."""
+
+    exit_code = 2
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingError as exc:
+        raise BadInput(str(exc)) from None
+
+
+def _policy(settings: Settings, path: Path | None = None):
+    from worker.config import ConfigError, load_policy
+
+    try:
+        return load_policy(path or settings.config_path)
+    except ConfigError as exc:
+        raise BadInput("\n".join(exc.problems)) from None
+
+
+def _runtime(settings: Settings):
+    from worker.runtime import Runtime
+
+    return Runtime(settings, policy=_policy(settings))
+
+
+def _errors(fn: F) -> F:
+    """Turn known runtime failures into one line on stderr, exit 1."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            return fn(*args, **kwargs)
+        except OperationalError as exc:
+            if click.get_current_context().obj.get("verbose"):
+                raise
+            raise Fail(f"database: {str(exc.orig).strip().splitlines()[0]}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log details and show tracebacks.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """dunning-worker: win back revenue lost to failed card payments."""
+    ctx.obj = {"verbose": verbose}
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# ---- database ----
+
+
+@main.group()
+def db() -> None:
+    """Schema management (Alembic)."""
+
+
+@db.command("upgrade")
+@_errors
+def db_upgrade() -> None:
+    """Apply migrations to DUNNING_DATABASE_URL."""
+    from worker.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    click.echo("database at head")
+
+
+# ---- processes ----
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Webhook intake with /healthz and /readyz."""
+    import uvicorn
+
+    from worker.app import create_app
+    from worker.webhooks.intake import build_intake
+
+    settings = _settings()
+    if settings.stripe_webhook_secret is None:
+        raise BadInput("STRIPE_WEBHOOK_SECRET: required by `dunning serve`, not set")
+    app = create_app(settings, _runtime(settings))
+    uvicorn.run(build_intake(app), host=host, port=port, log_level="warning")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Celery worker (extra arguments go to `celery worker`)."""
+    from worker.app import create_app
+
+    settings = _settings()
+    app = create_app(settings, _runtime(settings))
+    app.worker_main(["worker", "--loglevel=INFO", *ctx.args])
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def beat(ctx: click.Context) -> None:
+    """The scheduler tick (extra arguments go to `celery beat`)."""
+    from worker.app import create_app
+
+    settings = _settings()
+    app = create_app(settings, _runtime(settings))
+    app.start(["beat", "--loglevel=INFO", *ctx.args])
+
+
+@main.command()
+@click.option("--port", default=8000, show_default=True, type=int)
+def run(port: int) -> None:
+    """Intake + worker + beat in one process tree (embedded defaults work)."""
+    from worker.processes import run_all
+
+    settings = _settings()
+    _policy(settings)
+    raise SystemExit(run_all(port=port))
+
+
+# ---- config ----
+
+
+@main.group()
+def config() -> None:
+    """The ops policy file."""
+
+
+@config.command("check")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+def config_check(path: Path | None) -> None:
+    """Validate the policy file; problems as file:line: key: what is wrong."""
+    settings = _settings()
+    target = path or settings.config_path
+    policy = _policy(settings, target)
+    click.echo(f"{target}: ok (policy {policy.version}, retries.mode = {policy.retries.mode})")
+
+
+# ---- cases ----
+
+
+@main.group()
+def cases() -> None:
+    """Ops view of dunning cases."""
+
+
+@cases.command("list")
+@click.option("--state", default=None, help="Only cases in this state.")
+@click.option("--json", "as_json", is_flag=True)
+@_errors
+def cases_list(state: str | None, as_json: bool) -> None:
+    from worker.dunning.state import DunningState
+    from worker.dunning.views import list_cases
+
+    if state is not None and state not in set(DunningState):
+        raise BadInput(
+            f"--state: unknown state {state!r} ({', '.join(s.value for s in DunningState)})"
+        )
+    runtime = _runtime(_settings())
+    with runtime.session() as session:
+        rows = list_cases(session, state=state)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from worker.terminal import cases_table
+
+    cases_table(rows)
+
+
+@cases.command("show")
+@click.argument("case_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@_errors
+def cases_show(case_id: int, as_json: bool) -> None:
+    from worker.dunning.views import show_case
+
+    runtime = _runtime(_settings())
+    with runtime.session() as session:
+        detail = show_case(session, case_id)
+    if detail is None:
+        raise BadInput(f"no dunning case {case_id}")
+    if as_json:
+        click.echo(json.dumps(detail, indent=2))
+        return
+    from worker.terminal import case_timeline
+
+    case_timeline(detail)
+
+
+@cases.command("retry-now")
+@click.argument("case_id", type=int)
+@_errors
+def cases_retry_now(case_id: int) -> None:
+    """Plan an immediate retry through the normal path (the scheduler runs it)."""
+    from worker import clock
+    from worker.dunning.service import CaseNotRetryableError, retry_now
+
+    runtime = _runtime(_settings())
+    try:
+        with runtime.session() as session:
+            action = retry_now(session, case_id, now=clock.now())
+            key = action.idempotency_key
+    except LookupError:
+        raise BadInput(f"no dunning case {case_id}") from None
+    except CaseNotRetryableError as exc:
+        raise BadInput(str(exc)) from None
+    click.echo(f"case {case_id}: retry planned now (idempotency key {key})")
+
+
+# ---- events ----
+
+
+@main.group()
+def events() -> None:
+    """Provider events."""
+
+
+@events.command("replay")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_errors
+def events_replay(file: Path) -> None:
+    """Process recorded payloads (JSON or JSONL) in file order, without signature checks."""
+    from worker.webhooks.replay import ReplayFileError, replay_file
+
+    runtime = _runtime(_settings())
+    try:
+        counts = replay_file(runtime, file)
+    except ReplayFileError as exc:
+        raise BadInput(str(exc)) from None
+    click.echo(json.dumps(counts))
+
+
+# ---- demo ----
+
+
+@main.command()
+@click.option("--customers", default=60, show_default=True, type=int)
+@click.option("--seed", default=7, show_default=True, type=int)
+@click.option(
+    "--out",
+    default=".dunning/demo",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
+def demo(customers: int, seed: int, out: Path) -> None:
+    """The whole pipeline against a simulated billing system, over a simulated month."""
+    from worker.demo import run_demo
+
+    if customers < 1:
+        raise BadInput("--customers: must be at least 1")
+    run_demo(customers=customers, seed=seed, out=out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The ops policy file (``config/dunning.toml``): schema, loading, and readable errors.
+
+Owns validation only. Problems are reported as ``file:line: key.path: what is wrong`` so ops
+can fix them without reading code. What the policy *means* lives in ``worker.dunning.policy``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class DeclineClass(StrEnum):
+    SOON = "soon"
+    FUNDS = "funds"
+    SOFT = "soft"
+    NEEDS_CUSTOMER = "needs_customer"
+    HARD = "hard"
+    STOP = "stop"
+    FRAUD = "fraud"
+
+
+RETRYABLE_CLASSES = frozenset({DeclineClass.SOON, DeclineClass.FUNDS, DeclineClass.SOFT})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Hours = Annotated[float, Field(gt=0)]
+
+
+class Offsets(_Strict):
+    soon: list[Hours] = [1, 4, 24, 72]
+    funds: list[Hours] = [24, 72, 120, 168, 240]
+    soft: list[Hours] = [24, 72, 168, 288]
+
+
+class Retries(_Strict):
+    mode: Literal["own", "observe"] = "own"
+    window_days: int = Field(14, ge=1, le=60)
+    max_retries: int = Field(8, ge=0, le=8)
+    offsets_hours: Offsets = Offsets()
+
+
+class Classes(_Strict):
+    soon: list[str] = []
+    funds: list[str] = []
+    soft: list[str] = []
+    needs_customer: list[str] = []
+    hard: list[str] = []
+    stop: list[str] = []
+    fraud: list[str] = []
+
+    @model_validator(mode="after")
+    def _no_code_twice(self) -> Classes:
+        seen: dict[str, str] = {}
+        for name, codes in self.model_dump().items():
+            for code in codes:
+                if code in seen:
+                    msg = f"{code!r} is listed in both {seen[code]} and {name}"
+                    raise ValueError(msg)
+                seen[code] = name
+        return self
+
+    def table(self) -> dict[str, DeclineClass]:
+        return {
+            code: DeclineClass(name) for name, codes in self.model_dump().items() for code in codes
+        }
+
+
+class QuietHours(_Strict):
+    start: int = Field(21, ge=0, le=23)
+    end: int = Field(8, ge=0, le=23)
+
+
+class Emails(_Strict):
+    reminder_days: list[Annotated[int, Field(ge=1)]] = [3, 7]
+    final_notice_days_before_end: int = Field(2, ge=0)
+    quiet_hours: QuietHours = QuietHours()
+    default_timezone: str = "UTC"
+    default_locale: str = "en_US"
+    from_address: str = "billing@example.com"
+    company_name: str = "Example SaaS"
+    support_email: str = "support@example.com"
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            msg = f"unknown IANA timezone {value!r}"
+            raise ValueError(msg) from None
+        return value
+
+
+class FinalAction(_Strict):
+    action: Literal["cancel_subscription", "mark_uncollectible", "leave_past_due"] = (
+        "cancel_subscription"
+    )
+
+
+class Policy(_Strict):
+    retries: Retries = Retries()
+    classes: Classes = Classes()
+    emails: Emails = Emails()
+    final_action: FinalAction = FinalAction()
+
+    @model_validator(mode="after")
+    def _fits_window(self) -> Policy:
+        window_h = self.retries.window_days * 24
+        for name, offsets in self.retries.offsets_hours.model_dump().items():
+            if offsets != sorted(set(offsets)):
+                msg = f"retries.offsets_hours.{name} must be strictly increasing"
+                raise ValueError(msg)
+            if offsets and offsets[-1] > window_h:
+                msg = (
+                    f"retries.offsets_hours.{name} reaches {offsets[-1]:g} h, past the "
+                    f"{self.retries.window_days}-day window"
+                )
+                raise ValueError(msg)
+        return self
+
+    @property
+    def version(self) -> str:
+        """A short digest recorded on each case: which policy it started with."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+class ConfigError(ValueError):
+    """The policy file is invalid; ``problems`` are ready-to-print lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def load_policy(path: Path) -> Policy:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None) or _lineno_from_message(str(exc))
+        raise ConfigError([f"{path}:{line}: TOML syntax: {exc}"]) from None
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+            key = ".".join(loc) or "(top level)"
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append(f"{path}:{_find_line(text, loc)}: {key}: {message}")
+        raise ConfigError(problems) from None
+
+
+def _lineno_from_message(message: str) -> int:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else 1
+
+
+def _find_line(text: str, loc: list[str]) -> int:
+    """Best-effort line of a key path: its [table] header, then the key inside it."""
+    lines = text.splitlines()
+    start, table = 0, []
+    for depth in range(len(loc), 0, -1):  # the longest table prefix that has a header
+        header = re.compile(r"^\s*\[\s*" + re.escape(".".join(loc[:depth])) + r"\s*\]")
+        found = next((i for i, ln in enumerate(lines) if header.match(ln)), None)
+        if found is not None:
+            start, table = found, loc[:depth]
+            break
+    rest = loc[len(table) :]
+    if not rest:
+        return start + 1
+    key = re.compile(r"^\s*" + re.escape(rest[0]) + r"\s*=")
+    for i in range(start, len(lines)):
+        if i > start and lines[i].lstrip().startswith("[") and table:
+            break
+        if key.match(lines[i]):
+            return i + 1
+    return start + 1

@@ -1,0 +1,207 @@
+"""Carrying out due actions: a retry through Stripe, an email, the final action.
+
+Each runner takes the :class:`~worker.runtime.Runtime` and an action id and is safe to run
+twice (Celery redelivery, a second beat). Provider calls happen *between* two short
+transactions, never while a row lock is held: the first checks the action is still wanted,
+the second records the outcome under the case lock and re-checks that nobody recorded it
+meanwhile. The provider call itself is made idempotent by the action's key.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session
+
+from worker import clock
+from worker.billing import service as billing
+from worker.billing.domain import EventKind
+from worker.billing.events import failure_event
+from worker.billing.models import AttemptOutcome, AttemptSource, Invoice, Subscription
+from worker.billing.stripe_client import PaymentResult
+from worker.dunning import service as dunning
+from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
+from worker.dunning.state import TERMINAL, DunningEvent, DunningState
+from worker.email import service as email
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+_RUNNABLE = frozenset({ActionStatus.PLANNED, ActionStatus.CLAIMED})
+
+
+class ProviderNotConfiguredError(RuntimeError):
+    """A payment action needs STRIPE_API_KEY."""
+
+
+def _still_wanted(session: Session, action_id: int) -> ScheduledAction | None:
+    """The action if it should run now; otherwise None (finished, cancelled, case over)."""
+    action = session.get(ScheduledAction, action_id, with_for_update=True)
+    if action is None or action.status not in _RUNNABLE:
+        return None
+    case = session.get(DunningCase, action.case_id) if action.case_id else None
+    if case is not None and (
+        case.state is DunningState.PAUSED
+        or (case.state in TERMINAL and action.template != "payment_recovered")
+    ):
+        # "paused" is the note a resume looks for to put the action back.
+        note = "paused" if case.state is DunningState.PAUSED else f"case {case.state.value}"
+        _finish(action, ActionStatus.CANCELLED, note)
+        return None
+    return action
+
+
+def _finish(action: ScheduledAction, status: ActionStatus, note: str) -> None:
+    action.status, action.note, action.finished_at = status, note, clock.now()
+
+
+def run_retry(runtime: Runtime, action_id: int) -> None:
+    with runtime.session() as session:
+        action = _still_wanted(session, action_id)
+        if action is None:
+            return
+        key = action.idempotency_key
+        invoice_ref = session.get_one(
+            Invoice, session.get_one(DunningCase, action.case_id).invoice_id
+        ).provider_id
+    gateway = runtime.gateway
+    if gateway is None:
+        raise ProviderNotConfiguredError("STRIPE_API_KEY: required to retry payments")
+    result = gateway.pay_invoice(invoice_ref, idempotency_key=key)
+    with runtime.session() as session:
+        record_retry_result(session, runtime, action_id, result)
+
+
+def record_retry_result(
+    session: Session, runtime: Runtime, action_id: int, result: PaymentResult
+) -> None:
+    action = session.get_one(ScheduledAction, action_id)
+    assert action.case_id is not None  # noqa: S101 - retries always belong to a case
+    case = dunning.lock_case(session, action.case_id)
+    session.refresh(action, with_for_update=True)
+    if action.status not in _RUNNABLE:
+        return  # a redelivered twin recorded it first
+    now = clock.now()
+    policy = runtime.policy
+    invoice = session.get_one(Invoice, case.invoice_id)
+    if case.state not in TERMINAL:
+        dunning.apply(
+            session,
+            case,
+            DunningEvent.RETRY_DUE,
+            policy=policy,
+            now=now,
+            source=action.idempotency_key,
+            reason=action.reason,
+        )
+    method = "card_update" if ":card-update:" in action.idempotency_key else "retry"
+    if result.succeeded:
+        billing.record_attempt(
+            session,
+            invoice=invoice,
+            source=AttemptSource.OURS,
+            outcome=AttemptOutcome.SUCCEEDED,
+            at=now,
+            decline=None,
+            action_id=action.id,
+        ).counted = True
+        dunning.apply(
+            session,
+            case,
+            DunningEvent.PAYMENT_SUCCEEDED,
+            policy=policy,
+            now=now,
+            source=action.idempotency_key,
+            method=method,
+            reason="our retry succeeded",
+        )
+        _finish(action, ActionStatus.DONE, "paid")
+        return
+    decline = result.decline
+    assert decline is not None  # noqa: S101 - a failed PaymentResult always carries one
+    outcome = AttemptOutcome.ACTION_REQUIRED if result.requires_action else AttemptOutcome.FAILED
+    attempt = billing.record_attempt(
+        session,
+        invoice=invoice,
+        source=AttemptSource.OURS,
+        outcome=outcome,
+        at=now,
+        decline=decline,
+        action_id=action.id,
+    )
+    # Finish first: planning the next retry counts finished retries.
+    _finish(action, ActionStatus.DONE, f"declined: {decline.reason or 'unknown'}")
+    if billing.count_once(attempt):
+        kind = EventKind.ACTION_REQUIRED if result.requires_action else EventKind.PAYMENT_FAILED
+        dunning.apply(
+            session,
+            case,
+            failure_event(kind, decline, policy),
+            policy=policy,
+            now=now,
+            decline=decline,
+            source=action.idempotency_key,
+            reason=f"our retry declined: {decline.reason or 'unknown'}",
+        )
+
+
+def run_email(runtime: Runtime, action_id: int) -> None:
+    with runtime.session() as session:
+        action = _still_wanted(session, action_id)
+        if action is None:
+            return
+        note = email.send_action_email(
+            session,
+            action,
+            policy=runtime.policy,
+            sender=runtime.sender,
+            public_url=runtime.settings.public_url,
+            now=clock.now(),
+        )
+        _finish(action, ActionStatus.DONE, note)
+
+
+def run_final_action(runtime: Runtime, action_id: int) -> None:
+    with runtime.session() as session:
+        action = _still_wanted(session, action_id)
+        if action is None:
+            return
+        assert action.case_id is not None  # noqa: S101 - final actions belong to a case
+        case = session.get_one(DunningCase, action.case_id)
+        invoice = session.get_one(Invoice, case.invoice_id)
+        sub = (
+            session.get(Subscription, invoice.subscription_id) if invoice.subscription_id else None
+        )
+        key = action.idempotency_key
+        what = runtime.policy.final_action.action
+        invoice_ref, sub_ref = invoice.provider_id, sub.provider_id if sub else None
+    if what != "leave_past_due":
+        gateway = runtime.gateway
+        if gateway is None:
+            raise ProviderNotConfiguredError("STRIPE_API_KEY: required for the final action")
+        if what == "cancel_subscription" and sub_ref is not None:
+            gateway.cancel_subscription(sub_ref, idempotency_key=key)
+        else:
+            gateway.mark_uncollectible(invoice_ref, idempotency_key=key)
+    with runtime.session() as session:
+        action = session.get_one(ScheduledAction, action_id)
+        case = dunning.lock_case(session, case.id)
+        session.refresh(action, with_for_update=True)
+        if action.status not in _RUNNABLE:
+            return
+        _finish(action, ActionStatus.DONE, what)
+        dunning.apply(
+            session,
+            case,
+            DunningEvent.WINDOW_EXPIRED,
+            policy=runtime.policy,
+            now=clock.now(),
+            source=key,
+            reason=f"window ended: {what}",
+        )
+
+
+RUNNERS = {
+    ActionKind.RETRY_PAYMENT: run_retry,
+    ActionKind.SEND_EMAIL: run_email,
+    ActionKind.FINAL_ACTION: run_final_action,
+}

@@ -1,0 +1,84 @@
+"""Dunning cases, their append-only transition log, and the actions planned for them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import ForeignKey, Index, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from worker.db import Base, BigIntPK
+from worker.dunning.state import DunningEvent, DunningState
+
+
+class ActionKind(StrEnum):
+    RETRY_PAYMENT = "retry_payment"
+    SEND_EMAIL = "send_email"
+    FINAL_ACTION = "final_action"
+
+
+class ActionStatus(StrEnum):
+    PLANNED = "planned"  # waiting for due_at
+    CLAIMED = "claimed"  # taken by a scheduler tick and handed to the broker
+    DONE = "done"
+    CANCELLED = "cancelled"  # superseded or the case ended; `note` says why
+    FAILED = "failed"  # gave up after retries; `note` says why
+
+
+class DunningCase(Base):
+    __tablename__ = "dunning_cases"
+    __table_args__ = (UniqueConstraint("invoice_id"), Index(None, "state"))
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoices.id"))
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    state: Mapped[DunningState] = mapped_column(default=DunningState.OPEN)
+    decline_code: Mapped[str | None] = mapped_column(Text)  # the latest failure's reason
+    decline_class: Mapped[str | None] = mapped_column(Text)
+    retries_mode: Mapped[str] = mapped_column(Text)  # own | observe, fixed when opened
+    policy_version: Mapped[str] = mapped_column(Text)  # digest of the config it started with
+    opened_at: Mapped[datetime]
+    window_ends_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None]
+    # retry | card_update | customer | provider
+    recovered_method: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
+class CaseTransition(Base):
+    """Append-only audit of every event a case saw, including self-transitions."""
+
+    __tablename__ = "case_transitions"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("dunning_cases.id"), index=True)
+    at: Mapped[datetime]
+    event: Mapped[DunningEvent]
+    from_state: Mapped[DunningState]
+    to_state: Mapped[DunningState]
+    reason: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(Text)  # provider event id, action key, "ops"
+
+
+class ScheduledAction(Base):
+    __tablename__ = "scheduled_actions"
+    __table_args__ = (
+        UniqueConstraint("idempotency_key"),
+        Index(None, "status", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    # Emails outside a case (card expiring) have no case; every action has a customer.
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("dunning_cases.id"), index=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    kind: Mapped[ActionKind]
+    due_at: Mapped[datetime]
+    status: Mapped[ActionStatus] = mapped_column(default=ActionStatus.PLANNED)
+    idempotency_key: Mapped[str] = mapped_column(Text)  # also the provider Idempotency-Key
+    template: Mapped[str | None] = mapped_column(Text)  # send_email only
+    reason: Mapped[str] = mapped_column(Text)  # the rule that planned it (shown in timelines)
+    note: Mapped[str | None] = mapped_column(Text)  # outcome or why cancelled / failed
+    created_at: Mapped[datetime]
+    claimed_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

@@ -1,0 +1,370 @@
+"""Driving dunning cases: transitions and the side effects keyed off them.
+
+:func:`apply` is the only way a case changes state. It looks the move up in the table
+(``worker.dunning.state``), appends the transition to the log, and then plans or cancels
+``scheduled_actions`` and writes ledger rows according to ``(old, new, event)``. Nothing here
+calls Stripe or SMTP: that happens in ``worker.dunning.actions`` when an action comes due.
+Functions take a Session and plain values and never commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from worker.billing.domain import Decline
+from worker.billing.models import Customer, Invoice
+from worker.config import DeclineClass, Policy
+from worker.dunning import policy as rules
+from worker.dunning.models import (
+    ActionKind,
+    ActionStatus,
+    CaseTransition,
+    DunningCase,
+    ScheduledAction,
+)
+from worker.dunning.state import TERMINAL, DunningEvent, DunningState, next_state
+from worker.ledger import service as ledger
+
+log = logging.getLogger(__name__)
+E, S = DunningEvent, DunningState
+FAILURE_EVENTS = frozenset({E.PAYMENT_FAILED, E.PAYMENT_FAILED_HARD, E.ACTION_REQUIRED})
+
+
+@dataclass(frozen=True)
+class Change:
+    case: DunningCase
+    old: DunningState
+    new: DunningState
+    event: DunningEvent
+
+
+def lock_case(session: Session, case_id: int) -> DunningCase:
+    """The case row, locked for this transaction (PostgreSQL: FOR UPDATE; SQLite: the
+    transaction already holds the database write lock)."""
+    case = session.scalar(
+        select(DunningCase)
+        .where(DunningCase.id == case_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if case is None:
+        msg = f"no dunning case {case_id}"
+        raise LookupError(msg)
+    return case
+
+
+def case_for_invoice(session: Session, invoice: Invoice) -> DunningCase | None:
+    case_id = session.scalar(select(DunningCase.id).where(DunningCase.invoice_id == invoice.id))
+    return lock_case(session, case_id) if case_id is not None else None
+
+
+def open_case(session: Session, invoice: Invoice, *, policy: Policy, now: datetime) -> DunningCase:
+    """The invoice's case, created in ``open`` if it has none (one case per invoice)."""
+    case = case_for_invoice(session, invoice)
+    if case is None:
+        case = DunningCase(
+            invoice_id=invoice.id,
+            customer_id=invoice.customer_id,
+            state=S.OPEN,
+            retries_mode=policy.retries.mode,
+            policy_version=policy.version,
+            opened_at=now,
+            window_ends_at=now + timedelta(days=policy.retries.window_days),
+            updated_at=now,
+        )
+        session.add(case)
+        session.flush()  # the id keys the actions planned below
+    return case
+
+
+def apply(
+    session: Session,
+    case: DunningCase,
+    event: DunningEvent,
+    *,
+    policy: Policy,
+    now: datetime,
+    reason: str | None = None,
+    source: str | None = None,
+    decline: Decline | None = None,
+    method: str | None = None,
+) -> Change:
+    """Move ``case`` on ``event`` and carry out what the move implies."""
+    old = case.state
+    new = next_state(old, event)
+    session.add(
+        CaseTransition(
+            case_id=case.id,
+            at=now,
+            event=event,
+            from_state=old,
+            to_state=new,
+            reason=reason,
+            source=source,
+        )
+    )
+    case.state, case.updated_at = new, now
+    if decline is not None and event in FAILURE_EVENTS:
+        case.decline_code = decline.reason
+        case.decline_class = rules.classify(decline, policy).value
+    if old != new:
+        log.info(
+            "case transition",
+            extra={"case_id": case.id, "from": old.value, "to": new.value, "event": event.value},
+        )
+    change = Change(case, old, new, event)
+    _effects(session, change, policy=policy, now=now, method=method, source=source)
+    return change
+
+
+def _effects(
+    session: Session,
+    change: Change,
+    *,
+    policy: Policy,
+    now: datetime,
+    method: str | None,
+    source: str | None,
+) -> None:
+    case, old, new, event = change.case, change.old, change.new, change.event
+    if new in TERMINAL:
+        if old not in TERMINAL:
+            _enter_terminal(session, case, new, policy=policy, now=now, method=method)
+        elif old is S.CHURNED and event is E.PAYMENT_SUCCEEDED:
+            ledger.record_reactivation(session, case, at=now)
+        return
+    if event is E.OPS_PAUSE and old is not S.PAUSED:
+        _cancel(session, case, note="paused", kinds=tuple(ActionKind))
+    elif event is E.OPS_RESUME and old is S.PAUSED:
+        _resume(session, case, policy=policy, now=now)
+    elif new is S.PAUSED:
+        return  # facts are recorded; nothing is planned while ops hold the case
+    elif event in FAILURE_EVENTS:
+        if old is S.OPEN:
+            _plan_cadence(session, case, event, policy=policy, now=now)
+        _cancel(
+            session, case, note="superseded by a newer failure", kinds=(ActionKind.RETRY_PAYMENT,)
+        )
+        if new is S.RETRYING:
+            _plan_next_retry(session, case, policy=policy, now=now)
+    elif event is E.PAYMENT_METHOD_UPDATED and new is S.RETRYING:
+        _cancel(session, case, note="a card update replaces it", kinds=(ActionKind.RETRY_PAYMENT,))
+        invoice_ref = session.scalar(
+            select(Invoice.provider_id).where(Invoice.id == case.invoice_id)
+        )
+        plan(
+            session,
+            case,
+            ActionKind.RETRY_PAYMENT,
+            due_at=now,
+            now=now,
+            key=f"dunning:{invoice_ref}:card-update:{source or now.isoformat()}",
+            reason="card updated: one prompt retry",
+        )
+
+
+def _enter_terminal(
+    session: Session,
+    case: DunningCase,
+    new: DunningState,
+    *,
+    policy: Policy,
+    now: datetime,
+    method: str | None,
+) -> None:
+    case.closed_at = now
+    _cancel(session, case, note=f"case {new.value}", kinds=tuple(ActionKind))
+    if new is S.RECOVERED:
+        case.recovered_method = method or "provider"
+        ledger.record_recovery(session, case, method=case.recovered_method, at=now)
+        # The confirmation goes out immediately, quiet hours or not.
+        plan(
+            session,
+            case,
+            ActionKind.SEND_EMAIL,
+            due_at=now,
+            now=now,
+            template="payment_recovered",
+            key=f"case:{case.id}:email:recovered",
+            reason="payment recovered",
+        )
+    elif new is S.CHURNED:
+        ledger.record_involuntary_churn(session, case, at=now)
+
+
+def _plan_cadence(
+    session: Session, case: DunningCase, event: DunningEvent, *, policy: Policy, now: datetime
+) -> None:
+    """Emails and the final action for a newly opened case."""
+    first = "action_required" if event is E.ACTION_REQUIRED else "payment_failed"
+    zone = rules.customer_zone(_customer_timezone(session, case), policy)
+    for email in rules.email_plan(
+        policy, first_template=first, opened_at=case.opened_at, window_ends_at=case.window_ends_at
+    ):
+        due = rules.outside_quiet_hours(max(email.at, now), zone, policy.emails.quiet_hours)
+        plan(
+            session,
+            case,
+            ActionKind.SEND_EMAIL,
+            due_at=due,
+            now=now,
+            template=email.template,
+            key=f"case:{case.id}:email:{email.step}",
+            reason=email.reason,
+        )
+    plan(
+        session,
+        case,
+        ActionKind.FINAL_ACTION,
+        due_at=case.window_ends_at,
+        now=now,
+        key=f"case:{case.id}:final",
+        reason=f"window end: {policy.final_action.action}",
+    )
+
+
+def _plan_next_retry(session: Session, case: DunningCase, *, policy: Policy, now: datetime) -> None:
+    cls = DeclineClass(case.decline_class or DeclineClass.SOFT)
+    planned = rules.next_retry(
+        policy,
+        cls,
+        opened_at=case.opened_at,
+        window_ends_at=case.window_ends_at,
+        now=now,
+        retries_done=retries_done(session, case),
+    )
+    if planned is not None:
+        plan_retry(session, case, due_at=planned.at, reason=planned.reason, now=now)
+
+
+def plan_retry(
+    session: Session, case: DunningCase, *, due_at: datetime, reason: str, now: datetime
+) -> ScheduledAction:
+    """A retry with a fresh idempotency key (one per planned attempt, never reused)."""
+    seq = (
+        session.scalar(
+            select(func.count())
+            .select_from(ScheduledAction)
+            .where(
+                ScheduledAction.case_id == case.id, ScheduledAction.kind == ActionKind.RETRY_PAYMENT
+            )
+        )
+        or 0
+    )
+    invoice_ref = session.scalar(select(Invoice.provider_id).where(Invoice.id == case.invoice_id))
+    return plan(
+        session,
+        case,
+        ActionKind.RETRY_PAYMENT,
+        due_at=due_at,
+        reason=reason,
+        now=now,
+        key=f"dunning:{invoice_ref}:retry:{seq + 1}",
+    )
+
+
+def plan(
+    session: Session,
+    case: DunningCase,
+    kind: ActionKind,
+    *,
+    due_at: datetime,
+    key: str,
+    reason: str,
+    now: datetime,
+    template: str | None = None,
+) -> ScheduledAction:
+    """Plan an action once: a second call with the same key returns the existing row."""
+    existing = session.scalar(select(ScheduledAction).where(ScheduledAction.idempotency_key == key))
+    if existing is not None:
+        return existing
+    action = ScheduledAction(
+        case_id=case.id,
+        customer_id=case.customer_id,
+        kind=kind,
+        due_at=due_at,
+        idempotency_key=key,
+        template=template,
+        reason=reason,
+        created_at=now,
+    )
+    session.add(action)
+    session.flush()
+    return action
+
+
+def _cancel(
+    session: Session, case: DunningCase, *, note: str, kinds: tuple[ActionKind, ...]
+) -> None:
+    session.execute(
+        update(ScheduledAction)
+        .where(
+            ScheduledAction.case_id == case.id,
+            ScheduledAction.kind.in_(kinds),
+            ScheduledAction.status == ActionStatus.PLANNED,
+        )
+        .values(status=ActionStatus.CANCELLED, note=note)
+    )
+
+
+def _resume(session: Session, case: DunningCase, *, policy: Policy, now: datetime) -> None:
+    session.execute(
+        update(ScheduledAction)
+        .where(
+            ScheduledAction.case_id == case.id,
+            ScheduledAction.status == ActionStatus.CANCELLED,
+            ScheduledAction.note == "paused",
+            ScheduledAction.kind != ActionKind.RETRY_PAYMENT,
+        )
+        .values(status=ActionStatus.PLANNED, note=None)
+    )
+    _plan_next_retry(session, case, policy=policy, now=now)
+
+
+def retries_done(session: Session, case: DunningCase) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(ScheduledAction)
+            .where(
+                ScheduledAction.case_id == case.id,
+                ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
+                ScheduledAction.status == ActionStatus.DONE,
+            )
+        )
+        or 0
+    )
+
+
+def in_flight(session: Session, case: DunningCase, kind: ActionKind) -> ScheduledAction | None:
+    """An action of ``kind`` handed to a worker and not finished (attributes webhooks)."""
+    return session.scalars(
+        select(ScheduledAction).where(
+            ScheduledAction.case_id == case.id,
+            ScheduledAction.kind == kind,
+            ScheduledAction.status == ActionStatus.CLAIMED,
+        )
+    ).first()
+
+
+def _customer_timezone(session: Session, case: DunningCase) -> str | None:
+    return session.scalar(select(Customer.timezone).where(Customer.id == case.customer_id))
+
+
+class CaseNotRetryableError(ValueError):
+    pass
+
+
+def retry_now(session: Session, case_id: int, *, now: datetime) -> ScheduledAction:
+    """Ops: plan an immediate retry through the normal path (own key, own records)."""
+    case = lock_case(session, case_id)
+    if case.state in TERMINAL or case.state is S.PAUSED:
+        msg = f"case {case_id} is {case.state.value}: nothing to retry"
+        raise CaseNotRetryableError(msg)
+    _cancel(session, case, note="replaced by ops retry-now", kinds=(ActionKind.RETRY_PAYMENT,))
+    return plan_retry(session, case, due_at=now, reason="ops: retry now", now=now)

@@ -1,0 +1,174 @@
+"""Turns an email directory under ``templates/email/`` into subject, text and HTML.
+
+Owns the Jinja environment (where templates live, escaping, strictness) and the two
+locale-aware filters templates use for money and times. It does not know which emails exist or
+what goes into their context (``worker.email.messages``), nor how they are delivered
+(``worker.email.sender``).
+
+Filters read ``locale`` and ``timezone`` from the template context, so a template writes
+``{{ amount_due|money(currency) }}`` and ``{{ next_attempt_at|localtime }}``. An unknown
+locale falls back to ``en_US`` and an unknown timezone to UTC: a slightly foreign format beats
+an email that never goes out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import jinja2
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date, format_time, get_datetime_format
+from babel.numbers import format_currency
+
+import worker
+
+FALLBACK_LOCALE = "en_US"
+FALLBACK_TIMEZONE = "UTC"
+
+# Exponent of Stripe's minor unit, i.e. the scale of every ``amount`` the provider sends.
+# It equals ISO 4217 for these; everything else is two decimals on the wire, including ISK, HUF
+# and TWD, which Stripe keeps two-decimal "for backwards compatibility" although they are
+# displayed without decimals (https://docs.stripe.com/currencies#special-cases).
+_ZERO_DECIMAL = frozenset(
+    {
+        "BIF",
+        "CLP",
+        "DJF",
+        "GNF",
+        "JPY",
+        "KMF",
+        "KRW",
+        "MGA",
+        "PYG",
+        "RWF",
+        "UGX",
+        "VND",
+        "VUV",
+        "XAF",
+        "XOF",
+        "XPF",
+    }
+)
+_THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+_CURRENCY_CODE = re.compile(r"[A-Za-z]{3}")
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    text: str
+    html: str
+
+
+def default_templates_dir() -> Path:
+    """The repository's ``templates/``, or the copy a wheel build puts in ``worker/_templates``."""
+    checkout = Path(worker.__file__).resolve().parents[1] / "templates"
+    # Look for templates/email, not just templates/: in site-packages the parent directory is
+    # shared with every other installed distribution.
+    if (checkout / "email").is_dir():
+        return checkout
+    return Path(worker.__file__).parent / "_templates"
+
+
+def make_environment(templates_dir: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,  # a misspelt variable fails the render, not the reader
+    )
+    env.filters["money"] = _money_filter
+    env.filters["localtime"] = _localtime_filter
+    return env
+
+
+def render(env: jinja2.Environment, name: str, context: Mapping[str, object]) -> RenderedEmail:
+    """Render ``email/<name>/{subject.txt,body.txt,body.html}``.
+
+    The subject is joined onto one line (a newline in a header would end it). The bodies also
+    see ``subject``, so the HTML ``<title>`` matches the inbox line.
+    """
+    folder = f"email/{name}"
+    raw_subject = env.get_template(f"{folder}/subject.txt").render(context)
+    subject = " ".join(line.strip() for line in raw_subject.splitlines() if line.strip())
+    body_context = {**context, "subject": subject}
+    text = env.get_template(f"{folder}/body.txt").render(body_context)
+    html = env.get_template(f"{folder}/body.html").render(body_context)
+    return RenderedEmail(subject=subject, text=text.strip() + "\n", html=html.strip() + "\n")
+
+
+def minor_unit_exponent(currency: str) -> int:
+    code = currency.upper()
+    if code in _ZERO_DECIMAL:
+        return 0
+    return 3 if code in _THREE_DECIMAL else 2
+
+
+def format_money(amount_minor: int, currency: str, locale: str | None) -> str:
+    """``4900, "eur", "de_DE"`` -> ``"49,00 €"``; Decimal all the way, never a float."""
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int):
+        msg = f"money needs an int in minor units, got {amount_minor!r}"
+        raise TypeError(msg)
+    if not _CURRENCY_CODE.fullmatch(currency):
+        msg = f"not an ISO 4217 currency code: {currency!r}"
+        raise ValueError(msg)
+    amount = Decimal(amount_minor).scaleb(-minor_unit_exponent(currency))
+    return format_currency(amount, currency.upper(), locale=resolve_locale(locale))
+
+
+def format_localtime(
+    value: datetime, timezone: str | None, locale: str | None, *, date_only: bool = False
+) -> str:
+    """An aware datetime as the customer reads it: ``Tuesday, March 4, 2025, 3:00 AM EST``."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        msg = "localtime needs an aware datetime (storage is UTC)"
+        raise ValueError(msg)
+    loc = resolve_locale(locale)
+    local = value.astimezone(resolve_timezone(timezone))
+    day = format_date(local, "full", locale=loc)
+    if date_only:
+        return day
+    clock = f"{format_time(local, 'short', locale=loc)} {format_time(local, 'z', locale=loc)}"
+    # The locale's own way of joining a date and a time ("{1}, {0}", "{1} {0}", ...).
+    joined = str(get_datetime_format("long", locale=loc)).replace("'", "")
+    return joined.replace("{1}", day).replace("{0}", clock)
+
+
+@lru_cache(maxsize=256)
+def resolve_locale(value: str | None) -> Locale:
+    """``"de-DE"``/``"de_DE"`` -> de_DE; ``"de_XX"`` -> de; unknown or empty -> en_US."""
+    raw = (value or "").replace("-", "_")
+    for candidate in (raw, raw.split("_")[0]):
+        try:
+            return Locale.parse(candidate)
+        except (ValueError, UnknownLocaleError):  # empty, malformed or not in CLDR
+            continue
+    return Locale.parse(FALLBACK_LOCALE)
+
+
+@lru_cache(maxsize=256)
+def resolve_timezone(value: str | None) -> ZoneInfo:
+    try:
+        return ZoneInfo(value or FALLBACK_TIMEZONE)
+    except (ZoneInfoNotFoundError, ValueError):  # unknown name, or a path-like value
+        return ZoneInfo(FALLBACK_TIMEZONE)
+
+
+@jinja2.pass_context
+def _money_filter(ctx: jinja2.runtime.Context, amount_minor: int, currency: str) -> str:
+    return format_money(amount_minor, currency, ctx.get("locale"))
+
+
+@jinja2.pass_context
+def _localtime_filter(
+    ctx: jinja2.runtime.Context, value: datetime, *, date_only: bool = False
+) -> str:
+    return format_localtime(value, ctx.get("timezone"), ctx.get("locale"), date_only=date_only)

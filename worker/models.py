@@ -1,0 +1,10 @@
+"""Imports every table so that ``Base.metadata`` is complete (Alembic, tests)."""
+
+from worker.billing import models as billing
+from worker.db import Base
+from worker.dunning import models as dunning
+from worker.email import models as email
+from worker.ledger import models as ledger
+from worker.webhooks import models as webhooks
+
+__all__ = ["Base", "billing", "dunning", "email", "ledger", "webhooks"]

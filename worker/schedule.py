@@ -1,0 +1,16 @@
+"""Every periodic job, in one place (STYLE H13)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+TICK_EVERY = timedelta(seconds=30)  # claim due actions, sweep the inbox
+
+SCHEDULE: tuple[tuple[str, timedelta, str], ...] = (("scheduler-tick", TICK_EVERY, "dunning.tick"),)
+
+
+def beat_schedule() -> dict[str, dict[str, Any]]:
+    return {
+        name: {"task": task, "schedule": every.total_seconds()} for name, every, task in SCHEDULE
+    }

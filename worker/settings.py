@@ -1,0 +1,148 @@
+"""Process settings: read once from the environment, validated, secrets never printed.
+
+The contract is DESIGN §4. Every variable has an embedded default so that a bare machine runs
+the demo: SQLite in the working directory, a broker that needs no server (kombu's filesystem
+transport under ``.dunning/broker``) and emails written to ``.dunning/outbox``.
+
+Redis database numbering in production: 0 = Celery broker. (Results are not stored.)
+
+Nothing here is read at import time: callers use :func:`load_settings`, and tests build
+:class:`Settings` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+DEFAULT_DATABASE_URL = "sqlite:///dunning.db"
+EMBEDDED_BROKER_URL = "filesystem://"
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+DEFAULT_CONFIG = "config/dunning.toml"
+DATA_DIR = Path(".dunning")  # embedded broker folders, outbox, beat schedule (relative to cwd)
+
+_BROKER_SCHEMES = {"filesystem", "redis", "rediss", "amqp", "amqps", "pyamqp", "memory"}
+_SMTP_SCHEMES = {"smtp", "smtps", "file"}
+
+
+class SettingError(ValueError):
+    """One setting is missing or malformed; the message starts with the variable's name."""
+
+
+class Secret(str):
+    """A string that never shows itself in logs, reprs or tracebacks."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'**********'"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    broker_url: str = EMBEDDED_BROKER_URL
+    config_path: Path = Path(DEFAULT_CONFIG)
+    smtp_url: Secret | None = None  # None: write emails to DATA_DIR/outbox
+    public_url: str = DEFAULT_PUBLIC_URL
+    stripe_api_key: Secret | None = None
+    stripe_webhook_secret: Secret | None = None
+    stripe_api_base: str | None = None  # None: Stripe's own
+    data_dir: Path = field(default=DATA_DIR)
+
+    @property
+    def outbox_dir(self) -> Path:
+        if self.smtp_url and self.smtp_url.reveal().startswith("file://"):
+            return Path(urlsplit(self.smtp_url.reveal()).path)
+        return self.data_dir / "outbox"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _url(name: str, value: str, schemes: set[str]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        allowed = ", ".join(sorted(schemes))
+        msg = f"{name}: unsupported scheme {parts.scheme!r} (expected one of {allowed})"
+        raise SettingError(msg)
+    return value
+
+
+def _database_url(value: str) -> str:
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        msg = "DUNNING_DATABASE_URL: not a database URL (e.g. postgresql+psycopg://user@host/db)"
+        raise SettingError(msg) from None
+    if url.get_backend_name() not in {"sqlite", "postgresql"}:
+        msg = f"DUNNING_DATABASE_URL: unsupported database {url.get_backend_name()!r}"
+        raise SettingError(msg + " (sqlite or postgresql)")
+    if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
+        value = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return value
+
+
+def _http_url(name: str, value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        msg = f"{name}: must be an http(s) URL, got {value!r}"
+        raise SettingError(msg)
+    return value.rstrip("/")
+
+
+def _secret(name: str, value: str, prefixes: tuple[str, ...]) -> Secret:
+    if not value.startswith(prefixes):
+        msg = f"{name}: malformed (expected it to start with {' or '.join(prefixes)})"
+        raise SettingError(msg)
+    return Secret(value)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting; raises :class:`SettingError` on the first bad one."""
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        value = env.get(name)
+        if value is None:
+            return None
+        if not value.strip():
+            msg = f"{name}: set but empty (unset it to use the default)"
+            raise SettingError(msg)
+        return value.strip()
+
+    database_url = _database_url(get("DUNNING_DATABASE_URL") or DEFAULT_DATABASE_URL)
+    broker = _url(
+        "DUNNING_BROKER_URL", get("DUNNING_BROKER_URL") or EMBEDDED_BROKER_URL, _BROKER_SCHEMES
+    )
+    smtp = get("DUNNING_SMTP_URL")
+    api_key = get("STRIPE_API_KEY")
+    webhook_secret = get("STRIPE_WEBHOOK_SECRET")
+    api_base = get("STRIPE_API_BASE")
+    return Settings(
+        database_url=database_url,
+        broker_url=broker,
+        config_path=Path(get("DUNNING_CONFIG") or DEFAULT_CONFIG),
+        smtp_url=Secret(_url("DUNNING_SMTP_URL", smtp, _SMTP_SCHEMES)) if smtp else None,
+        public_url=_http_url("DUNNING_PUBLIC_URL", get("DUNNING_PUBLIC_URL") or DEFAULT_PUBLIC_URL),
+        stripe_api_key=_secret("STRIPE_API_KEY", api_key, ("sk_", "rk_")) if api_key else None,
+        stripe_webhook_secret=(
+            _secret("STRIPE_WEBHOOK_SECRET", webhook_secret, ("whsec_",))
+            if webhook_secret
+            else None
+        ),
+        stripe_api_base=_http_url("STRIPE_API_BASE", api_base) if api_base else None,
+    )

@@ -1,0 +1,147 @@
+"""HTTP intake (``dunning serve``): verify, persist, enqueue after commit, answer. Nothing else.
+
+``POST /webhooks/stripe``: 400 for a bad or missing signature or a body that is not an event,
+413 over 1 MiB, 503 when the database cannot take the event (Stripe redelivers), 200 once the
+event is durable (also for a duplicate, with no second effect). ``GET /healthz`` says the
+process is up; ``GET /readyz`` that the database and the broker answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import stripe
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from worker import clock
+from worker.db import enqueue_after_commit
+from worker.runtime import Runtime
+from worker.webhooks.service import BadEventError, store_event
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024  # 1 MiB: Stripe events are a few KB
+SIGNATURE_TOLERANCE_S = 300  # Stripe's library default; never 0
+
+Enqueue = Callable[[int], Callable[[], None]]  # inbox id -> after-commit callback
+BrokerCheck = Callable[[], None]
+
+
+class _TooLargeError(Exception):
+    pass
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise _TooLargeError
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _TooLargeError
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _problem(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status)
+
+
+def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerCheck) -> Starlette:
+    secret = runtime.settings.stripe_webhook_secret
+    if secret is None:
+        msg = "STRIPE_WEBHOOK_SECRET: required by the webhook intake, not set"
+        raise ValueError(msg)
+
+    async def stripe_webhook(request: Request) -> Response:
+        try:
+            body = await _read_body(request)
+        except _TooLargeError:
+            return _problem(413, "body over 1 MiB")
+        header = request.headers.get("stripe-signature")
+        if not header:
+            return _problem(400, "missing Stripe-Signature header")
+        try:
+            stripe.WebhookSignature.verify_header(
+                body.decode("utf-8", "replace"), header, secret.reveal(), SIGNATURE_TOLERANCE_S
+            )
+        except stripe.SignatureVerificationError:
+            return _problem(400, "invalid signature")
+        try:
+            return await _store(body)
+        except BadEventError as exc:
+            return _problem(400, str(exc))
+
+    async def _store(body: bytes) -> Response:
+        # Runs the blocking database work off the event loop.
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            stored = await run_in_threadpool(_store_sync, body)
+        except (OperationalError, DBAPIError) as exc:
+            log.warning("webhook not stored, database unavailable: %s", type(exc).__name__)
+            return _problem(503, "database unavailable, retry later")
+        if stored.inbox_id is None:
+            return JSONResponse({"received": stored.event_id, "duplicate": True})
+        return JSONResponse({"received": stored.event_id})
+
+    def _store_sync(body: bytes):
+        with runtime.session() as session:
+            stored = store_event(session, provider="stripe", body=body, now=clock.now())
+            if stored.inbox_id is not None:
+                enqueue_after_commit(session, enqueue(stored.inbox_id))
+        return stored
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+
+        problems = await run_in_threadpool(_readiness)
+        if problems:
+            return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    def _readiness() -> list[str]:
+        problems = []
+        try:
+            with runtime.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any failure means not ready
+            problems.append(f"database: {type(exc).__name__}")
+        try:
+            broker_check()
+        except Exception as exc:  # any failure means not ready
+            problems.append(f"broker: {type(exc).__name__}")
+        return problems
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ]
+    )
+
+
+def build_intake(app: Any) -> Starlette:
+    """The intake wired to a Celery app: enqueue through it, check its broker."""
+    from worker.app import send_safely
+
+    def enqueue(inbox_id: int) -> Callable[[], None]:
+        return send_safely(app, "webhooks.process_event", inbox_id=inbox_id)
+
+    def broker_check() -> None:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+
+    return create_intake(app.runtime, enqueue=enqueue, broker_check=broker_check)

@@ -1,0 +1,27 @@
+"""Celery adapters for the inbox (thin: the logic is in ``worker.webhooks.service``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from worker import clock
+from worker.billing.events import Context
+from worker.webhooks.service import give_up, process_event
+
+MAX_RETRIES = 8
+
+
+@shared_task(name="webhooks.process_event", bind=True, max_retries=MAX_RETRIES)
+def process_event_task(self: Any, *, inbox_id: int) -> None:
+    runtime = self.app.runtime
+    try:
+        with runtime.session() as session:
+            process_event(session, inbox_id, Context(runtime.policy, runtime.gateway, clock.now()))
+    except Exception as exc:
+        if self.request.retries >= MAX_RETRIES:
+            with runtime.session() as session:
+                give_up(session, inbox_id, error=f"{type(exc).__name__}: {exc}", now=clock.now())
+            return
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries, 300)) from exc
