@@ -488,9 +488,10 @@ def charge_outcome(decline: dict[str, Any] | None) -> dict[str, Any]:
                 "risk_level": "highest" if reason == "highest_risk_level" else "normal",
                 "risk_score": 90 if reason == "highest_risk_level" else 40, "rule": None,
                 "seller_message": "Stripe blocked this payment.", "type": "blocked"}
-    reason = decline["outcome_reason"] or decline["decline_code"] or decline["code"]
+    generic = "generic_decline" if decline["code"] == "card_declined" else decline["code"]
+    reason = decline["outcome_reason"] or decline["decline_code"] or generic
     seller = ("The bank did not return any further details with this decline."
-              if reason in ("generic_decline", "card_declined")
+              if reason == "generic_decline"
               else f"The bank returned the decline code `{reason}`.")
     return {"advice_code": decline["advice_code"],
             "network_advice_code": decline["network_advice_code"],

@@ -11,6 +11,23 @@ The control API (`create_customer`, `bill`, `update_card`, ...) drives the accou
 Every timestamp comes from the injected `clock`, except webhook signature times, which use the
 wall clock because receivers check them against their own wall clock. One lock guards all state;
 webhooks are never posted while it is held. Object shapes live in `worker.sim.stripe_objects`.
+
+    peer = StripePeer(webhook_url="http://127.0.0.1:8000/webhooks/stripe", api_key="sk_test_x")
+    cus = peer.create_customer(email="a@example.com", name="Ada",
+                               card=CardSpec(outcomes=[INSUFFICIENT_FUNDS, SUCCEED]))
+    sub = peer.create_subscription(customer_id=cus, unit_amount=2900)
+    with peer.serve() as base_url:
+        invoice_id, paid = peer.bill(sub)          # declined: invoice.payment_failed etc.
+        peer.deliver_pending()                     # signed POSTs to webhook_url
+        client = stripe.StripeClient("sk_test_x", base_addresses={"api": base_url},
+                                     max_network_retries=0)
+        client.v1.invoices.pay(invoice_id, options={"idempotency_key": f"{invoice_id}:2"})
+
+Extra events beyond the minimum a caller may expect, as Stripe sends them: customer.created and
+payment_method.attached (create_customer); customer.subscription.updated when bill() advances
+the period and when the latest invoice's outcome flips the status active <-> past_due;
+charge.succeeded and payment_intent.succeeded before invoice.paid; payment_intent.requires_action
+before invoice.payment_action_required; payment_intent.canceled after invoice.voided.
 """
 
 from __future__ import annotations
@@ -188,8 +205,13 @@ class StripePeer:
     def __init__(self, *, webhook_url: str | None = None,
                  webhook_secret: str = "whsec_test",  # noqa: S107 - the test endpoint secret
                  clock: Callable[[], datetime] = clock_now, api_shape: Shape = "basil",
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, honor_stripe_version: bool = False) -> None:
+        """`api_shape` shapes events (the webhook endpoint's pinned version) and, unless
+        `honor_stripe_version`, API responses too. With `honor_stripe_version` each response
+        follows the request's Stripe-Version header like real Stripe: basil for 2025-03-31 and
+        later (stripe 16.1 sends 2026-10-28.endive by default), acacia before."""
         self.webhook_url = webhook_url
+        self.honor_stripe_version = honor_stripe_version
         self.webhook_secret = webhook_secret
         self.clock = clock
         self.api_shape: Shape = api_shape
@@ -208,6 +230,7 @@ class StripePeer:
         self._faults: list[_Fault] = []
         self._idem: OrderedDict[str, _Saved] = OrderedDict()
         self._request: dict[str, Any] | None = None  # set while an API handler runs
+        self._reply_shape: Shape | None = None  # set while an API handler runs
         self._http: httpx.Client | None = None  # webhook deliveries
         self._routes = self._route_table()
         self.asgi_app = Starlette(routes=[Route(
@@ -318,8 +341,10 @@ class StripePeer:
 
     def inject_fault(self, *, method: str, path_prefix: str, status: int, times: int = 1,
                      should_retry: bool | None = None, body: dict[str, Any] | None = None) -> None:
-        """The next `times` matching requests answer `status` and have no effect (not saved
-        for idempotency either, so a retry with the same key then runs for real)."""
+        """The next `times` requests with this method whose path starts with `path_prefix`
+        answer `status` and have no effect (not saved for idempotency either, so a retry with
+        the same key then runs for real). `body` is the whole body or just its error object;
+        by default 429 gets Stripe's rate_limit error and other statuses an api_error."""
         with self._lock:
             self._faults.append(_Fault(method.upper(), path_prefix, status, times, should_retry,
                                        body))
@@ -471,6 +496,7 @@ class StripePeer:
         with self._lock:
             emitted_before = len(self.events)
             self._request = {"id": ctx.request_id, "idempotency_key": ctx.idempotency_key}
+            self._reply_shape = self._shape_for(ctx.stripe_version)
             try:
                 status, payload, save = 200, handler(ctx, *args), True
             except ApiError as exc:
@@ -480,7 +506,7 @@ class StripePeer:
                 status, payload, save = 500, {"error": {
                     "type": "api_error", "message": "An unknown error occurred."}}, False
             finally:
-                self._request = None
+                self._request, self._reply_shape = None, None
             reply = self._respond(ctx, status, _dumps(payload))
             self._settle_key(ctx, reply, save)
             reply.emitted = len(self.events) > emitted_before
@@ -549,6 +575,8 @@ class StripePeer:
                 if fault.remaining <= 0:
                     self._faults.remove(fault)
                 body = fault.body or {"error": so.fault_error(fault.status)}
+                if "error" not in body:  # accept a bare error object too
+                    body = {"error": body}
                 extra = {} if fault.should_retry is None else {
                     "Stripe-Should-Retry": "true" if fault.should_retry else "false"}
                 return self._respond(ctx, fault.status, _dumps(body), extra=extra)
@@ -560,7 +588,8 @@ class StripePeer:
     def _respond(self, ctx: _Ctx, status: int, body: bytes, *, replayed: bool = False,
                  extra: dict[str, str] | None = None) -> _Reply:
         headers = {"Request-Id": ctx.request_id,
-                   "Stripe-Version": so.API_VERSIONS[self.api_shape], **(extra or {})}
+                   "Stripe-Version": so.API_VERSIONS[self._shape_for(ctx.stripe_version)],
+                   **(extra or {})}
         if ctx.idempotency_key:
             headers["Idempotency-Key"] = ctx.idempotency_key
         self.requests.append(RecordedRequest(ctx.method, ctx.path, ctx.params,
@@ -628,7 +657,7 @@ class StripePeer:
                 items = items[:ids.index(params["ending_before"])]
             limit = max(1, min(100, int(params.get("limit") or 10)))
             page = items[-limit:] if "ending_before" in params else items[:limit]
-            body = {"object": "list", "data": [self._view(o) for o in page],
+            body = {"object": "list", "data": [self._out(o) for o in page],
                     "has_more": len(items) > limit, "url": ctx.path}
             return so.expand(body, so.expand_paths(params), self._lookup)
         return handler
@@ -675,7 +704,7 @@ class StripePeer:
         if outcome == "paid":
             return self._render(inv, ctx)
         pi = self._objs[inv["payment_intent"]]
-        error = {**pi["last_payment_error"], "payment_intent": self._view(pi),
+        error = {**pi["last_payment_error"], "payment_intent": self._out(pi),
                  "request_log_url": f"https://dashboard.stripe.com/test/logs/{ctx.request_id}"}
         if outcome == "action_required":  # Stripe answers 400, not 402, for off-session 3DS
             code = "invoice_payment_intent_requires_action"
@@ -809,18 +838,29 @@ class StripePeer:
         return obj
 
     def _view(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """`obj` in the account's shape: events, previous_attributes, inspection helpers."""
         rendered: dict[str, Any] = so.view(obj, self.api_shape)
         return rendered
 
+    def _out(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """`obj` in the shape of the API request being answered."""
+        rendered: dict[str, Any] = so.view(obj, self._reply_shape or self.api_shape)
+        return rendered
+
+    def _shape_for(self, stripe_version: str | None) -> Shape:
+        if not self.honor_stripe_version or not stripe_version:
+            return self.api_shape
+        return "basil" if stripe_version[:10] >= "2025-03-31" else "acacia"
+
     def _visible(self, kind: str) -> bool:
-        return kind != "invoice_payment" or self.api_shape == "basil"
+        return kind != "invoice_payment" or (self._reply_shape or self.api_shape) == "basil"
 
     def _lookup(self, object_id: str) -> dict[str, Any] | None:
         obj = self._objs.get(object_id)
-        return self._view(obj) if obj is not None and self._visible(obj["object"]) else None
+        return self._out(obj) if obj is not None and self._visible(obj["object"]) else None
 
     def _render(self, obj: dict[str, Any], ctx: _Ctx) -> dict[str, Any]:
-        return so.expand(self._view(obj), so.expand_paths(ctx.params), self._lookup)
+        return so.expand(self._out(obj), so.expand_paths(ctx.params), self._lookup)
 
     def _fetch(self, kind: str, object_id: str, *, param: str = "id") -> dict[str, Any]:
         obj = self._objs.get(object_id)

@@ -1,0 +1,252 @@
+"""Events through the inbox and handlers into cases, actions and ledger rows (both databases).
+
+No provider peer here: decline signals travel in the payload (expanded PaymentIntent, the old
+API shape), and retries are recorded with :func:`record_retry_result` as the retry task does
+after its Stripe call. End-to-end runs with the peer and a worker live in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tests.conftest import START
+from tests.support import stripe_events as ev
+from worker.billing.domain import Decline
+from worker.billing.events import Context
+from worker.billing.stripe_client import PaymentResult
+from worker.clock import ManualClock
+from worker.config import Policy
+from worker.dunning import service as dunning
+from worker.dunning.models import ActionKind, ActionStatus, CaseTransition, DunningCase
+from worker.dunning.models import ScheduledAction as Action
+from worker.dunning.state import DunningState
+from worker.ledger.models import LedgerMovement, MovementKind
+from worker.webhooks.models import InboxEvent, InboxStatus
+from worker.webhooks.service import process_event, store_event
+
+
+def deliver(
+    session: Session, policy: Policy, payload: dict[str, Any], now: Any = START
+) -> InboxStatus | None:
+    stored = store_event(session, provider="stripe", body=json.dumps(payload).encode(), now=now)
+    if stored.inbox_id is None:
+        return None
+    return process_event(session, stored.inbox_id, Context(policy, None, now))
+
+
+def failed(
+    invoice_id: str,
+    decline_code: str = "insufficient_funds",
+    *,
+    at: Any = START,
+    event_id: str | None = None,
+    charge: str | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
+    charge = charge or f"ch_{invoice_id}"
+    pi = ev.payment_intent(
+        pi_id=f"pi_{invoice_id}", charge_id=charge, decline_code=decline_code, **kw
+    )
+    return ev.envelope(
+        "invoice.payment_failed",
+        ev.invoice(invoice_id=invoice_id, shape="acacia", payment_intent=pi, at=at),
+        at=at,
+        event_id=event_id,
+        shape="acacia",
+    )
+
+
+def paid(invoice_id: str, *, at: Any = START) -> dict[str, Any]:
+    return ev.envelope(
+        "invoice.paid", ev.invoice(invoice_id=invoice_id, status="paid", at=at), at=at
+    )
+
+
+def the_case(session: Session) -> DunningCase:
+    return session.scalars(select(DunningCase)).one()
+
+
+def planned(session: Session, kind: ActionKind) -> list[Action]:
+    return list(
+        session.scalars(
+            select(Action)
+            .where(Action.kind == kind, Action.status == ActionStatus.PLANNED)
+            .order_by(Action.due_at)
+        )
+    )
+
+
+def test_soft_decline_opens_a_retrying_case_with_a_plan(session: Session, policy: Policy) -> None:
+    assert deliver(session, policy, failed("in_1")) is InboxStatus.PROCESSED
+    case = the_case(session)
+    assert case.state is DunningState.RETRYING
+    assert case.decline_code == "insufficient_funds"
+    assert case.decline_class == "funds"
+    assert case.policy_version == policy.version
+    (retry,) = planned(session, ActionKind.RETRY_PAYMENT)
+    assert retry.due_at == START + timedelta(hours=24)
+    assert retry.idempotency_key == "dunning:in_1:retry:1"
+    emails = [a.template for a in planned(session, ActionKind.SEND_EMAIL)]
+    assert emails == ["payment_failed", "reminder", "reminder", "final_notice"]
+    (final,) = planned(session, ActionKind.FINAL_ACTION)
+    assert final.due_at == START + timedelta(days=14)
+
+
+def test_duplicate_delivery_has_no_second_effect(session: Session, policy: Policy) -> None:
+    payload = failed("in_1")
+    deliver(session, policy, payload)
+    assert deliver(session, policy, payload) is None
+    # Stripe can also emit a second Event object for the same attempt (same charge).
+    second = failed("in_1", event_id="evt_twin")
+    assert deliver(session, policy, second) is InboxStatus.PROCESSED
+    assert session.scalar(select(func.count()).select_from(CaseTransition)) == 1
+    assert len(planned(session, ActionKind.RETRY_PAYMENT)) == 1
+
+
+def test_hard_decline_waits_for_the_customer(session: Session, policy: Policy) -> None:
+    deliver(session, policy, failed("in_1", "expired_card", code="expired_card"))
+    assert the_case(session).state is DunningState.AWAITING_CUSTOMER
+    assert planned(session, ActionKind.RETRY_PAYMENT) == []
+    # The network updater replaces the card: exactly one prompt retry.
+    pm = ev.envelope("payment_method.automatically_updated", ev.payment_method(), at=START)
+    deliver(session, policy, pm, now=START + timedelta(hours=2))
+    assert deliver(session, policy, pm, now=START + timedelta(hours=2)) is None
+    case = the_case(session)
+    assert case.state is DunningState.RETRYING
+    (retry,) = planned(session, ActionKind.RETRY_PAYMENT)
+    assert retry.due_at == START + timedelta(hours=2)
+    assert ":card-update:" in retry.idempotency_key
+
+
+def test_authentication_required_gets_the_action_email(session: Session, policy: Policy) -> None:
+    payload = ev.envelope(
+        "invoice.payment_action_required", ev.invoice(invoice_id="in_1", at=START), at=START
+    )
+    deliver(session, policy, payload)
+    assert the_case(session).state is DunningState.AWAITING_CUSTOMER
+    assert planned(session, ActionKind.SEND_EMAIL)[0].template == "action_required"
+    assert planned(session, ActionKind.RETRY_PAYMENT) == []
+
+
+def test_payment_recovers_books_and_cancels(session: Session, policy: Policy) -> None:
+    deliver(session, policy, failed("in_1"))
+    deliver(
+        session, policy, paid("in_1", at=START + timedelta(days=2)), now=START + timedelta(days=2)
+    )
+    case = the_case(session)
+    assert case.state is DunningState.RECOVERED
+    assert case.recovered_method == "customer"
+    assert planned(session, ActionKind.RETRY_PAYMENT) == []
+    assert planned(session, ActionKind.FINAL_ACTION) == []
+    assert [a.template for a in planned(session, ActionKind.SEND_EMAIL)] == ["payment_recovered"]
+    (movement,) = session.scalars(select(LedgerMovement))
+    assert (movement.kind, movement.amount, movement.currency, movement.method) == (
+        MovementKind.RECOVERY,
+        4900,
+        "usd",
+        "customer",
+    )
+
+
+def test_late_failure_after_payment_changes_nothing(session: Session, policy: Policy) -> None:
+    deliver(session, policy, paid("in_1", at=START + timedelta(minutes=5)))
+    deliver(session, policy, failed("in_1", at=START))  # delivered late, happened earlier
+    assert session.scalar(select(func.count()).select_from(DunningCase)) == 0
+
+
+def test_our_retry_then_the_same_charge_by_webhook_counts_once(
+    session: Session, policy: Policy, manual_clock: ManualClock
+) -> None:
+    deliver(session, policy, failed("in_1"))
+    (retry,) = planned(session, ActionKind.RETRY_PAYMENT)
+    retry.status = ActionStatus.CLAIMED
+    manual_clock.set(retry.due_at)
+    runtime = _Runtime(policy)
+    decline = Decline(code="card_declined", decline_code="insufficient_funds", charge_id="ch_2")
+    dunning_record(session, runtime, retry.id, PaymentResult(succeeded=False, decline=decline))
+    deliver(
+        session, policy, failed("in_1", charge="ch_2", event_id="evt_for_ch_2"), now=retry.due_at
+    )
+    case = the_case(session)
+    failures = session.scalars(
+        select(CaseTransition.event).where(
+            CaseTransition.case_id == case.id, CaseTransition.event == "payment_failed"
+        )
+    ).all()
+    assert len(failures) == 2  # the first failure and our retry's decline, not three
+    (next_retry,) = planned(session, ActionKind.RETRY_PAYMENT)
+    assert next_retry.idempotency_key == "dunning:in_1:retry:2"
+    assert next_retry.due_at == START + timedelta(hours=72)
+
+
+def test_final_action_churns_and_books_involuntary_churn(session: Session, policy: Policy) -> None:
+    deliver(
+        session,
+        policy,
+        ev.envelope(
+            "customer.subscription.created",
+            ev.subscription(unit_amount=12000, interval="year", at=START),
+            at=START,
+        ),
+    )
+    deliver(session, policy, failed("in_1"))
+    case = the_case(session)
+    end = case.window_ends_at
+    dunning.apply(session, case, dunning.E.WINDOW_EXPIRED, policy=policy, now=end)
+    assert case.state is DunningState.CHURNED
+    (movement,) = session.scalars(select(LedgerMovement))
+    assert (movement.kind, movement.amount) == (MovementKind.CHURN_INVOLUNTARY, 1000)
+    # A payment after churning stays churned and is a reactivation in the ledger.
+    deliver(session, policy, paid("in_1", at=end + timedelta(days=1)), now=end + timedelta(days=1))
+    assert the_case(session).state is DunningState.CHURNED
+    kinds = sorted(m.kind.value for m in session.scalars(select(LedgerMovement)))
+    assert kinds == ["churn_involuntary", "reactivation"]
+
+
+def test_voluntary_cancellation_closes(session: Session, policy: Policy) -> None:
+    deliver(session, policy, failed("in_1"))
+    sub = ev.subscription(
+        status="canceled",
+        cancellation_reason="cancellation_requested",
+        at=START + timedelta(days=1),
+    )
+    deliver(
+        session,
+        policy,
+        ev.envelope("customer.subscription.deleted", sub, at=START + timedelta(days=1)),
+    )
+    assert the_case(session).state is DunningState.CLOSED
+    assert session.scalar(select(func.count()).select_from(LedgerMovement)) == 0
+
+
+def test_unparseable_and_unknown_events_are_kept(session: Session, policy: Policy) -> None:
+    broken = {
+        "id": "evt_broken",
+        "type": "invoice.payment_failed",
+        "created": 1,
+        "data": {"object": {"object": "invoice", "id": "in_x"}},
+    }
+    assert deliver(session, policy, broken) is InboxStatus.FAILED
+    unknown = ev.envelope("radar.early_fraud_warning.created", {"id": "issfr_1"}, at=START)
+    assert deliver(session, policy, unknown) is InboxStatus.IGNORED
+    row = session.scalars(select(InboxEvent).where(InboxEvent.event_id == "evt_broken")).one()
+    assert row.error is not None
+    assert row.error.startswith("unparseable: ")
+
+
+class _Runtime:
+    """The two things record_retry_result reads from a runtime."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+
+def dunning_record(session: Session, runtime: Any, action_id: int, result: PaymentResult) -> None:
+    from worker.dunning.actions import record_retry_result
+
+    record_retry_result(session, runtime, action_id, result)
