@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from email import message_from_bytes, policy
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from tests.support.smtp import Recorder, free_port
+from tests.support.smtp import smtp_server as running_smtp
 from worker.email.sender import (
     OutboxSender,
     OutgoingEmail,
@@ -35,33 +34,6 @@ EMAIL = OutgoingEmail(
 )
 
 
-class Recorder:
-    """An aiosmtpd handler that accepts mail, except for a few scripted recipients."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
-    ) -> str:
-        if address.startswith("nobody"):
-            return f"550 5.1.1 <{address}>: Recipient address rejected: User unknown"
-        if address.startswith("busy"):
-            return "451 4.3.0 Mailbox temporarily unavailable"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
-        return "250 Message accepted for delivery"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def accept_jane(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
     ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"jane", b"p@ss w")
     return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd sends the 535
@@ -69,15 +41,8 @@ def accept_jane(server: Any, session: Any, envelope: Any, mechanism: str, data: 
 
 @pytest.fixture
 def smtp_server(request: pytest.FixtureRequest) -> Iterator[tuple[Recorder, int]]:
-    recorder = Recorder()
-    port = free_port()
-    options = getattr(request, "param", {})
-    controller = Controller(recorder, hostname="127.0.0.1", port=port, **options)
-    controller.start()
-    try:
-        yield recorder, port
-    finally:
-        controller.stop()
+    with running_smtp(**getattr(request, "param", {})) as server:
+        yield server
 
 
 def test_smtp_delivers_both_parts_and_the_key(smtp_server: tuple[Recorder, int]) -> None:

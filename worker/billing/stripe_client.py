@@ -132,6 +132,10 @@ class StripeGateway:
             action = decline.reason in {"authentication_required", "authentication_not_handled"}
             return PaymentResult(succeeded=False, decline=decline, requires_action=action)
         except stripe.InvalidRequestError as exc:
+            if exc.code == "invoice_payment_intent_requires_action":
+                # Off-session payment needs 3D Secure: only the customer can complete it.
+                return PaymentResult(succeeded=False, requires_action=True,
+                                     decline=Decline(code=exc.code))
             if "already paid" in str(exc.user_message or exc).lower():
                 return PaymentResult(succeeded=True)
             raise ProviderError(str(exc.user_message or exc), code=exc.code) from exc

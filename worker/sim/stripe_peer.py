@@ -218,6 +218,9 @@ class StripePeer:
         self.api_key = api_key
         self.auto_deliver = False
         self.latency = 0.0  # seconds slept (outside the lock) by every routed API request
+        # Seconds slept after a request took effect, before answering: a client killed in
+        # this gap has charged the card without hearing so (crash-recovery tests).
+        self.reply_delay = 0.0
         self.requests: list[RecordedRequest] = []
         self.events: list[dict[str, Any]] = []
         self._lock = threading.RLock()
@@ -510,6 +513,8 @@ class StripePeer:
             reply = self._respond(ctx, status, _dumps(payload))
             self._settle_key(ctx, reply, save)
             reply.emitted = len(self.events) > emitted_before
+        if self.reply_delay:
+            time.sleep(self.reply_delay)
         return reply
 
     def _preflight(self, ctx: _Ctx, auth: str | None) -> _Reply | tuple[Handler, tuple[str, ...]]:

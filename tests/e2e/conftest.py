@@ -1,0 +1,116 @@
+"""The whole pipeline on real components: PostgreSQL, Redis, the intake over HTTP, a Celery
+worker thread (not eager mode), an aiosmtpd server and the Stripe-compatible peer reached
+through the official ``stripe`` library."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from sqlalchemy import select
+
+import worker.dunning.tasks
+import worker.webhooks.tasks
+from tests.conftest import REPO
+from tests.support.smtp import Recorder, smtp_server
+from worker.app import DunningCelery, create_app
+from worker.dunning.models import DunningCase
+from worker.httpserver import serve_in_thread
+from worker.settings import Secret, Settings
+from worker.sim.stripe_peer import StripePeer
+from worker.webhooks.intake import build_intake
+
+API_KEY = "sk_test_e2e"
+WEBHOOK_SECRET = "whsec_e2e"
+
+
+@dataclass
+class Stack:
+    app: DunningCelery
+    settings: Settings
+    peer: StripePeer
+    intake_url: str
+    mail: Recorder
+
+    def tick(self) -> int:
+        return worker.dunning.tasks.tick_once(self.app)
+
+    def cases(self) -> list[DunningCase]:
+        with self.app.runtime.session() as session:
+            return list(session.scalars(select(DunningCase).order_by(DunningCase.id)))
+
+    def mail_with(self, template_word: str) -> list[Any]:
+        return [m for m in self.mail.messages if template_word in (m["X-Dunning-Key"] or "")]
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 20, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            msg = f"timed out waiting for {what or predicate}"
+            raise AssertionError(msg)
+        time.sleep(0.05)
+
+
+def e2e_settings(
+    *, database_url: str, broker_url: str, smtp_port: int, api_base: str, data_dir: Path
+) -> Settings:
+    return Settings(
+        database_url=database_url,
+        broker_url=broker_url,
+        config_path=REPO / "config" / "dunning.toml",
+        smtp_url=Secret(f"smtp://127.0.0.1:{smtp_port}"),
+        stripe_api_key=Secret(API_KEY),
+        stripe_webhook_secret=Secret(WEBHOOK_SECRET),
+        stripe_api_base=api_base,
+        data_dir=data_dir,
+    )
+
+
+@pytest.fixture
+def peer() -> Iterator[tuple[StripePeer, str]]:
+    stripe_peer = StripePeer(api_key=API_KEY, webhook_secret=WEBHOOK_SECRET)
+    with stripe_peer.serve() as base_url:
+        yield stripe_peer, base_url
+    stripe_peer.close()
+
+
+@pytest.fixture
+def mail() -> Iterator[tuple[Recorder, int]]:
+    with smtp_server() as server:
+        yield server
+
+
+@pytest.fixture
+def stack(
+    pg: str,
+    redis_url: str,
+    mail: tuple[Recorder, int],
+    peer: tuple[StripePeer, str],
+    tmp_path: Path,
+) -> Iterator[Stack]:
+    stripe_peer, api_base = peer
+    recorder, smtp_port = mail
+    settings = e2e_settings(
+        database_url=pg,
+        broker_url=redis_url,
+        smtp_port=smtp_port,
+        api_base=api_base,
+        data_dir=tmp_path / ".dunning",
+    )
+    app = create_app(settings)
+    with serve_in_thread(build_intake(app)) as intake_url:
+        stripe_peer.webhook_url = f"{intake_url}/webhooks/stripe"
+        with start_worker(
+            app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=10
+        ):
+            yield Stack(app, settings, stripe_peer, intake_url, recorder)
+    app.runtime.close()

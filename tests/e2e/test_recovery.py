@@ -1,0 +1,85 @@
+"""A failed payment arrives as a signed webhook and leaves as a recovered invoice."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from tests.e2e.conftest import Stack, wait_for
+from worker import clock
+from worker.billing.models import PaymentAttempt
+from worker.dunning.models import CaseTransition
+from worker.dunning.service import retry_now
+from worker.dunning.state import DunningState
+from worker.dunning.views import show_case
+from worker.sim.stripe_peer import INSUFFICIENT_FUNDS, SUCCEED, CardSpec
+
+
+def _retry_now(stack: Stack, case_id: int) -> str:
+    with stack.app.runtime.session() as session:
+        return retry_now(session, case_id, now=clock.now()).idempotency_key
+
+
+def test_failure_to_recovery(stack: Stack, manual_clock: clock.ManualClock) -> None:
+    peer = stack.peer
+    customer = peer.create_customer(
+        email="jane.doe@example.com",
+        name="Jane Doe",
+        card=CardSpec(outcomes=[INSUFFICIENT_FUNDS, INSUFFICIENT_FUNDS, SUCCEED]),
+    )
+    sub = peer.create_subscription(customer_id=customer, unit_amount=4900)
+    invoice_id, paid = peer.bill(sub)
+    assert not paid
+    peer.deliver_pending()
+
+    (case,) = wait_for(
+        lambda: [c for c in stack.cases() if c.state is DunningState.RETRYING],
+        what="a retrying case",
+    )
+    # The decline code was fetched from the provider (the basil invoice carries none).
+    assert case.decline_code == "insufficient_funds"
+
+    # A duplicate delivery of the same event: 2xx, no second effect.
+    failed_event = next(e["id"] for e in peer.events if e["type"] == "invoice.payment_failed")
+    assert peer.redeliver(failed_event) == 200
+
+    # The first email goes out through the scheduler.
+    stack.tick()
+    wait_for(lambda: stack.mail_with("email:first"), what="the payment_failed email")
+
+    # Ops: retry now, twice; each attempt has its own idempotency key.
+    first_key = _retry_now(stack, case.id)
+    stack.tick()
+    wait_for(lambda: peer.charge_attempts(invoice_id) == 2, what="our first retry")
+    wait_for(lambda: _attempts(stack) == 2, what="the declined retry recorded")
+    peer.deliver_pending()  # Stripe's invoice.payment_failed for our own attempt
+    manual_clock.advance(timedelta(minutes=5))
+    second_key = _retry_now(stack, case.id)
+    assert second_key != first_key
+    stack.tick()
+    wait_for(lambda: stack.cases()[0].state is DunningState.RECOVERED, what="recovery")
+    peer.deliver_pending()  # invoice.paid etc.
+    stack.tick()
+    wait_for(lambda: stack.mail_with("email:recovered"), what="the recovered email")
+    stack.tick()
+
+    pay_keys = [r.idempotency_key for r in peer.requests if r.path.endswith("/pay")]
+    assert pay_keys == [first_key, second_key]
+    with stack.app.runtime.session() as session:
+        detail = show_case(session, case.id)
+        failures = session.scalar(
+            select(func.count())
+            .select_from(CaseTransition)
+            .where(CaseTransition.case_id == case.id, CaseTransition.event == "payment_failed")
+        )
+    assert detail is not None
+    assert detail["recovered_method"] == "retry"
+    assert failures == 2  # the original failure and our first retry; no double counting
+    assert len(stack.mail_with("email:recovered")) == 1
+    assert peer.charge_attempts(invoice_id) == 3
+
+
+def _attempts(stack: Stack) -> int:
+    with stack.app.runtime.session() as session:
+        return session.scalar(select(func.count()).select_from(PaymentAttempt)) or 0
