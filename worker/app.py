@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -50,6 +49,7 @@ def _broker(settings: Settings) -> tuple[str, dict[str, Any]]:
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> DunningCelery:
     app = DunningCelery("dunning", set_as_current=False)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # beat's schedule file lives here
     broker_url, transport_options = _broker(settings)
     app.conf.update(
         broker_url=broker_url,
@@ -95,8 +95,3 @@ def send_safely(app: Celery, name: str, **kwargs: Any) -> Callable[[], None]:
             log.warning("enqueue of %s failed, sweeper will retry: %s", name, type(exc).__name__)
 
     return send
-
-
-def data_dir_ready(settings: Settings) -> Path:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return settings.data_dir

@@ -90,13 +90,14 @@ def mail() -> Iterator[tuple[Recorder, int]]:
 
 
 @pytest.fixture
-def stack(
+def stack_no_worker(
     pg: str,
     redis_url: str,
     mail: tuple[Recorder, int],
     peer: tuple[StripePeer, str],
     tmp_path: Path,
 ) -> Iterator[Stack]:
+    """Intake, peer, SMTP and the scheduler; the test brings its own worker."""
     stripe_peer, api_base = peer
     recorder, smtp_port = mail
     settings = e2e_settings(
@@ -109,8 +110,18 @@ def stack(
     app = create_app(settings)
     with serve_in_thread(build_intake(app)) as intake_url:
         stripe_peer.webhook_url = f"{intake_url}/webhooks/stripe"
-        with start_worker(
-            app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=10
-        ):
-            yield Stack(app, settings, stripe_peer, intake_url, recorder)
+        yield Stack(app, settings, stripe_peer, intake_url, recorder)
     app.runtime.close()
+
+
+@pytest.fixture
+def stack(stack_no_worker: Stack) -> Iterator[Stack]:
+    """The whole pipeline with a Celery worker thread consuming from Redis."""
+    with start_worker(
+        stack_no_worker.app,
+        pool="solo",
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=10,
+    ):
+        yield stack_no_worker

@@ -1,0 +1,184 @@
+"""The webhook intake over real HTTP, against PostgreSQL and a Redis broker."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import select
+
+import worker.dunning.tasks
+from tests.conftest import REPO, START
+from tests.support import stripe_events as ev
+from worker import clock
+from worker.app import DunningCelery, create_app
+from worker.httpserver import serve_in_thread
+from worker.settings import Secret, Settings
+from worker.webhooks.intake import MAX_BODY, build_intake
+from worker.webhooks.models import InboxEvent, InboxStatus
+
+SECRET = "whsec_intake"
+DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+
+
+def sign(body: bytes, *, secret: str = SECRET, at: float | None = None) -> str:
+    t = int(at if at is not None else time.time())
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def make_app(database_url: str, broker_url: str, tmp_path: Path) -> DunningCelery:
+    return create_app(
+        Settings(
+            database_url=database_url,
+            broker_url=broker_url,
+            config_path=REPO / "config" / "dunning.toml",
+            stripe_webhook_secret=Secret(SECRET),
+            data_dir=tmp_path,
+        )
+    )
+
+
+@pytest.fixture
+def app(pg: str, redis_url: str, tmp_path: Path) -> Iterator[DunningCelery]:
+    celery = make_app(pg, redis_url, tmp_path)
+    yield celery
+    celery.runtime.close()
+
+
+@pytest.fixture
+def intake(app: DunningCelery) -> Iterator[str]:
+    with serve_in_thread(build_intake(app)) as url:
+        yield url
+
+
+def post(url: str, body: bytes, signature: str | None) -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["Stripe-Signature"] = signature
+    return httpx.post(f"{url}/webhooks/stripe", content=body, headers=headers, timeout=10)
+
+
+def event_body(event_id: str = "evt_intake_1") -> bytes:
+    return json.dumps(
+        ev.envelope(
+            "invoice.payment_failed",
+            ev.invoice(invoice_id="in_1", at=START),
+            at=START,
+            event_id=event_id,
+        )
+    ).encode()
+
+
+def inbox(app: DunningCelery) -> list[InboxEvent]:
+    with app.runtime.session() as session:
+        return list(session.scalars(select(InboxEvent).order_by(InboxEvent.id)))
+
+
+def queued(redis_url: str, queue: str = "intake") -> int:
+    return int(redis.Redis.from_url(redis_url).llen(queue))
+
+
+def test_a_signed_event_is_stored_and_enqueued_once(
+    intake: str, app: DunningCelery, redis_url: str
+) -> None:
+    body = event_body()
+    first = post(intake, body, sign(body))
+    assert first.status_code == 200
+    assert first.json() == {"received": "evt_intake_1"}
+    again = post(intake, body, sign(body))  # Stripe redelivers with a fresh signature
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is True
+    (row,) = inbox(app)
+    assert row.payload == body.decode()
+    assert row.status is InboxStatus.PENDING
+    assert queued(redis_url) == 1
+
+
+@pytest.mark.parametrize(
+    ("mangle", "reason"),
+    [
+        (lambda body: None, "missing Stripe-Signature header"),
+        (lambda body: sign(body, secret="whsec_other"), "invalid signature"),
+        (lambda body: sign(body + b" "), "invalid signature"),
+        (lambda body: sign(body, at=time.time() - 301), "invalid signature"),
+        (lambda body: "garbage", "invalid signature"),
+    ],
+)
+def test_bad_signatures_are_400(intake: str, app: DunningCelery, mangle, reason: str) -> None:  # type: ignore[no-untyped-def]
+    body = event_body()
+    response = post(intake, body, mangle(body))
+    assert response.status_code == 400
+    assert response.json() == {"error": reason}
+    assert inbox(app) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "malformed JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"type": "invoice.paid"}', "missing event id"),
+        (b'{"id": "evt_1"}', "missing event type"),
+    ],
+)
+def test_malformed_events_are_400(
+    intake: str, app: DunningCelery, body: bytes, reason: str
+) -> None:
+    response = post(intake, body, sign(body))
+    assert (response.status_code, response.json()) == (400, {"error": reason})
+    assert inbox(app) == []
+
+
+def test_oversized_body_is_413(intake: str, app: DunningCelery) -> None:
+    body = b"{" + b" " * MAX_BODY + b"}"
+    response = post(intake, body, sign(body))
+    assert response.status_code == 413
+    assert inbox(app) == []
+
+
+def test_database_down_is_503_so_stripe_redelivers(redis_url: str, tmp_path: Path) -> None:
+    app = make_app("postgresql+psycopg://postgres@127.0.0.1:1/nowhere", redis_url, tmp_path)
+    with serve_in_thread(build_intake(app)) as url:
+        body = event_body()
+        response = post(url, body, sign(body))
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+    assert response.status_code == 503
+    assert ready.status_code == 503
+    assert ready.json()["problems"][0].startswith("database: ")
+
+
+def test_broker_down_loses_nothing(
+    pg: str, redis_url: str, tmp_path: Path, manual_clock: clock.ManualClock
+) -> None:
+    down = make_app(pg, DEAD_REDIS, tmp_path)
+    with serve_in_thread(build_intake(down)) as url:
+        body = event_body()
+        assert post(url, body, sign(body)).status_code == 200
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+    assert ready.status_code == 503
+    assert ready.json()["problems"] == ["broker: OperationalError"]
+    (row,) = inbox(down)
+    assert row.status is InboxStatus.PENDING
+    # The broker is back: the sweeper hands the event over once it is a minute old.
+    up = make_app(pg, redis_url, tmp_path)
+    assert worker.dunning.tasks.tick_once(up) == 0  # not yet a minute
+    manual_clock.advance(timedelta(seconds=61))
+    assert worker.dunning.tasks.tick_once(up) == 1
+    assert queued(redis_url) == 1
+    (row,) = inbox(up)
+    assert row.enqueue_count == 2
+
+
+def test_health_and_readiness(intake: str) -> None:
+    assert httpx.get(f"{intake}/healthz", timeout=10).json() == {"status": "ok"}
+    ready = httpx.get(f"{intake}/readyz", timeout=10)
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
