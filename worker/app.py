@@ -29,31 +29,36 @@ class DunningCelery(Celery):
     runtime: Runtime
 
 
-def _broker(settings: Settings) -> tuple[str, dict[str, Any]]:
+def _broker(settings: Settings) -> dict[str, Any]:
     if settings.broker_url != EMBEDDED_BROKER_URL:
         # Redis: a task not acked within this time is redelivered. Long waits never sit in
         # the broker (they live in scheduled_actions), so one hour only covers slow tasks.
-        return settings.broker_url, {"visibility_timeout": 3600}
+        return {
+            "broker_url": settings.broker_url,
+            "broker_transport_options": {"visibility_timeout": 3600},
+        }
     folder = (settings.data_dir / "broker").resolve()
     for sub in ("queue", "processed"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    # kombu's filesystem transport: a broker with no server, shared by processes on one host.
-    return "filesystem://", {
-        "data_folder_in": str(folder / "queue"),
-        "data_folder_out": str(folder / "queue"),
-        "processed_folder": str(folder / "processed"),
-        "store_processed": False,
-        "polling_interval": 0.05,
+    # A broker with no server, shared by processes on one host (see worker.embedded_broker).
+    return {
+        "broker_url": None,
+        "broker_transport": "worker.embedded_broker:Transport",
+        "broker_transport_options": {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+            "polling_interval": 0.05,
+        },
     }
 
 
 def create_app(settings: Settings, runtime: Runtime | None = None) -> DunningCelery:
     app = DunningCelery("dunning", set_as_current=False)
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # beat's schedule file lives here
-    broker_url, transport_options = _broker(settings)
     app.conf.update(
-        broker_url=broker_url,
-        broker_transport_options=transport_options,
+        **_broker(settings),
         broker_connection_retry_on_startup=True,
         # A worker killed mid-task must not lose it: ack after the task, and requeue when the
         # worker process dies. Every task is idempotent (keys + unique rows), so redelivery

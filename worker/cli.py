@@ -148,12 +148,17 @@ def beat(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--port", default=8000, show_default=True, type=int)
+@_errors
 def run(port: int) -> None:
-    """Intake + worker + beat in one process tree (embedded defaults work)."""
+    """Intake + worker + beat in one process tree; migrates the database first."""
+    from worker.migrate import upgrade
     from worker.processes import run_all
 
     settings = _settings()
+    if settings.stripe_webhook_secret is None:
+        raise BadInput("STRIPE_WEBHOOK_SECRET: required by the intake, not set")
     _policy(settings)
+    upgrade(settings.database_url)
     raise SystemExit(run_all(port=port))
 
 
@@ -273,7 +278,7 @@ def events_replay(file: Path) -> None:
 
 
 @main.command()
-@click.option("--customers", default=60, show_default=True, type=int)
+@click.option("--customers", default=100, show_default=True, type=int)
 @click.option("--seed", default=7, show_default=True, type=int)
 @click.option(
     "--out",

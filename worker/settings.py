@@ -73,6 +73,19 @@ class Settings:
         return self.database_url.startswith("sqlite")
 
 
+def default_config_path() -> Path:
+    """``config/dunning.toml`` in the working directory, else the copy shipped with the
+    package (so ``dunning demo`` works from anywhere)."""
+    local = Path(DEFAULT_CONFIG)
+    if local.is_file():
+        return local
+    import worker
+
+    package = Path(worker.__file__).resolve().parent
+    repo = package.parent / DEFAULT_CONFIG
+    return repo if repo.is_file() else package / "_config" / "dunning.toml"
+
+
 def _url(name: str, value: str, schemes: set[str]) -> str:
     parts = urlsplit(value)
     if parts.scheme not in schemes:

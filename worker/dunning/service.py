@@ -153,19 +153,35 @@ def _effects(
         if new is S.RETRYING:
             _plan_next_retry(session, case, policy=policy, now=now)
     elif event is E.PAYMENT_METHOD_UPDATED and new is S.RETRYING:
-        _cancel(session, case, note="a card update replaces it", kinds=(ActionKind.RETRY_PAYMENT,))
-        invoice_ref = session.scalar(
-            select(Invoice.provider_id).where(Invoice.id == case.invoice_id)
+        _plan_card_update_retry(session, case, now=now, source=source)
+
+
+def _plan_card_update_retry(
+    session: Session, case: DunningCase, *, now: datetime, source: str | None
+) -> None:
+    """Exactly one prompt retry per card update. A retry already planned or running for an
+    earlier update covers this one too: the charge uses the default card when it runs."""
+    pending = session.scalars(
+        select(ScheduledAction).where(
+            ScheduledAction.case_id == case.id,
+            ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
+            ScheduledAction.status.in_([ActionStatus.PLANNED, ActionStatus.CLAIMED]),
+            ScheduledAction.idempotency_key.contains(":card-update:"),
         )
-        plan(
-            session,
-            case,
-            ActionKind.RETRY_PAYMENT,
-            due_at=now,
-            now=now,
-            key=f"dunning:{invoice_ref}:card-update:{source or now.isoformat()}",
-            reason="card updated: one prompt retry",
-        )
+    ).first()
+    if pending is not None:
+        return
+    _cancel(session, case, note="a card update replaces it", kinds=(ActionKind.RETRY_PAYMENT,))
+    invoice_ref = session.scalar(select(Invoice.provider_id).where(Invoice.id == case.invoice_id))
+    plan(
+        session,
+        case,
+        ActionKind.RETRY_PAYMENT,
+        due_at=now,
+        now=now,
+        key=f"dunning:{invoice_ref}:card-update:{source or now.isoformat()}",
+        reason="card updated: one prompt retry",
+    )
 
 
 def _enter_terminal(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -10,7 +11,9 @@ from sqlalchemy.orm import Session
 
 from worker.billing.models import Customer, Invoice, PaymentAttempt
 from worker.dunning.models import ActionStatus, CaseTransition, DunningCase, ScheduledAction
+from worker.dunning.state import DunningState
 from worker.email.models import Notification
+from worker.ledger.models import LedgerMovement, MovementKind
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -135,3 +138,59 @@ def show_case(session: Session, case_id: int) -> dict[str, Any] | None:
         )
     ]
     return detail
+
+
+@dataclass(frozen=True)
+class RecoverySummary:
+    failed: int
+    recovered: int
+    by_state: dict[str, int]
+    by_method: dict[str, int]
+    at_risk: dict[str, int]  # currency -> minor units
+    recovered_amount: dict[str, int]
+    involuntary_churn_mrr: dict[str, int]
+    emails_sent: int
+
+    @property
+    def recovery_rate(self) -> float:
+        return self.recovered / self.failed if self.failed else 0.0
+
+
+def recovery_summary(session: Session) -> RecoverySummary:
+    """Counts and amounts for the demo's closing summary (full reports come from the ledger)."""
+    states = dict(
+        session.execute(select(DunningCase.state, func.count()).group_by(DunningCase.state))
+        .tuples()
+        .all()
+    )
+    methods = dict(
+        session.execute(
+            select(DunningCase.recovered_method, func.count())
+            .where(DunningCase.state == DunningState.RECOVERED)
+            .group_by(DunningCase.recovered_method)
+        )
+        .tuples()
+        .all()
+    )
+    at_risk = session.execute(
+        select(Invoice.currency, func.sum(Invoice.amount_due))
+        .join(DunningCase, DunningCase.invoice_id == Invoice.id)
+        .group_by(Invoice.currency)
+    ).tuples()
+    movements: dict[MovementKind, dict[str, int]] = {}
+    for kind, currency, amount in session.execute(
+        select(
+            LedgerMovement.kind, LedgerMovement.currency, func.sum(LedgerMovement.amount)
+        ).group_by(LedgerMovement.kind, LedgerMovement.currency)
+    ).tuples():
+        movements.setdefault(kind, {})[currency] = int(amount)
+    return RecoverySummary(
+        failed=sum(states.values()),
+        recovered=states.get(DunningState.RECOVERED, 0),
+        by_state={state.value: count for state, count in states.items()},
+        by_method={str(method): count for method, count in methods.items()},
+        at_risk={currency: int(amount) for currency, amount in at_risk},
+        recovered_amount=movements.get(MovementKind.RECOVERY, {}),
+        involuntary_churn_mrr=movements.get(MovementKind.CHURN_INVOLUNTARY, {}),
+        emails_sent=session.scalar(select(func.count()).select_from(Notification)) or 0,
+    )

@@ -1,0 +1,60 @@
+"""``dunning demo`` on a bare environment: no variables, no config/ in the working directory."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_runs_the_pipeline_and_summarises(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DUNNING_", "STRIPE_"))}
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "demo",
+            "--customers",
+            "40",
+            "--seed",
+            "11",
+            "--out",
+            str(out),
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Recovery summary" in result.stdout
+    assert "involuntary churn" in result.stdout
+    with sqlite3.connect(out / "dunning.db") as db:
+        states = dict(db.execute("SELECT state, count(*) FROM dunning_cases GROUP BY state"))
+        methods = {
+            m
+            for (m,) in db.execute(
+                "SELECT DISTINCT recovered_method FROM dunning_cases WHERE state = 'recovered'"
+            )
+        }
+        churn = db.execute(
+            "SELECT count(*) FROM ledger_movements WHERE kind = 'churn_involuntary'"
+        ).fetchone()[0]
+        sent = db.execute("SELECT count(*) FROM notifications").fetchone()[0]
+        inbox = dict(db.execute("SELECT status, count(*) FROM inbox_events GROUP BY status"))
+    # A month is long enough for every case to end one way or the other.
+    assert set(states) == {"recovered", "churned"}
+    assert churn == states["churned"]
+    assert "retry" in methods
+    assert len(methods) >= 2
+    assert inbox.get("pending", 0) == 0
+    assert "failed" not in inbox
+    emails = list((out / "outbox").glob("*.eml"))
+    assert len(emails) == sent > 0
+    assert f"{sent} → " in result.stdout.replace("\n", "")

@@ -1,0 +1,261 @@
+"""``dunning demo``: the real pipeline against a simulated billing system, over a month.
+
+Everything is the production path on the embedded defaults: the Stripe-compatible peer sends
+signed webhooks over HTTP to the intake, a Celery worker (embedded broker) processes them and
+runs the actions the scheduler claims from SQLite, and emails land in an outbox folder. Only
+time is simulated: one :class:`~worker.clock.ManualClock` jumps from one interesting moment
+(a renewal, a customer's move, a due action) to the next, and the demo waits for the pipeline
+to go quiet at each.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from celery.contrib.testing.worker import start_worker
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import func, select
+
+import worker.dunning.tasks
+import worker.webhooks.tasks
+from worker import clock
+from worker.app import DunningCelery, create_app
+from worker.config import load_policy
+from worker.dunning.models import ActionStatus, ScheduledAction
+from worker.dunning.views import RecoverySummary, recovery_summary
+from worker.httpserver import serve_in_thread
+from worker.migrate import upgrade
+from worker.runtime import Runtime
+from worker.settings import EMBEDDED_BROKER_URL, Secret, Settings, default_config_path
+from worker.sim.population import Customer, make_population
+from worker.sim.stripe_peer import SUCCEED, CardSpec, StripePeer
+from worker.terminal import money
+from worker.webhooks.intake import build_intake
+from worker.webhooks.models import InboxEvent, InboxStatus
+
+MONTH = timedelta(days=30)
+SETTLE_TIMEOUT_S = 30.0
+console = Console()
+
+
+class _Timeline:
+    """Scripted customer moves, in time order."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[datetime, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+
+    def at(self, when: datetime, move: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), move))
+
+    def next_time(self) -> datetime | None:
+        return self._heap[0][0] if self._heap else None
+
+    def run_due(self, now: datetime) -> None:
+        while self._heap and self._heap[0][0] <= now:
+            heapq.heappop(self._heap)[2]()
+
+
+def run_demo(*, customers: int, seed: int, out: Path) -> None:
+    out = out.resolve()
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    start = datetime(2026, 3, 1, 9, tzinfo=UTC)
+    manual = clock.ManualClock(start)
+    api_key, secret = "sk_test_demo", f"whsec_{secrets.token_hex(16)}"
+    policy = load_policy(default_config_path())
+    database_url = f"sqlite:///{out / 'dunning.db'}"
+    upgrade(database_url)
+    began = time.monotonic()
+    with clock.use_clock(manual):
+        peer = StripePeer(api_key=api_key, webhook_secret=secret)
+        with peer.serve() as api_base:
+            settings = Settings(
+                database_url=database_url,
+                broker_url=EMBEDDED_BROKER_URL,
+                config_path=default_config_path(),
+                stripe_api_key=Secret(api_key),
+                stripe_webhook_secret=Secret(secret),
+                stripe_api_base=api_base,
+                data_dir=out,
+            )
+            app = create_app(settings, Runtime(settings, policy=policy))
+            with serve_in_thread(build_intake(app)) as intake_url:
+                peer.webhook_url = f"{intake_url}/webhooks/stripe"
+                with start_worker(
+                    app,
+                    pool="threads",
+                    concurrency=4,
+                    perform_ping_check=False,
+                    loglevel="ERROR",
+                    shutdown_timeout=10,
+                ):
+                    _simulate(app, peer, manual, make_population(customers, seed=seed), start)
+            with app.runtime.session() as session:
+                summary = recovery_summary(session)
+            app.runtime.close()
+        peer.close()
+    _print_summary(summary, out, time.monotonic() - began)
+
+
+def _simulate(
+    app: DunningCelery,
+    peer: StripePeer,
+    manual: clock.ManualClock,
+    population: list[Customer],
+    start: datetime,
+) -> None:
+    timeline = _Timeline()
+    for person in population:
+        cus = peer.create_customer(
+            email=person.email,
+            name=person.name,
+            card=person.card,
+            timezone=person.timezone,
+            locale=person.locale,
+        )
+        sub = peer.create_subscription(
+            customer_id=cus, unit_amount=person.amount, currency=person.currency
+        )
+        timeline.at(
+            start + person.bill_after,
+            _renewal(peer, timeline, manual, person=person, cus=cus, sub=sub),
+        )
+    end = start + MONTH
+    with Progress(
+        TextColumn("[bold]simulated month"),
+        BarColumn(),
+        TextColumn("day {task.completed:>4.1f}/30"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        bar = progress.add_task("month", total=30)
+        while True:
+            _settle(app, peer)
+            when = min(filter(None, [timeline.next_time(), _next_due(app), end]))
+            if when >= end:
+                break
+            manual.set(max(when, manual.now()))
+            timeline.run_due(manual.now())
+            progress.update(bar, completed=(manual.now() - start) / timedelta(days=1))
+        manual.set(end)
+        progress.update(bar, completed=30)
+
+
+def _renewal(
+    peer: StripePeer,
+    timeline: _Timeline,
+    manual: clock.ManualClock,
+    *,
+    person: Customer,
+    cus: str,
+    sub: str,
+) -> Callable[[], None]:
+    def renew() -> None:
+        invoice_id, paid = peer.bill(sub)
+        if paid:
+            return
+        failed_at = manual.now()
+        for move in person.moves:
+            timeline.at(failed_at + move.after, _move(peer, move.kind, cus, invoice_id))
+
+    return renew
+
+
+def _move(peer: StripePeer, kind: str, cus: str, invoice_id: str) -> Callable[[], None]:
+    def act() -> None:
+        if peer.invoice(invoice_id)["status"] != "open":
+            return  # already settled (or cancelled) by the time the customer acts
+        if kind == "customer_pays":
+            peer.customer_pays_on_hosted_page(invoice_id)
+        else:
+            card = CardSpec(last4="0005", exp_year=2031, outcomes=[SUCCEED])
+            if kind == "network_updater":
+                peer.update_card(cus, card, via="network_updater")
+            else:
+                peer.update_card(cus, card, via="customer")
+
+    return act
+
+
+def _settle(app: DunningCelery, peer: StripePeer) -> None:
+    """Deliver webhooks, tick the scheduler and wait until nothing is in flight."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        delivered = peer.deliver_pending()
+        ticked = worker.dunning.tasks.tick_once(app)
+        _wait_quiet(app, deadline)
+        if delivered == 0 and ticked == 0 and not peer.pending_events():
+            return
+    console.print("[yellow]warning: the pipeline did not go quiet in time; continuing")
+
+
+def _wait_quiet(app: DunningCelery, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        with app.runtime.session() as session:
+            busy = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(InboxEvent)
+                    .where(InboxEvent.status == InboxStatus.PENDING)
+                )
+                or 0
+            ) + (
+                session.scalar(
+                    select(func.count())
+                    .select_from(ScheduledAction)
+                    .where(ScheduledAction.status == ActionStatus.CLAIMED)
+                )
+                or 0
+            )
+        if busy == 0:
+            return
+        time.sleep(0.02)
+
+
+def _next_due(app: DunningCelery) -> datetime | None:
+    with app.runtime.session() as session:
+        return session.scalar(
+            select(func.min(ScheduledAction.due_at)).where(
+                ScheduledAction.status == ActionStatus.PLANNED
+            )
+        )
+
+
+def _amounts(by_currency: dict[str, int]) -> str:
+    return ", ".join(money(v, c) for c, v in sorted(by_currency.items())) or "-"
+
+
+def _print_summary(summary: RecoverySummary, out: Path, seconds: float) -> None:
+    table = Table(title="Recovery summary (simulated month)", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("failed invoices", str(summary.failed))
+    table.add_row("at risk", _amounts(summary.at_risk))
+    table.add_row("recovered", f"{summary.recovered} ({summary.recovery_rate:.0%})")
+    table.add_row("recovered amount", _amounts(summary.recovered_amount))
+    table.add_row("recovered by", _counts(summary.by_method))
+    table.add_row("final states", _counts(summary.by_state))
+    table.add_row("involuntary churn (MRR)", _amounts(summary.involuntary_churn_mrr))
+    table.add_row("emails sent", f"{summary.emails_sent} → {out / 'outbox'}")
+    console.print(table)
+    console.print(f"Took {seconds:.0f} s. Look around the cases:", soft_wrap=True)
+    console.print(
+        f"  DUNNING_DATABASE_URL=sqlite:///{out / 'dunning.db'} dunning cases list",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+def _counts(by_key: dict[str, int]) -> str:
+    return ", ".join(f"{key}: {n}" for key, n in sorted(by_key.items())) or "-"
