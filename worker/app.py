@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -86,6 +87,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> DunningCel
         timezone="UTC",
     )
     app.runtime = runtime or Runtime(settings)
+    for module in TASK_MODULES:  # register the tasks now, not only when a worker boots
+        importlib.import_module(module)
     return app
 
 

@@ -23,27 +23,22 @@ from celery.contrib.testing.worker import start_worker
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import func, select
 
-import worker.dunning.tasks
-import worker.webhooks.tasks
 from worker import clock
 from worker.app import DunningCelery, create_app
 from worker.config import load_policy
-from worker.dunning.models import ActionStatus, ScheduledAction
 from worker.dunning.views import RecoverySummary, recovery_summary
 from worker.httpserver import serve_in_thread
 from worker.migrate import upgrade
 from worker.runtime import Runtime
 from worker.settings import EMBEDDED_BROKER_URL, Secret, Settings, default_config_path
+from worker.sim.driver import next_due, settle
 from worker.sim.population import Customer, make_population
 from worker.sim.stripe_peer import SUCCEED, CardSpec, StripePeer
 from worker.terminal import money
 from worker.webhooks.intake import build_intake
-from worker.webhooks.models import InboxEvent, InboxStatus
 
 MONTH = timedelta(days=30)
-SETTLE_TIMEOUT_S = 30.0
 console = Console()
 
 
@@ -141,8 +136,9 @@ def _simulate(
     ) as progress:
         bar = progress.add_task("month", total=30)
         while True:
-            _settle(app, peer)
-            when = min(filter(None, [timeline.next_time(), _next_due(app), end]))
+            if not settle(app, peer):
+                console.print("[yellow]warning: the pipeline did not go quiet in time")
+            when = min(filter(None, [timeline.next_time(), next_due(app), end]))
             if when >= end:
                 break
             manual.set(max(when, manual.now()))
@@ -186,50 +182,6 @@ def _move(peer: StripePeer, kind: str, cus: str, invoice_id: str) -> Callable[[]
                 peer.update_card(cus, card, via="customer")
 
     return act
-
-
-def _settle(app: DunningCelery, peer: StripePeer) -> None:
-    """Deliver webhooks, tick the scheduler and wait until nothing is in flight."""
-    deadline = time.monotonic() + SETTLE_TIMEOUT_S
-    while time.monotonic() < deadline:
-        delivered = peer.deliver_pending()
-        ticked = worker.dunning.tasks.tick_once(app)
-        _wait_quiet(app, deadline)
-        if delivered == 0 and ticked == 0 and not peer.pending_events():
-            return
-    console.print("[yellow]warning: the pipeline did not go quiet in time; continuing")
-
-
-def _wait_quiet(app: DunningCelery, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        with app.runtime.session() as session:
-            busy = (
-                session.scalar(
-                    select(func.count())
-                    .select_from(InboxEvent)
-                    .where(InboxEvent.status == InboxStatus.PENDING)
-                )
-                or 0
-            ) + (
-                session.scalar(
-                    select(func.count())
-                    .select_from(ScheduledAction)
-                    .where(ScheduledAction.status == ActionStatus.CLAIMED)
-                )
-                or 0
-            )
-        if busy == 0:
-            return
-        time.sleep(0.02)
-
-
-def _next_due(app: DunningCelery) -> datetime | None:
-    with app.runtime.session() as session:
-        return session.scalar(
-            select(func.min(ScheduledAction.due_at)).where(
-                ScheduledAction.status == ActionStatus.PLANNED
-            )
-        )
 
 
 def _amounts(by_currency: dict[str, int]) -> str:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 03:04:29.799045
+Create Date: 2026-11-23 03:42:06.159164
 
 Rule: each migration must run against the previous release's code; split incompatible changes
 (drop a column still read, add a NOT NULL without default) across releases.
@@ -499,6 +499,7 @@ def upgrade() -> None:
         sa.Column("network_decline_code", sa.Text(), nullable=True),
         sa.Column("network_advice_code", sa.Text(), nullable=True),
         sa.Column("outcome_type", sa.Text(), nullable=True),
+        sa.Column("outcome_reason", sa.Text(), nullable=True),
         sa.Column("card_brand", sa.Text(), nullable=True),
         sa.Column("card_fingerprint", sa.Text(), nullable=True),
         sa.Column("counted", sa.Boolean(), nullable=False),

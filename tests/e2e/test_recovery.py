@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
@@ -13,7 +15,9 @@ from worker.dunning.models import CaseTransition
 from worker.dunning.service import retry_now
 from worker.dunning.state import DunningState
 from worker.dunning.views import show_case
-from worker.sim.stripe_peer import INSUFFICIENT_FUNDS, SUCCEED, CardSpec
+from worker.ledger.models import LedgerMovement
+from worker.sim.driver import in_flight, next_due, settle
+from worker.sim.stripe_peer import DO_NOT_HONOR, INSUFFICIENT_FUNDS, SUCCEED, CardSpec
 
 
 def _retry_now(stack: Stack, case_id: int) -> str:
@@ -83,3 +87,66 @@ def test_failure_to_recovery(stack: Stack, manual_clock: clock.ManualClock) -> N
 def _attempts(stack: Stack) -> int:
     with stack.app.runtime.session() as session:
         return session.scalar(select(func.count()).select_from(PaymentAttempt)) or 0
+
+
+def _run_month(stack: Stack, manual_clock: clock.ManualClock, until: datetime) -> None:
+    """Jump the clock from one due action to the next, letting the pipeline settle."""
+    assert settle(stack.app, stack.peer), in_flight(stack.app)
+    while (due := next_due(stack.app)) is not None and due <= until:
+        manual_clock.set(max(due, manual_clock.now()))
+        assert settle(stack.app, stack.peer), in_flight(stack.app)
+
+
+def test_unrecovered_case_churns_at_the_window_end(
+    stack: Stack, manual_clock: clock.ManualClock
+) -> None:
+    peer = stack.peer
+    customer = peer.create_customer(
+        email="nofunds@example.com",
+        name="Nico",
+        timezone="Europe/Berlin",
+        locale="de_DE",
+        card=CardSpec(outcomes=[INSUFFICIENT_FUNDS]),
+    )
+    sub = peer.create_subscription(customer_id=customer, unit_amount=4900, currency="eur")
+    invoice_id, _ = peer.bill(sub)
+    opened = manual_clock.now()
+    _run_month(stack, manual_clock, opened + timedelta(days=30))
+
+    (case,) = stack.cases()
+    assert case.state is DunningState.CHURNED
+    assert peer.get(sub)["status"] == "canceled"  # the configured final action
+    with stack.app.runtime.session() as session:
+        detail = show_case(session, case.id)
+        churn = session.scalars(select(LedgerMovement)).all()
+    assert detail is not None
+    retries = [a for a in detail["actions"] if a["kind"] == "retry_payment"]
+    assert [a["status"] for a in retries] == ["done"] * 5  # the funds schedule, within 14 days
+    assert peer.charge_attempts(invoice_id) == 6
+    assert [(m.kind.value, m.amount, m.currency) for m in churn] == [
+        ("churn_involuntary", 4900, "eur")
+    ]
+    keys = sorted(m["X-Dunning-Key"].split(":")[-1] for m in stack.mail.messages)
+    assert keys == ["final", "first", "reminder-3d", "reminder-7d"]
+    for message in stack.mail.messages:  # quiet hours in Berlin: nothing between 21:00 and 8:00
+        local = parsedate_to_datetime(message["Date"]).astimezone(ZoneInfo("Europe/Berlin"))
+        assert 8 <= local.hour < 21
+    # Stripe's customer.subscription.deleted for our own cancellation changed nothing.
+    assert detail["transitions"][-1]["event"] == "window_expired"
+
+
+def test_the_older_api_shape_end_to_end(stack: Stack, manual_clock: clock.ManualClock) -> None:
+    stack.peer.api_shape = "acacia"
+    peer = stack.peer
+    customer = peer.create_customer(
+        email="old@example.com", name="Olga", card=CardSpec(outcomes=[DO_NOT_HONOR, SUCCEED])
+    )
+    invoice_id, _ = peer.bill(peer.create_subscription(customer_id=customer, unit_amount=1900))
+    assert peer.invoice(invoice_id)["payment_intent"]  # the pre-basil shape
+    _run_month(stack, manual_clock, manual_clock.now() + timedelta(days=3))
+    (case,) = stack.cases()
+    assert (case.state, case.decline_code, case.recovered_method) == (
+        DunningState.RECOVERED,
+        "do_not_honor",
+        "retry",
+    )

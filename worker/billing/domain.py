@@ -72,8 +72,10 @@ class Decline:
 
     @property
     def reason(self) -> str | None:
-        """The most specific reason code known: decline_code, then code, then outcome reason."""
-        return self.decline_code or self.code or self.outcome_reason
+        """The most specific reason known: the issuer's decline_code, then the Charge's
+        outcome.reason (a Charge has no decline_code, and its failure_code is the generic
+        card_declined), then the error code (e.g. expired_card, processing_error)."""
+        return self.decline_code or self.outcome_reason or self.code
 
 
 @dataclass(frozen=True, slots=True)

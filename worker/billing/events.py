@@ -118,20 +118,10 @@ def _resolve_decline(session: Session, event: NormalisedEvent, ctx: Context) -> 
     known = billing.known_decline(
         session, charge_id=carried.charge_id, payment_intent_id=carried.payment_intent_id
     )
-    if known is not None and (known.decline_code or known.code):
-        return merge_declines(
-            carried,
-            Decline(
-                code=known.code,
-                decline_code=known.decline_code,
-                advice_code=known.advice_code,
-                network_decline_code=known.network_decline_code,
-                network_advice_code=known.network_advice_code,
-                outcome_type=known.outcome_type,
-                charge_id=known.charge_id,
-                payment_intent_id=known.payment_intent_id,
-            ),
-        )
+    if known is not None:
+        recorded = billing.decline_of(known)
+        if not recorded.is_empty:
+            return merge_declines(carried, recorded)
     if ctx.gateway is None or event.invoice is None:
         return carried
     fetched = ctx.gateway.fetch_decline(

@@ -120,6 +120,7 @@ class PaymentAttempt(Base):
     network_decline_code: Mapped[str | None] = mapped_column(Text)
     network_advice_code: Mapped[str | None] = mapped_column(Text)
     outcome_type: Mapped[str | None] = mapped_column(Text)
+    outcome_reason: Mapped[str | None] = mapped_column(Text)
     card_brand: Mapped[str | None] = mapped_column(Text)
     card_fingerprint: Mapped[str | None] = mapped_column(Text)
     # True once this attempt has moved a dunning case: the same charge reported again (our

@@ -195,6 +195,7 @@ def record_attempt(
         network_decline_code=decline.network_decline_code if decline else None,
         network_advice_code=decline.network_advice_code if decline else None,
         outcome_type=decline.outcome_type if decline else None,
+        outcome_reason=decline.outcome_reason if decline else None,
         card_brand=card.brand if card else None,
         card_fingerprint=card.fingerprint if card else None,
     )
@@ -209,6 +210,21 @@ def count_once(attempt: PaymentAttempt) -> bool:
         return False
     attempt.counted = True
     return True
+
+
+def decline_of(attempt: PaymentAttempt) -> Decline:
+    """The decline signals an attempt was recorded with."""
+    return Decline(
+        code=attempt.code,
+        decline_code=attempt.decline_code,
+        advice_code=attempt.advice_code,
+        network_decline_code=attempt.network_decline_code,
+        network_advice_code=attempt.network_advice_code,
+        outcome_type=attempt.outcome_type,
+        outcome_reason=attempt.outcome_reason,
+        charge_id=attempt.charge_id,
+        payment_intent_id=attempt.payment_intent_id,
+    )
 
 
 def known_decline(

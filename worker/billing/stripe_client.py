@@ -111,13 +111,17 @@ class StripeGateway:
         )
 
     def _call(self, fn: Callable[[], T]) -> T:
+        """Run one API call; a card decline propagates as ``stripe.CardError`` for the caller
+        to turn into an outcome, everything else becomes one of our two error types."""
         try:
             return self._retrying(fn)()
-        except stripe.StripeError as exc:
-            if is_transient(exc):
-                msg = f"stripe: {type(exc).__name__} (HTTP {exc.http_status})"
-                raise TransientProviderError(msg) from exc
+        except stripe.CardError:
             raise
+        except stripe.StripeError as exc:
+            summary = f"stripe: {type(exc).__name__} (HTTP {exc.http_status})"
+            if is_transient(exc):
+                raise TransientProviderError(summary) from exc
+            raise ProviderError(f"{summary}: {exc.user_message or exc}", code=exc.code) from exc
 
     # ---- mutations (always with our idempotency key) ----
 
@@ -131,14 +135,15 @@ class StripeGateway:
             decline = decline_from_card_error(error)
             action = decline.reason in {"authentication_required", "authentication_not_handled"}
             return PaymentResult(succeeded=False, decline=decline, requires_action=action)
-        except stripe.InvalidRequestError as exc:
+        except ProviderError as exc:
             if exc.code == "invoice_payment_intent_requires_action":
                 # Off-session payment needs 3D Secure: only the customer can complete it.
-                return PaymentResult(succeeded=False, requires_action=True,
-                                     decline=Decline(code=exc.code))
-            if "already paid" in str(exc.user_message or exc).lower():
+                return PaymentResult(
+                    succeeded=False, requires_action=True, decline=Decline(code=exc.code)
+                )
+            if "already paid" in str(exc).lower():
                 return PaymentResult(succeeded=True)
-            raise ProviderError(str(exc.user_message or exc), code=exc.code) from exc
+            raise
         return PaymentResult(succeeded=True)
 
     def cancel_subscription(self, subscription_id: str, *, idempotency_key: str) -> None:

@@ -18,7 +18,7 @@ from worker.billing import service as billing
 from worker.billing.domain import EventKind
 from worker.billing.events import failure_event
 from worker.billing.models import AttemptOutcome, AttemptSource, Invoice, Subscription
-from worker.billing.stripe_client import PaymentResult
+from worker.billing.stripe_client import PaymentResult, ProviderError
 from worker.dunning import service as dunning
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
@@ -54,6 +54,15 @@ def _finish(action: ScheduledAction, status: ActionStatus, note: str) -> None:
     action.status, action.note, action.finished_at = status, note, clock.now()
 
 
+def _give_up(runtime: Runtime, action_id: int, note: str) -> None:
+    """A permanent provider refusal: the action fails visibly instead of being retried."""
+    with runtime.session() as session:
+        action = session.get(ScheduledAction, action_id, with_for_update=True)
+        if action is not None and action.status in _RUNNABLE:
+            _finish(action, ActionStatus.FAILED, note)
+    log.warning("action %s failed: %s", action_id, note)
+
+
 def run_retry(runtime: Runtime, action_id: int) -> None:
     with runtime.session() as session:
         action = _still_wanted(session, action_id)
@@ -66,7 +75,11 @@ def run_retry(runtime: Runtime, action_id: int) -> None:
     gateway = runtime.gateway
     if gateway is None:
         raise ProviderNotConfiguredError("STRIPE_API_KEY: required to retry payments")
-    result = gateway.pay_invoice(invoice_ref, idempotency_key=key)
+    try:
+        result = gateway.pay_invoice(invoice_ref, idempotency_key=key)
+    except ProviderError as exc:
+        _give_up(runtime, action_id, f"provider refused: {exc}")
+        return
     with runtime.session() as session:
         record_retry_result(session, runtime, action_id, result)
 
@@ -178,10 +191,14 @@ def run_final_action(runtime: Runtime, action_id: int) -> None:
         gateway = runtime.gateway
         if gateway is None:
             raise ProviderNotConfiguredError("STRIPE_API_KEY: required for the final action")
-        if what == "cancel_subscription" and sub_ref is not None:
-            gateway.cancel_subscription(sub_ref, idempotency_key=key)
-        else:
-            gateway.mark_uncollectible(invoice_ref, idempotency_key=key)
+        try:
+            if what == "cancel_subscription" and sub_ref is not None:
+                gateway.cancel_subscription(sub_ref, idempotency_key=key)
+            else:
+                gateway.mark_uncollectible(invoice_ref, idempotency_key=key)
+        except ProviderError as exc:
+            _give_up(runtime, action_id, f"provider refused: {exc}")
+            return
     with runtime.session() as session:
         action = session.get_one(ScheduledAction, action_id)
         case = dunning.lock_case(session, case.id)

@@ -82,30 +82,44 @@ class Decline:
     def details(self) -> dict[str, Any]:
         blocked = self.outcome_type == "blocked"
         return {
-            "code": self.code, "decline_code": self.decline_code, "advice_code": self.advice_code,
+            "code": self.code,
+            "decline_code": self.decline_code,
+            "advice_code": self.advice_code,
             "network_decline_code": None if blocked else self.network_decline_code,
             "network_advice_code": None if blocked else self.network_advice_code,
-            "outcome_type": self.outcome_type, "outcome_reason": self.outcome_reason,
+            "outcome_type": self.outcome_type,
+            "outcome_reason": self.outcome_reason,
             "message": self.message or so.decline_message(self.code, self.decline_code),
         }
 
 
 # Common scripted declines (values as Stripe reports them; see domain/retry-rules.md §1).
-INSUFFICIENT_FUNDS = Decline(decline_code="insufficient_funds", advice_code="try_again_later",
-                             network_decline_code="51")
+INSUFFICIENT_FUNDS = Decline(
+    decline_code="insufficient_funds", advice_code="try_again_later", network_decline_code="51"
+)
 DO_NOT_HONOR = Decline(decline_code="do_not_honor", network_decline_code="05")
-EXPIRED_CARD = Decline(code="expired_card", decline_code="expired_card",
-                       advice_code="confirm_card_data", network_decline_code="54",
-                       network_advice_code="03")
-STOLEN_CARD = Decline(decline_code="stolen_card", advice_code="do_not_try_again",
-                      network_decline_code="43")
-PROCESSING_ERROR = Decline(code="processing_error", decline_code="processing_error",
-                           network_decline_code="96")
-AUTHENTICATION_REQUIRED = Decline(code="authentication_required",
-                                  decline_code="authentication_required", requires_action=True)
-BLOCKED_EXCESSIVE_RETRIES = Decline(decline_code="generic_decline", outcome_type="blocked",
-                                    outcome_reason="previously_declined_do_not_retry",
-                                    advice_code="do_not_try_again")
+EXPIRED_CARD = Decline(
+    code="expired_card",
+    decline_code="expired_card",
+    advice_code="confirm_card_data",
+    network_decline_code="54",
+    network_advice_code="03",
+)
+STOLEN_CARD = Decline(
+    decline_code="stolen_card", advice_code="do_not_try_again", network_decline_code="43"
+)
+PROCESSING_ERROR = Decline(
+    code="processing_error", decline_code="processing_error", network_decline_code="96"
+)
+AUTHENTICATION_REQUIRED = Decline(
+    code="authentication_required", decline_code="authentication_required", requires_action=True
+)
+BLOCKED_EXCESSIVE_RETRIES = Decline(
+    decline_code="generic_decline",
+    outcome_type="blocked",
+    outcome_reason="previously_declined_do_not_retry",
+    advice_code="do_not_try_again",
+)
 
 
 @dataclass
@@ -202,10 +216,16 @@ class StripePeer:
     IDEMPOTENCY_TTL = 24 * 3600  # keys may be pruned after 24 h (of the injected clock)
     MAX_IDEMPOTENCY_KEYS = 100_000
 
-    def __init__(self, *, webhook_url: str | None = None,
-                 webhook_secret: str = "whsec_test",  # noqa: S107 - the test endpoint secret
-                 clock: Callable[[], datetime] = clock_now, api_shape: Shape = "basil",
-                 api_key: str | None = None, honor_stripe_version: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        webhook_url: str | None = None,
+        webhook_secret: str = "whsec_test",  # noqa: S107 - the test endpoint secret
+        clock: Callable[[], datetime] = clock_now,
+        api_shape: Shape = "basil",
+        api_key: str | None = None,
+        honor_stripe_version: bool = False,
+    ) -> None:
         """`api_shape` shapes events (the webhook endpoint's pinned version) and, unless
         `honor_stripe_version`, API responses too. With `honor_stripe_version` each response
         follows the request's Stripe-Version header like real Stripe: basil for 2025-03-31 and
@@ -236,40 +256,83 @@ class StripePeer:
         self._reply_shape: Shape | None = None  # set while an API handler runs
         self._http: httpx.Client | None = None  # webhook deliveries
         self._routes = self._route_table()
-        self.asgi_app = Starlette(routes=[Route(
-            "/{path:path}", self._endpoint, methods=["GET", "POST", "DELETE", "PUT", "PATCH"])])
+        self.asgi_app = Starlette(
+            routes=[
+                Route(
+                    "/{path:path}",
+                    self._endpoint,
+                    methods=["GET", "POST", "DELETE", "PUT", "PATCH"],
+                )
+            ]
+        )
 
     # ----------------------------------------------------------------------------- control API
 
-    def create_customer(self, *, email: str, name: str, card: CardSpec,
-                        timezone: str | None = None, locale: str | None = None) -> str:
+    def create_customer(
+        self,
+        *,
+        email: str,
+        name: str,
+        card: CardSpec,
+        timezone: str | None = None,
+        locale: str | None = None,
+    ) -> str:
         with self._lock:
             pm_id = so.new_id("pm")
-            cust = self._store(so.customer(cus_id=so.new_id("cus", 14), email=email, name=name,
-                                           created=self._now(), pm_id=pm_id, tz=timezone,
-                                           locale=locale))
+            cust = self._store(
+                so.customer(
+                    cus_id=so.new_id("cus", 14),
+                    email=email,
+                    name=name,
+                    created=self._now(),
+                    pm_id=pm_id,
+                    tz=timezone,
+                    locale=locale,
+                )
+            )
             pm = self._new_payment_method(pm_id, cust, card)
             self._emit("customer.created", cust)
             self._emit("payment_method.attached", pm)
         self._after_control()
         return cust["id"]
 
-    def create_subscription(self, *, customer_id: str, unit_amount: int, currency: str = "usd",
-                            interval: str = "month", quantity: int = 1,
-                            product_name: str = "Pro") -> str:
+    def create_subscription(
+        self,
+        *,
+        customer_id: str,
+        unit_amount: int,
+        currency: str = "usd",
+        interval: str = "month",
+        quantity: int = 1,
+        product_name: str = "Pro",
+    ) -> str:
         with self._lock:
             self._require("customer", customer_id)
             now = self._now()
-            prod = self._store(so.product(prod_id=so.new_id("prod", 14), name=product_name,
-                                          created=now))
-            price, plan = so.price_and_plan(price_id=so.new_id("price"), prod_id=prod["id"],
-                                            unit_amount=unit_amount, currency=currency,
-                                            interval=interval, created=now)
+            prod = self._store(
+                so.product(prod_id=so.new_id("prod", 14), name=product_name, created=now)
+            )
+            price, plan = so.price_and_plan(
+                price_id=so.new_id("price"),
+                prod_id=prod["id"],
+                unit_amount=unit_amount,
+                currency=currency,
+                interval=interval,
+                created=now,
+            )
             self._store(price)
-            sub = self._store(so.subscription(
-                sub_id=so.new_id("sub"), item_id=so.new_id("si", 14), customer_id=customer_id,
-                created=now, end=so.add_interval(now, interval, 1), price=price, plan=plan,
-                quantity=quantity))
+            sub = self._store(
+                so.subscription(
+                    sub_id=so.new_id("sub"),
+                    item_id=so.new_id("si", 14),
+                    customer_id=customer_id,
+                    created=now,
+                    end=so.add_interval(now, interval, 1),
+                    price=price,
+                    plan=plan,
+                    quantity=quantity,
+                )
+            )
             sub["_periods"], sub["_product_name"] = 1, product_name
             self._emit("customer.subscription.created", sub)
         self._after_control()
@@ -287,10 +350,18 @@ class StripePeer:
             old = (sub["current_period_start"], sub["current_period_end"])
             sub["_periods"] += 1
             new = (old[1], so.add_interval(sub["billing_cycle_anchor"], interval, sub["_periods"]))
-            inv = self._store(so.invoice(
-                inv_id=so.new_id("in"), line_id=so.new_id("il"), sub=sub, cust=cust,
-                created=self._now(), period=old, line_period=new,
-                billing_reason="subscription_cycle"))
+            inv = self._store(
+                so.invoice(
+                    inv_id=so.new_id("in"),
+                    line_id=so.new_id("il"),
+                    sub=sub,
+                    cust=cust,
+                    created=self._now(),
+                    period=old,
+                    line_period=new,
+                    billing_reason="subscription_cycle",
+                )
+            )
             before = self._view(sub)
             so.set_subscription_period(sub, *new)
             sub["latest_invoice"] = inv["id"]
@@ -302,8 +373,9 @@ class StripePeer:
         self._after_control()
         return inv["id"], outcome == "paid"
 
-    def update_card(self, customer_id: str, card: CardSpec, *,
-                    via: Literal["network_updater", "customer"]) -> str:
+    def update_card(
+        self, customer_id: str, card: CardSpec, *, via: Literal["network_updater", "customer"]
+    ) -> str:
         """network_updater: the default PM keeps its id, gets the new card details and script
         (fingerprint kept when last4 is unchanged and none is given) and emits
         payment_method.automatically_updated. customer: a new PM is attached and becomes the
@@ -336,21 +408,31 @@ class StripePeer:
         self._after_control()
         return outcome == "paid"
 
-    def cancel_subscription(self, subscription_id: str, *,
-                            reason: str = "cancellation_requested") -> None:
+    def cancel_subscription(
+        self, subscription_id: str, *, reason: str = "cancellation_requested"
+    ) -> None:
         with self._lock:
             self._cancel(self._require("subscription", subscription_id), reason, None, None)
         self._after_control()
 
-    def inject_fault(self, *, method: str, path_prefix: str, status: int, times: int = 1,
-                     should_retry: bool | None = None, body: dict[str, Any] | None = None) -> None:
+    def inject_fault(
+        self,
+        *,
+        method: str,
+        path_prefix: str,
+        status: int,
+        times: int = 1,
+        should_retry: bool | None = None,
+        body: dict[str, Any] | None = None,
+    ) -> None:
         """The next `times` requests with this method whose path starts with `path_prefix`
         answer `status` and have no effect (not saved for idempotency either, so a retry with
         the same key then runs for real). `body` is the whole body or just its error object;
         by default 429 gets Stripe's rate_limit error and other statuses an api_error."""
         with self._lock:
-            self._faults.append(_Fault(method.upper(), path_prefix, status, times, should_retry,
-                                       body))
+            self._faults.append(
+                _Fault(method.upper(), path_prefix, status, times, should_retry, body)
+            )
 
     def invoice(self, invoice_id: str) -> dict[str, Any]:
         with self._lock:
@@ -441,9 +523,11 @@ class StripePeer:
                 self._http = httpx.Client(timeout=10)
             http = self._http
         body, signature = self.signed_payload(event)
-        headers = {"Content-Type": "application/json; charset=utf-8",
-                   "Stripe-Signature": signature,
-                   "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)"}
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "Stripe-Signature": signature,
+            "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        }
         try:
             return http.post(url, content=body, headers=headers).status_code
         except httpx.HTTPError as exc:
@@ -455,8 +539,15 @@ class StripePeer:
     @contextmanager
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
         """Run the API with uvicorn in a daemon thread; yields the base URL."""
-        config = uvicorn.Config(self.asgi_app, host=host, port=port, log_level="warning",
-                                lifespan="off", access_log=False, timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            self.asgi_app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name="stripe-peer", daemon=True)
         thread.start()
@@ -474,21 +565,37 @@ class StripePeer:
 
     async def _endpoint(self, request: Request) -> Response:
         body = await request.body()
-        reply = await run_in_threadpool(self._handle, request.method, request.url.path,
-                                        request.url.query, body, dict(request.headers))
+        reply = await run_in_threadpool(
+            self._handle,
+            request.method,
+            request.url.path,
+            request.url.query,
+            body,
+            dict(request.headers),
+        )
         deliver = reply.emitted and self.auto_deliver and self.webhook_url is not None
-        return Response(reply.body, status_code=reply.status, headers=reply.headers,
-                        media_type="application/json",
-                        background=BackgroundTask(self._drain, blocking=False) if deliver else None)
+        return Response(
+            reply.body,
+            status_code=reply.status,
+            headers=reply.headers,
+            media_type="application/json",
+            background=BackgroundTask(self._drain, blocking=False) if deliver else None,
+        )
 
-    def _handle(self, method: str, path: str, query: str, body: bytes,
-                headers: dict[str, str]) -> _Reply:
+    def _handle(
+        self, method: str, path: str, query: str, body: bytes, headers: dict[str, str]
+    ) -> _Reply:
         pairs = parse_qsl(query, keep_blank_values=True)
         if method == "POST":
             pairs += parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
-        ctx = _Ctx(method, path, so.decode_params(pairs),
-                   headers.get("idempotency-key") if method == "POST" else None,
-                   so.new_id("req", 14), headers.get("stripe-version"))
+        ctx = _Ctx(
+            method,
+            path,
+            so.decode_params(pairs),
+            headers.get("idempotency-key") if method == "POST" else None,
+            so.new_id("req", 14),
+            headers.get("stripe-version"),
+        )
         with self._lock:
             early = self._preflight(ctx, headers.get("authorization"))
         if isinstance(early, _Reply):
@@ -506,8 +613,11 @@ class StripePeer:
                 status, payload, save = exc.status, {"error": exc.error}, exc.save
             except Exception:  # a peer bug: answer like Stripe's 500, never save it
                 log.exception("stripe peer handler failed for %s %s", method, path)
-                status, payload, save = 500, {"error": {
-                    "type": "api_error", "message": "An unknown error occurred."}}, False
+                status, payload, save = (
+                    500,
+                    {"error": {"type": "api_error", "message": "An unknown error occurred."}},
+                    False,
+                )
             finally:
                 self._request, self._reply_shape = None, None
             reply = self._respond(ctx, status, _dumps(payload))
@@ -530,8 +640,11 @@ class StripePeer:
         if key is None:
             return routed
         saved = self._idem.get(key)
-        if saved is not None and not saved.in_flight and \
-                self._now() - saved.created >= self.IDEMPOTENCY_TTL:
+        if (
+            saved is not None
+            and not saved.in_flight
+            and self._now() - saved.created >= self.IDEMPOTENCY_TTL
+        ):
             del self._idem[key]
             saved = None
         if saved is None:
@@ -543,9 +656,13 @@ class StripePeer:
             return self._error_reply(ctx, 409, so.idempotency_error(key, concurrent=True))
         if (saved.method, saved.path, saved.params) != (ctx.method, ctx.path, ctx.params):
             return self._error_reply(ctx, 400, so.idempotency_error(key, concurrent=False))
-        return self._respond(ctx, saved.status, saved.body, replayed=True,
-                             extra={"Idempotent-Replayed": "true",
-                                    "Original-Request": saved.request_id})
+        return self._respond(
+            ctx,
+            saved.status,
+            saved.body,
+            replayed=True,
+            extra={"Idempotent-Replayed": "true", "Original-Request": saved.request_id},
+        )
 
     def _settle_key(self, ctx: _Ctx, reply: _Reply, save: bool) -> None:
         key = ctx.idempotency_key
@@ -582,24 +699,45 @@ class StripePeer:
                 body = fault.body or {"error": so.fault_error(fault.status)}
                 if "error" not in body:  # accept a bare error object too
                     body = {"error": body}
-                extra = {} if fault.should_retry is None else {
-                    "Stripe-Should-Retry": "true" if fault.should_retry else "false"}
+                extra = (
+                    {}
+                    if fault.should_retry is None
+                    else {"Stripe-Should-Retry": "true" if fault.should_retry else "false"}
+                )
                 return self._respond(ctx, fault.status, _dumps(body), extra=extra)
         return None
 
     def _error_reply(self, ctx: _Ctx, status: int, error: dict[str, Any]) -> _Reply:
         return self._respond(ctx, status, _dumps({"error": error}))
 
-    def _respond(self, ctx: _Ctx, status: int, body: bytes, *, replayed: bool = False,
-                 extra: dict[str, str] | None = None) -> _Reply:
-        headers = {"Request-Id": ctx.request_id,
-                   "Stripe-Version": so.API_VERSIONS[self._shape_for(ctx.stripe_version)],
-                   **(extra or {})}
+    def _respond(
+        self,
+        ctx: _Ctx,
+        status: int,
+        body: bytes,
+        *,
+        replayed: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> _Reply:
+        headers = {
+            "Request-Id": ctx.request_id,
+            "Stripe-Version": so.API_VERSIONS[self._shape_for(ctx.stripe_version)],
+            **(extra or {}),
+        }
         if ctx.idempotency_key:
             headers["Idempotency-Key"] = ctx.idempotency_key
-        self.requests.append(RecordedRequest(ctx.method, ctx.path, ctx.params,
-                                             ctx.idempotency_key, status, ctx.stripe_version,
-                                             replayed, ctx.request_id))
+        self.requests.append(
+            RecordedRequest(
+                ctx.method,
+                ctx.path,
+                ctx.params,
+                ctx.idempotency_key,
+                status,
+                ctx.stripe_version,
+                replayed,
+                ctx.request_id,
+            )
+        )
         return _Reply(status, body, headers)
 
     # -------------------------------------------------------------------------------- routes
@@ -615,8 +753,11 @@ class StripePeer:
             ("GET", "/v1/subscriptions/*", r("subscription")),
             ("POST", "/v1/subscriptions/*", self._update_subscription),
             ("DELETE", "/v1/subscriptions/*", self._delete_subscription),
-            ("GET", "/v1/invoices", self._list("invoice", _matcher(
-                "customer", "subscription", "status"))),
+            (
+                "GET",
+                "/v1/invoices",
+                self._list("invoice", _matcher("customer", "subscription", "status")),
+            ),
             ("GET", "/v1/invoices/*", r("invoice")),
             ("POST", "/v1/invoices/*/pay", self._pay),
             ("POST", "/v1/invoices/*/void", self._void),
@@ -624,8 +765,11 @@ class StripePeer:
             ("GET", "/v1/payment_intents/*", r("payment_intent")),
             ("GET", "/v1/charges", self._list("charge", _matcher("customer", "payment_intent"))),
             ("GET", "/v1/charges/*", r("charge")),
-            ("GET", "/v1/invoice_payments", self._list("invoice_payment",
-                                                       self._match_invoice_payment)),
+            (
+                "GET",
+                "/v1/invoice_payments",
+                self._list("invoice_payment", self._match_invoice_payment),
+            ),
             ("GET", "/v1/invoice_payments/*", r("invoice_payment")),
             ("GET", "/v1/events", self._list("event", self._match_event)),
             ("GET", "/v1/events/*", r("event")),
@@ -646,6 +790,7 @@ class StripePeer:
     def _retrieve(self, kind: str) -> Handler:
         def handler(ctx: _Ctx, object_id: str) -> dict[str, Any]:
             return self._render(self._fetch(kind, object_id), ctx)
+
         return handler
 
     def _list(self, kind: str, keep: Callable[[dict[str, Any], dict[str, Any]], bool]) -> Handler:
@@ -657,14 +802,19 @@ class StripePeer:
             items = [o for o in items if keep(o, params)]
             ids = [o["id"] for o in items]
             if params.get("starting_after") in ids:
-                items = items[ids.index(params["starting_after"]) + 1:]
+                items = items[ids.index(params["starting_after"]) + 1 :]
             elif params.get("ending_before") in ids:
-                items = items[:ids.index(params["ending_before"])]
+                items = items[: ids.index(params["ending_before"])]
             limit = max(1, min(100, int(params.get("limit") or 10)))
             page = items[-limit:] if "ending_before" in params else items[:limit]
-            body = {"object": "list", "data": [self._out(o) for o in page],
-                    "has_more": len(items) > limit, "url": ctx.path}
+            body = {
+                "object": "list",
+                "data": [self._out(o) for o in page],
+                "has_more": len(items) > limit,
+                "url": ctx.path,
+            }
             return so.expand(body, so.expand_paths(params), self._lookup)
+
         return handler
 
     @staticmethod
@@ -678,55 +828,83 @@ class StripePeer:
     def _match_invoice_payment(inpay: dict[str, Any], params: dict[str, Any]) -> bool:
         payment = params.get("payment") or {}
         wanted_pi = payment.get("payment_intent") if isinstance(payment, dict) else None
-        return _matcher("invoice", "status")(inpay, params) and \
-            wanted_pi in (None, inpay["payment"]["payment_intent"])
+        return _matcher("invoice", "status")(inpay, params) and wanted_pi in (
+            None,
+            inpay["payment"]["payment_intent"],
+        )
 
     @staticmethod
     def _match_event(event: dict[str, Any], params: dict[str, Any]) -> bool:
         wanted = params.get("types") or ([params["type"]] if "type" in params else [])
         return not wanted or any(
             event["type"] == t or (t.endswith(".*") and event["type"].startswith(t[:-1]))
-            for t in wanted)
+            for t in wanted
+        )
 
     def _pay(self, ctx: _Ctx, invoice_id: str) -> dict[str, Any]:
-        self._check_params(ctx, {"payment_method", "off_session", "forgive", "paid_out_of_band",
-                                 "source", "mandate", "expand"})
+        self._check_params(
+            ctx,
+            {
+                "payment_method",
+                "off_session",
+                "forgive",
+                "paid_out_of_band",
+                "source",
+                "mandate",
+                "expand",
+            },
+        )
         inv = self._fetch("invoice", invoice_id)
         if inv["status"] == "paid":
             raise invalid_request("Invoice is already paid", save=True)
         if inv["status"] != "open" and inv["status"] != "uncollectible":
-            raise invalid_request(f"This invoice can no longer be paid because it is "
-                                  f"{inv['status']}.", save=True)
+            raise invalid_request(
+                f"This invoice can no longer be paid because it is {inv['status']}.", save=True
+            )
         if _truthy(ctx.params.get("paid_out_of_band")):
             self._mark_paid_out_of_band(inv)
             return self._render(inv, ctx)
         pm_id = ctx.params.get("payment_method") or self._default_pm(inv)
         pm = self._fetch("payment_method", pm_id, param="payment_method")
         if pm["customer"] != inv["customer"]:
-            raise invalid_request(f"The PaymentMethod {pm_id} does not belong to the Customer "
-                                  f"{inv['customer']}.", param="payment_method")
+            raise invalid_request(
+                f"The PaymentMethod {pm_id} does not belong to the Customer {inv['customer']}.",
+                param="payment_method",
+            )
         outcome = self._attempt(inv, pm_id, automatic=False)
         if outcome == "paid":
             return self._render(inv, ctx)
         pi = self._objs[inv["payment_intent"]]
-        error = {**pi["last_payment_error"], "payment_intent": self._out(pi),
-                 "request_log_url": f"https://dashboard.stripe.com/test/logs/{ctx.request_id}"}
+        error = {
+            **pi["last_payment_error"],
+            "payment_intent": self._out(pi),
+            "request_log_url": f"https://dashboard.stripe.com/test/logs/{ctx.request_id}",
+        }
         if outcome == "action_required":  # Stripe answers 400, not 402, for off-session 3DS
             code = "invoice_payment_intent_requires_action"
-            raise ApiError(400, {
-                "type": "invalid_request_error", "code": code, "doc_url": so.doc_url(code),
-                "message": "The invoice payment requires additional action. Retrieve the "
-                           "invoice's PaymentIntent to complete the payment.",
-                "payment_intent": error["payment_intent"],
-                "request_log_url": error["request_log_url"]})
+            raise ApiError(
+                400,
+                {
+                    "type": "invalid_request_error",
+                    "code": code,
+                    "doc_url": so.doc_url(code),
+                    "message": "The invoice payment requires additional action. Retrieve the "
+                    "invoice's PaymentIntent to complete the payment.",
+                    "payment_intent": error["payment_intent"],
+                    "request_log_url": error["request_log_url"],
+                },
+            )
         raise ApiError(402, error)
 
     def _void(self, ctx: _Ctx, invoice_id: str) -> dict[str, Any]:
         self._check_params(ctx, {"expand"})
         inv = self._fetch("invoice", invoice_id)
         if inv["status"] not in ("open", "uncollectible"):
-            raise invalid_request(f"You can only void an open or uncollectible invoice; this "
-                                  f"invoice is {inv['status']}.", save=True)
+            raise invalid_request(
+                f"You can only void an open or uncollectible invoice; this "
+                f"invoice is {inv['status']}.",
+                save=True,
+            )
         now = self._now()
         inv.update(status="void", auto_advance=False)
         inv["status_transitions"]["voided_at"] = now
@@ -744,8 +922,11 @@ class StripePeer:
         self._check_params(ctx, {"expand"})
         inv = self._fetch("invoice", invoice_id)
         if inv["status"] != "open":
-            raise invalid_request(f"You can only mark an open invoice as uncollectible; this "
-                                  f"invoice is {inv['status']}.", save=True)
+            raise invalid_request(
+                f"You can only mark an open invoice as uncollectible; this "
+                f"invoice is {inv['status']}.",
+                save=True,
+            )
         inv.update(status="uncollectible", auto_advance=False)
         inv["status_transitions"]["marked_uncollectible_at"] = self._now()
         self._emit("invoice.marked_uncollectible", inv)
@@ -753,35 +934,56 @@ class StripePeer:
 
     def _update_subscription(self, ctx: _Ctx, sub_id: str) -> dict[str, Any]:
         params = ctx.params
-        self._check_params(ctx, {"metadata", "pause_collection", "cancel_at_period_end",
-                                 "default_payment_method", "description", "expand",
-                                 "cancellation_details", "proration_behavior"})
+        self._check_params(
+            ctx,
+            {
+                "metadata",
+                "pause_collection",
+                "cancel_at_period_end",
+                "default_payment_method",
+                "description",
+                "expand",
+                "cancellation_details",
+                "proration_behavior",
+            },
+        )
         sub = self._fetch("subscription", sub_id)
-        if sub["status"] == "canceled" and set(params) - {"metadata", "cancellation_details",
-                                                          "expand"}:
-            raise invalid_request("A canceled subscription can only update its "
-                                  "cancellation_details and metadata.")
+        if sub["status"] == "canceled" and set(params) - {
+            "metadata",
+            "cancellation_details",
+            "expand",
+        }:
+            raise invalid_request(
+                "A canceled subscription can only update its cancellation_details and metadata."
+            )
         changes = self._subscription_changes(sub, params)
         before = self._view(sub)
         sub.update(changes)
         self._emit_update("customer.subscription.updated", sub, before)
         return self._render(sub, ctx)
 
-    def _subscription_changes(self, sub: dict[str, Any],
-                              params: dict[str, Any]) -> dict[str, Any]:
+    def _subscription_changes(self, sub: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         changes: dict[str, Any] = {}
         if "metadata" in params:
             meta = {} if params["metadata"] == "" else {**sub["metadata"], **params["metadata"]}
             changes["metadata"] = {k: v for k, v in meta.items() if v != ""}
         if "pause_collection" in params:
             pause = params["pause_collection"]
-            if pause != "" and (not isinstance(pause, dict) or pause.get("behavior") not in (
-                    "keep_as_draft", "mark_uncollectible", "void")):
-                raise invalid_request("Invalid pause_collection[behavior].",
-                                      param="pause_collection[behavior]")
-            changes["pause_collection"] = None if pause == "" else {
-                "behavior": pause["behavior"],
-                "resumes_at": int(pause["resumes_at"]) if pause.get("resumes_at") else None}
+            if pause != "" and (
+                not isinstance(pause, dict)
+                or pause.get("behavior") not in ("keep_as_draft", "mark_uncollectible", "void")
+            ):
+                raise invalid_request(
+                    "Invalid pause_collection[behavior].", param="pause_collection[behavior]"
+                )
+            changes["pause_collection"] = (
+                None
+                if pause == ""
+                else {
+                    "behavior": pause["behavior"],
+                    "resumes_at": int(pause["resumes_at"]) if pause.get("resumes_at") else None,
+                }
+            )
         if "cancel_at_period_end" in params:
             at_end = _truthy(params["cancel_at_period_end"])
             changes["cancel_at_period_end"] = at_end
@@ -795,8 +997,10 @@ class StripePeer:
             changes["description"] = params["description"] or None
         if isinstance(params.get("cancellation_details"), dict):
             details = params["cancellation_details"]
-            changes["cancellation_details"] = {**sub["cancellation_details"], **{
-                k: details[k] or None for k in ("comment", "feedback") if k in details}}
+            changes["cancellation_details"] = {
+                **sub["cancellation_details"],
+                **{k: details[k] or None for k in ("comment", "feedback") if k in details},
+            }
         return changes
 
     def _delete_subscription(self, ctx: _Ctx, sub_id: str) -> dict[str, Any]:
@@ -805,28 +1009,55 @@ class StripePeer:
         if sub["status"] == "canceled":
             raise invalid_request(f"The subscription {sub_id} has already been canceled.")
         details = ctx.params.get("cancellation_details") or {}
-        self._cancel(sub, "cancellation_requested", details.get("comment") or None,
-                     details.get("feedback") or None)
+        self._cancel(
+            sub,
+            "cancellation_requested",
+            details.get("comment") or None,
+            details.get("feedback") or None,
+        )
         return self._render(sub, ctx)
 
     def _portal_session(self, ctx: _Ctx) -> dict[str, Any]:
-        self._check_params(ctx, {"customer", "return_url", "flow_data", "locale",
-                                 "configuration", "on_behalf_of", "expand"})
+        self._check_params(
+            ctx,
+            {
+                "customer",
+                "return_url",
+                "flow_data",
+                "locale",
+                "configuration",
+                "on_behalf_of",
+                "expand",
+            },
+        )
         if not ctx.params.get("customer"):
-            raise invalid_request("Missing required param: customer.", param="customer",
-                                  code="parameter_missing")
+            raise invalid_request(
+                "Missing required param: customer.", param="customer", code="parameter_missing"
+            )
         cust = self._fetch("customer", ctx.params["customer"], param="customer")
         flow = ctx.params.get("flow_data") or {}
         flow_type = flow.get("type") if isinstance(flow, dict) else None
-        allowed = ("payment_method_update", "subscription_cancel", "subscription_update",
-                   "subscription_update_confirm")
+        allowed = (
+            "payment_method_update",
+            "subscription_cancel",
+            "subscription_update",
+            "subscription_update_confirm",
+        )
         if flow and flow_type not in allowed:
-            raise invalid_request(f"Invalid flow_data[type]: must be one of {', '.join(allowed)}",
-                                  param="flow_data[type]")
-        session = self._store(so.portal_session(
-            bps_id=so.new_id("bps"), customer_id=cust["id"], created=self._now(),
-            return_url=ctx.params.get("return_url"), flow_type=flow_type,
-            locale=ctx.params.get("locale")))
+            raise invalid_request(
+                f"Invalid flow_data[type]: must be one of {', '.join(allowed)}",
+                param="flow_data[type]",
+            )
+        session = self._store(
+            so.portal_session(
+                bps_id=so.new_id("bps"),
+                customer_id=cust["id"],
+                created=self._now(),
+                return_url=ctx.params.get("return_url"),
+                flow_type=flow_type,
+                locale=ctx.params.get("locale"),
+            )
+        )
         return self._render(session, ctx)
 
     # ------------------------------------------------------------------------- state helpers
@@ -883,15 +1114,23 @@ class StripePeer:
     def _check_params(ctx: _Ctx, allowed: set[str]) -> None:
         for name in ctx.params:
             if name not in allowed:
-                raise invalid_request(f"Received unknown parameter: {name}", param=name,
-                                      code="parameter_unknown")
+                raise invalid_request(
+                    f"Received unknown parameter: {name}", param=name, code="parameter_unknown"
+                )
 
-    def _emit(self, type_: str, obj: dict[str, Any],
-              previous: dict[str, Any] | None = None) -> None:
-        evt = so.event(evt_id=so.new_id("evt"), type_=type_, obj=self._view(obj),
-                       api_version=so.API_VERSIONS[self.api_shape], created=self._now(),
-                       previous=previous, request=self._request,
-                       pending_webhooks=1 if self.webhook_url else 0)
+    def _emit(
+        self, type_: str, obj: dict[str, Any], previous: dict[str, Any] | None = None
+    ) -> None:
+        evt = so.event(
+            evt_id=so.new_id("evt"),
+            type_=type_,
+            obj=self._view(obj),
+            api_version=so.API_VERSIONS[self.api_shape],
+            created=self._now(),
+            previous=previous,
+            request=self._request,
+            pending_webhooks=1 if self.webhook_url else 0,
+        )
         self._store(evt)
         self.events.append(evt)
         self._pending[evt["id"]] = None
@@ -901,15 +1140,28 @@ class StripePeer:
         if previous:
             self._emit(type_, obj, previous)
 
-    def _new_payment_method(self, pm_id: str, cust: dict[str, Any],
-                            spec: CardSpec) -> dict[str, Any]:
-        card = so.card_details(brand=spec.brand, last4=spec.last4, exp_month=spec.exp_month,
-                               exp_year=spec.exp_year,
-                               fingerprint=spec.fingerprint or so.new_fingerprint(),
-                               funding=spec.funding, country=spec.country)
-        pm = self._store(so.payment_method(pm_id=pm_id, customer_id=cust["id"],
-                                           created=self._now(), email=cust["email"],
-                                           name=cust["name"], card=card))
+    def _new_payment_method(
+        self, pm_id: str, cust: dict[str, Any], spec: CardSpec
+    ) -> dict[str, Any]:
+        card = so.card_details(
+            brand=spec.brand,
+            last4=spec.last4,
+            exp_month=spec.exp_month,
+            exp_year=spec.exp_year,
+            fingerprint=spec.fingerprint or so.new_fingerprint(),
+            funding=spec.funding,
+            country=spec.country,
+        )
+        pm = self._store(
+            so.payment_method(
+                pm_id=pm_id,
+                customer_id=cust["id"],
+                created=self._now(),
+                email=cust["email"],
+                name=cust["name"],
+                card=card,
+            )
+        )
         self._scripts[pm_id] = _script(spec)
         return pm
 
@@ -917,37 +1169,57 @@ class StripePeer:
         before = self._view(pm)
         card = pm["card"]
         fingerprint = spec.fingerprint or (
-            card["fingerprint"] if spec.last4 == card["last4"] else so.new_fingerprint())
-        card.update(brand=spec.brand, display_brand=spec.brand, last4=spec.last4,
-                    exp_month=spec.exp_month, exp_year=spec.exp_year, fingerprint=fingerprint,
-                    funding=spec.funding, country=spec.country)
+            card["fingerprint"] if spec.last4 == card["last4"] else so.new_fingerprint()
+        )
+        card.update(
+            brand=spec.brand,
+            display_brand=spec.brand,
+            last4=spec.last4,
+            exp_month=spec.exp_month,
+            exp_year=spec.exp_year,
+            fingerprint=fingerprint,
+            funding=spec.funding,
+            country=spec.country,
+        )
         self._scripts[pm["id"]] = _script(spec)
-        self._emit("payment_method.automatically_updated", pm,
-                   so.diff_previous(before, self._view(pm)))
+        self._emit(
+            "payment_method.automatically_updated", pm, so.diff_previous(before, self._view(pm))
+        )
         return pm
 
     def _default_pm(self, inv: dict[str, Any]) -> str:
         sub = self._objs[inv["subscription"]]
         cust = self._objs[inv["customer"]]
-        pm_id: str = sub["default_payment_method"] or \
-            cust["invoice_settings"]["default_payment_method"]
+        pm_id: str = (
+            sub["default_payment_method"] or cust["invoice_settings"]["default_payment_method"]
+        )
         return pm_id
 
     def _finalize(self, inv: dict[str, Any], cust: dict[str, Any]) -> None:
         now = self._now()
         number = f"{cust['invoice_prefix']}-{cust['next_invoice_sequence']:04d}"
         cust["next_invoice_sequence"] += 1
-        inv.update(status="open", number=number, effective_at=now, webhooks_delivered_at=now,
-                   hosted_invoice_url=f"https://invoice.stripe.test/i/{inv['id']}",
-                   invoice_pdf=f"https://invoice.stripe.test/i/{inv['id']}/pdf")
+        inv.update(
+            status="open",
+            number=number,
+            effective_at=now,
+            webhooks_delivered_at=now,
+            hosted_invoice_url=f"https://invoice.stripe.test/i/{inv['id']}",
+            invoice_pdf=f"https://invoice.stripe.test/i/{inv['id']}/pdf",
+        )
         inv["status_transitions"]["finalized_at"] = now
 
-    def _cancel(self, sub: dict[str, Any], reason: str, comment: str | None,
-                feedback: str | None) -> None:
+    def _cancel(
+        self, sub: dict[str, Any], reason: str, comment: str | None, feedback: str | None
+    ) -> None:
         now = self._now()
-        sub.update(status="canceled", canceled_at=now, ended_at=now, cancel_at=None,
-                   cancellation_details={"comment": comment, "feedback": feedback,
-                                         "reason": reason})
+        sub.update(
+            status="canceled",
+            canceled_at=now,
+            ended_at=now,
+            cancel_at=None,
+            cancellation_details={"comment": comment, "feedback": feedback, "reason": reason},
+        )
         for inv_id in self._by_type["invoice"]:  # Stripe stops automatic collection
             inv = self._objs[inv_id]
             if inv["subscription"] == sub["id"] and inv["status"] == "open":
@@ -969,25 +1241,49 @@ class StripePeer:
             self._settle_paid(inv, pi, pm)
             return "paid"
         fields = outcome.details()
-        error = {"type": "card_error", **{k: fields[k] for k in (
-                     "code", "decline_code", "advice_code", "network_decline_code",
-                     "network_advice_code", "message")},
-                 "charge": None, "doc_url": so.doc_url(fields["code"]),
-                 "payment_method": self._view(pm)}
+        error = {
+            "type": "card_error",
+            **{
+                k: fields[k]
+                for k in (
+                    "code",
+                    "decline_code",
+                    "advice_code",
+                    "network_decline_code",
+                    "network_advice_code",
+                    "message",
+                )
+            },
+            "charge": None,
+            "doc_url": so.doc_url(fields["code"]),
+            "payment_method": self._view(pm),
+        }
         if outcome.requires_action:
-            pi.update(status="requires_action", last_payment_error=error, next_action={
-                "type": "use_stripe_sdk", "use_stripe_sdk": {
-                    "type": "three_d_secure_redirect",
-                    "stripe_js": f"https://hooks.stripe.test/3d_secure_2/{pi['id']}"}})
+            pi.update(
+                status="requires_action",
+                last_payment_error=error,
+                next_action={
+                    "type": "use_stripe_sdk",
+                    "use_stripe_sdk": {
+                        "type": "three_d_secure_redirect",
+                        "stripe_js": f"https://hooks.stripe.test/3d_secure_2/{pi['id']}",
+                    },
+                },
+            )
             self._emit("payment_intent.requires_action", pi)
             self._emit("invoice.payment_action_required", inv)
             self._subscription_after_attempt(inv, paid=False)
             return "action_required"
-        ch = self._store(so.charge(ch_id=so.new_id("ch"), pi=pi, pm=pm, created=self._now(),
-                                   decline=fields))
+        ch = self._store(
+            so.charge(ch_id=so.new_id("ch"), pi=pi, pm=pm, created=self._now(), decline=fields)
+        )
         error["charge"] = ch["id"]
-        pi.update(status="requires_payment_method", latest_charge=ch["id"],
-                  last_payment_error=error, next_action=None)
+        pi.update(
+            status="requires_payment_method",
+            latest_charge=ch["id"],
+            last_payment_error=error,
+            next_action=None,
+        )
         inv["charge"] = ch["id"]
         self._emit("charge.failed", ch)
         self._emit("payment_intent.payment_failed", pi)
@@ -998,10 +1294,14 @@ class StripePeer:
     def _payment_intent_for(self, inv: dict[str, Any], pm_id: str) -> dict[str, Any]:
         if inv["payment_intent"] is None:
             now = self._now()
-            pi = self._store(so.payment_intent(pi_id=so.new_id("pi"), inv=inv, created=now,
-                                               pm_id=pm_id))
-            inpay = self._store(so.invoice_payment(inpay_id=so.new_id("inpay"), inv=inv,
-                                                   pi_id=pi["id"], created=now))
+            pi = self._store(
+                so.payment_intent(pi_id=so.new_id("pi"), inv=inv, created=now, pm_id=pm_id)
+            )
+            inpay = self._store(
+                so.invoice_payment(
+                    inpay_id=so.new_id("inpay"), inv=inv, pi_id=pi["id"], created=now
+                )
+            )
             inv["payment_intent"], inv["_payment"] = pi["id"], inpay["id"]
         pi = self._objs[inv["payment_intent"]]
         pi["payment_method"] = pm_id
@@ -1009,10 +1309,14 @@ class StripePeer:
 
     def _settle_paid(self, inv: dict[str, Any], pi: dict[str, Any], pm: dict[str, Any]) -> None:
         now = self._now()
-        ch = self._store(so.charge(ch_id=so.new_id("ch"), pi=pi, pm=pm, created=now,
-                                   decline=None))
-        pi.update(status="succeeded", amount_received=pi["amount"], latest_charge=ch["id"],
-                  last_payment_error=None, next_action=None)
+        ch = self._store(so.charge(ch_id=so.new_id("ch"), pi=pi, pm=pm, created=now, decline=None))
+        pi.update(
+            status="succeeded",
+            amount_received=pi["amount"],
+            latest_charge=ch["id"],
+            last_payment_error=None,
+            next_action=None,
+        )
         self._mark_invoice_paid(inv, now)
         inv["charge"] = ch["id"]
         inpay = self._objs[inv["_payment"]]
@@ -1032,8 +1336,13 @@ class StripePeer:
 
     @staticmethod
     def _mark_invoice_paid(inv: dict[str, Any], now: int) -> None:
-        inv.update(status="paid", paid=True, amount_paid=inv["amount_due"], amount_remaining=0,
-                   auto_advance=False)
+        inv.update(
+            status="paid",
+            paid=True,
+            amount_paid=inv["amount_due"],
+            amount_remaining=0,
+            auto_advance=False,
+        )
         inv["status_transitions"]["paid_at"] = now
 
     def _subscription_after_attempt(self, inv: dict[str, Any], *, paid: bool) -> None:
@@ -1057,6 +1366,8 @@ def _script(spec: CardSpec) -> _CardScript:
 
 def _matcher(*names: str) -> Callable[[dict[str, Any], dict[str, Any]], bool]:
     """A list filter: every named query param, when given, must equal the object's field."""
+
     def keep(obj: dict[str, Any], params: dict[str, Any]) -> bool:
         return all(params.get(n) in (None, obj.get(n)) for n in names)
+
     return keep

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import shared_task
@@ -11,6 +12,7 @@ from worker.billing.events import Context
 from worker.webhooks.service import give_up, process_event
 
 MAX_RETRIES = 8
+log = logging.getLogger(__name__)
 
 
 @shared_task(name="webhooks.process_event", bind=True, max_retries=MAX_RETRIES)
@@ -24,4 +26,7 @@ def process_event_task(self: Any, *, inbox_id: int) -> None:
             with runtime.session() as session:
                 give_up(session, inbox_id, error=f"{type(exc).__name__}: {exc}", now=clock.now())
             return
+        log.warning(
+            "event %s failed (%s), retry %s", inbox_id, type(exc).__name__, self.request.retries + 1
+        )
         raise self.retry(exc=exc, countdown=min(2**self.request.retries, 300)) from exc

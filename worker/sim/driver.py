@@ -1,0 +1,85 @@
+"""Driving the pipeline in-process with a simulated clock (the demo and the tests).
+
+``settle`` is what "wait for the system to catch up" means: deliver the peer's webhooks, let
+the scheduler tick, and wait until no inbox event is pending and no claimed action is running;
+repeat until a round changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from worker.app import DunningCelery
+from worker.dunning.models import ActionStatus, ScheduledAction
+from worker.dunning.tasks import tick_once
+from worker.sim.stripe_peer import StripePeer
+from worker.webhooks.models import InboxEvent, InboxStatus
+
+SETTLE_TIMEOUT_S = 30.0
+
+
+def settle(app: DunningCelery, peer: StripePeer, *, timeout: float = SETTLE_TIMEOUT_S) -> bool:
+    """True once a round delivers nothing, claims nothing and leaves nothing in flight."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        delivered = peer.deliver_pending()
+        ticked = tick_once(app)
+        if not wait_quiet(app, deadline):
+            return False
+        if delivered == 0 and ticked == 0 and not peer.pending_events():
+            return True
+    return False
+
+
+def wait_quiet(app: DunningCelery, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        with app.runtime.session() as session:
+            pending = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(InboxEvent)
+                    .where(InboxEvent.status == InboxStatus.PENDING)
+                )
+                or 0
+            )
+            running = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(ScheduledAction)
+                    .where(ScheduledAction.status == ActionStatus.CLAIMED)
+                )
+                or 0
+            )
+        if pending + running == 0:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def next_due(app: DunningCelery) -> datetime | None:
+    """When the scheduler will next find work."""
+    with app.runtime.session() as session:
+        return session.scalar(
+            select(func.min(ScheduledAction.due_at)).where(
+                ScheduledAction.status == ActionStatus.PLANNED
+            )
+        )
+
+
+def in_flight(app: DunningCelery) -> str:
+    """What keeps the pipeline busy (for a timeout's message)."""
+    with app.runtime.session() as session:
+        events = session.execute(
+            select(InboxEvent.event_type, InboxEvent.enqueue_count).where(
+                InboxEvent.status == InboxStatus.PENDING
+            )
+        ).all()
+        actions = session.execute(
+            select(ScheduledAction.kind, ScheduledAction.idempotency_key).where(
+                ScheduledAction.status == ActionStatus.CLAIMED
+            )
+        ).all()
+    return f"pending events: {events}; running actions: {actions}"
