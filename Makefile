@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: help venv demo check lint typecheck test services
+.PHONY: help venv demo check lint typecheck test services compose
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -32,4 +32,9 @@ typecheck: venv ## mypy on the package
 test: venv services ## the test suite (T=path for one file)
 	$(BIN)/python -m pytest $(T)
 
-check: lint typecheck test ## everything CI runs: lint, types, tests (incl. migrations in sync)
+compose: ## validate docker-compose.yml (docker compose v2, else docker-compose v1)
+	@if docker compose version >/dev/null 2>&1; then docker compose config -q; \
+	elif command -v docker-compose >/dev/null; then docker-compose config -q; \
+	else echo "compose: no docker compose on this machine, docker-compose.yml not validated"; fi
+
+check: lint typecheck compose test ## everything CI runs: lint, types, compose file, tests

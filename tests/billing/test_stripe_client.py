@@ -32,10 +32,10 @@ def peer(request: pytest.FixtureRequest) -> Iterator[tuple[StripePeer, StripeGat
 
 
 def _failed_invoice(peer: StripePeer, *outcomes: Decline | str) -> str:
-    customer = peer.create_customer(email="a@example.com", name="A",
-                                    card=CardSpec(brand="mastercard", outcomes=list(outcomes)))
-    invoice_id, paid = peer.bill(peer.create_subscription(customer_id=customer,
-                                                          unit_amount=1500))
+    customer = peer.create_customer(
+        email="a@example.com", name="A", card=CardSpec(brand="mastercard", outcomes=list(outcomes))
+    )
+    invoice_id, paid = peer.bill(peer.create_subscription(customer_id=customer, unit_amount=1500))
     assert not paid
     return invoice_id
 
@@ -46,14 +46,15 @@ def pays(peer: StripePeer) -> list[tuple[int, str | None]]:
 
 def test_a_decline_is_an_outcome_not_an_error(peer: tuple[StripePeer, StripeGateway]) -> None:
     stripe_peer, gateway = peer
-    mac = Decline(decline_code="do_not_honor", network_decline_code="05",
-                  network_advice_code="24")
+    mac = Decline(decline_code="do_not_honor", network_decline_code="05", network_advice_code="24")
     invoice_id = _failed_invoice(stripe_peer, INSUFFICIENT_FUNDS, mac)
     result = gateway.pay_invoice(invoice_id, idempotency_key="k1")
     assert not result.succeeded
     assert result.decline is not None
     assert (result.decline.decline_code, result.decline.network_advice_code) == (
-        "do_not_honor", "24")
+        "do_not_honor",
+        "24",
+    )
     assert result.decline.charge_id is not None
     assert result.decline.card is not None
     assert result.decline.card.brand == "mastercard"
@@ -73,11 +74,13 @@ def test_transient_errors_are_retried_with_the_same_key(
 ) -> None:
     stripe_peer, gateway = peer
     invoice_id = _failed_invoice(stripe_peer, INSUFFICIENT_FUNDS, SUCCEED)
-    stripe_peer.inject_fault(method="POST", path_prefix="/v1/invoices/", status=500,
-                             should_retry=True)
+    stripe_peer.inject_fault(
+        method="POST", path_prefix="/v1/invoices/", status=500, should_retry=True
+    )
     stripe_peer.inject_fault(method="POST", path_prefix="/v1/invoices/", status=409)
-    stripe_peer.inject_fault(method="POST", path_prefix="/v1/invoices/", status=429,
-                             should_retry=True)
+    stripe_peer.inject_fault(
+        method="POST", path_prefix="/v1/invoices/", status=429, should_retry=True
+    )
     assert gateway.pay_invoice(invoice_id, idempotency_key="k-t").succeeded
     assert pays(stripe_peer) == [(500, "k-t"), (409, "k-t"), (429, "k-t"), (200, "k-t")]
 
@@ -85,8 +88,9 @@ def test_transient_errors_are_retried_with_the_same_key(
 def test_should_retry_false_is_final(peer: tuple[StripePeer, StripeGateway]) -> None:
     stripe_peer, gateway = peer
     invoice_id = _failed_invoice(stripe_peer, INSUFFICIENT_FUNDS, SUCCEED)
-    stripe_peer.inject_fault(method="POST", path_prefix="/v1/invoices/", status=500,
-                             should_retry=False)
+    stripe_peer.inject_fault(
+        method="POST", path_prefix="/v1/invoices/", status=500, should_retry=False
+    )
     with pytest.raises(ProviderError, match="HTTP 500"):
         gateway.pay_invoice(invoice_id, idempotency_key="k-f")
     assert pays(stripe_peer) == [(500, "k-f")]

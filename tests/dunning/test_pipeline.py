@@ -250,3 +250,50 @@ def dunning_record(session: Session, runtime: Any, action_id: int, result: Payme
     from worker.dunning.actions import record_retry_result
 
     record_retry_result(session, runtime, action_id, result)
+
+
+def test_observe_mode_communicates_and_accounts_only(session: Session, policy: Policy) -> None:
+    observe = policy.model_copy(
+        update={"retries": policy.retries.model_copy(update={"mode": "observe"})}
+    )
+    deliver(session, observe, failed("in_1"))
+    case = the_case(session)
+    assert case.retries_mode == "observe"
+    assert planned(session, ActionKind.RETRY_PAYMENT) == []
+    assert planned(session, ActionKind.FINAL_ACTION) == []  # the provider ends its dunning
+    assert planned(session, ActionKind.SEND_EMAIL)[0].template == "payment_failed"
+    # The provider's own retry fails again (a new charge): counted, still nothing to retry.
+    deliver(session, observe, failed("in_1", charge="ch_provider_2"))
+    deliver(
+        session,
+        observe,
+        ev.envelope("payment_method.automatically_updated", ev.payment_method(), at=START),
+    )
+    assert planned(session, ActionKind.RETRY_PAYMENT) == []
+    # Its retries ran out: it marks the invoice uncollectible, which is involuntary churn.
+    gave_up = ev.envelope(
+        "invoice.marked_uncollectible",
+        ev.invoice(invoice_id="in_1", status="uncollectible", at=START),
+        at=START,
+    )
+    deliver(session, observe, gave_up)
+    assert the_case(session).state is DunningState.CHURNED
+    (movement,) = session.scalars(select(LedgerMovement))
+    assert movement.kind is MovementKind.CHURN_INVOLUNTARY
+
+
+def test_an_expiring_card_gets_one_email(session: Session, policy: Policy) -> None:
+    card = {
+        "id": "card_1",
+        "object": "card",
+        "customer": "cus_test",
+        "brand": "Visa",
+        "last4": "4242",
+        "exp_month": 3,
+        "exp_year": 2026,
+    }
+    payload = ev.envelope("customer.source.expiring", card, at=START)
+    deliver(session, policy, payload)
+    deliver(session, policy, ev.envelope("customer.source.expiring", card, at=START))
+    emails = planned(session, ActionKind.SEND_EMAIL)
+    assert [(a.template, a.case_id) for a in emails] == [("card_expiring", None)]

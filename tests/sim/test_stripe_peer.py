@@ -31,8 +31,12 @@ from worker.sim.stripe_peer import (
 API_KEY = "sk_test_peer0123456789abcdef"
 SECRET = "whsec_peer_test"
 START = datetime(2031, 1, 15, 9, 30, tzinfo=UTC)  # far from wall time on purpose
-DECLINE = Decline(decline_code="insufficient_funds", advice_code="try_again_later",
-                  network_decline_code="51", network_advice_code="02")
+DECLINE = Decline(
+    decline_code="insufficient_funds",
+    advice_code="try_again_later",
+    network_decline_code="51",
+    network_advice_code="02",
+)
 
 Start = Callable[..., tuple[StripePeer, stripe.StripeClient]]
 
@@ -61,8 +65,9 @@ class AppSwitch:
 @pytest.fixture(scope="module")
 def shared_server() -> Iterator[tuple[str, AppSwitch]]:
     switch = AppSwitch()
-    server = uvicorn.Server(uvicorn.Config(switch, host="127.0.0.1", port=0, lifespan="off",
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(switch, host="127.0.0.1", port=0, lifespan="off", log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -132,9 +137,13 @@ def receiver() -> Iterator[Receiver]:
 
 
 def new_subscription(peer: StripePeer, *outcomes: Decline | str, **card: Any) -> tuple[str, str]:
-    cus = peer.create_customer(email="ada@example.com", name="Ada Lovelace",
-                               card=CardSpec(outcomes=list(outcomes or [SUCCEED]), **card),
-                               timezone="Europe/London", locale="en-GB")
+    cus = peer.create_customer(
+        email="ada@example.com",
+        name="Ada Lovelace",
+        card=CardSpec(outcomes=list(outcomes or [SUCCEED]), **card),
+        timezone="Europe/London",
+        locale="en-GB",
+    )
     return cus, peer.create_subscription(customer_id=cus, unit_amount=2900)
 
 
@@ -150,8 +159,12 @@ def test_declined_pay_is_a_402_card_error_with_all_decline_codes(start: Start) -
     _, sub = new_subscription(peer, DECLINE)
     inv_id, paid = peer.bill(sub)
     assert not paid
-    assert types(peer)[-4:] == ["charge.failed", "payment_intent.payment_failed",
-                                "invoice.payment_failed", "customer.subscription.updated"]
+    assert types(peer)[-4:] == [
+        "charge.failed",
+        "payment_intent.payment_failed",
+        "invoice.payment_failed",
+        "customer.subscription.updated",
+    ]
 
     with pytest.raises(stripe.CardError) as caught:
         client.v1.invoices.pay(inv_id, options={"idempotency_key": "retry-1"})
@@ -159,8 +172,10 @@ def test_declined_pay_is_a_402_card_error_with_all_decline_codes(start: Start) -
     assert err.http_status == 402
     assert err.code == "card_declined"
     assert err.error is not None
-    assert (err.error.decline_code, err.error.advice_code) == ("insufficient_funds",
-                                                               "try_again_later")
+    assert (err.error.decline_code, err.error.advice_code) == (
+        "insufficient_funds",
+        "try_again_later",
+    )
     assert (err.error.network_decline_code, err.error.network_advice_code) == ("51", "02")
     assert err.error.message == "Your card has insufficient funds."
     assert err.error.payment_intent is not None
@@ -187,9 +202,12 @@ def test_declined_pay_is_a_402_card_error_with_all_decline_codes(start: Start) -
 
 def test_blocked_decline_is_not_sent_to_the_network(start: Start) -> None:
     peer, _ = start()
-    blocked = Decline(decline_code="generic_decline", outcome_type="blocked",
-                      outcome_reason="previously_declined_do_not_retry",
-                      network_decline_code="05")
+    blocked = Decline(
+        decline_code="generic_decline",
+        outcome_type="blocked",
+        outcome_reason="previously_declined_do_not_retry",
+        network_decline_code="05",
+    )
     _, sub = new_subscription(peer, blocked)
     peer.bill(sub)
     charge = next(e["data"]["object"] for e in peer.events if e["type"] == "charge.failed")
@@ -231,8 +249,9 @@ def test_same_key_with_other_params_is_an_idempotency_error(start: Start) -> Non
         client.v1.invoices.pay(inv_id, options={"idempotency_key": "k"})
     pm = client.v1.customers.retrieve(cus).invoice_settings.default_payment_method
     with pytest.raises(stripe.IdempotencyError) as caught:
-        client.v1.invoices.pay(inv_id, {"payment_method": str(pm)},
-                               options={"idempotency_key": "k"})
+        client.v1.invoices.pay(
+            inv_id, {"payment_method": str(pm)}, options={"idempotency_key": "k"}
+        )
     assert caught.value.http_status == 400
     assert peer.charge_attempts(inv_id) == 2
 
@@ -264,8 +283,11 @@ def test_validation_errors_are_not_saved_for_the_key(start: Start) -> None:
     _, sub = new_subscription(peer, DECLINE, SUCCEED)
     inv_id, _ = peer.bill(sub)
     with pytest.raises(stripe.InvalidRequestError) as caught:
-        client.v1.invoices.pay(inv_id, {"bogus": "1"},  # type: ignore[arg-type]
-                               options={"idempotency_key": "v"})
+        client.v1.invoices.pay(
+            inv_id,
+            {"bogus": "1"},  # type: ignore[arg-type]
+            options={"idempotency_key": "v"},
+        )
     assert caught.value.param == "bogus"
     assert client.v1.invoices.pay(inv_id, options={"idempotency_key": "v"}).status == "paid"
 
@@ -282,8 +304,13 @@ def test_successful_pay_marks_paid_and_reactivates_the_subscription(start: Start
     invoice = client.v1.invoices.pay(inv_id, options={"idempotency_key": "k2"})
     assert (invoice.status, invoice.amount_paid, invoice.amount_remaining) == ("paid", 2900, 0)
     assert invoice.status_transitions.paid_at == int(START.timestamp())
-    assert types(peer)[-5:] == ["charge.succeeded", "payment_intent.succeeded", "invoice.paid",
-                                "invoice.payment_succeeded", "customer.subscription.updated"]
+    assert types(peer)[-5:] == [
+        "charge.succeeded",
+        "payment_intent.succeeded",
+        "invoice.paid",
+        "invoice.payment_succeeded",
+        "customer.subscription.updated",
+    ]
     assert peer.events[-1]["data"]["previous_attributes"] == {"status": "past_due"}
     assert client.v1.subscriptions.retrieve(sub).status == "active"
 
@@ -301,13 +328,18 @@ def test_bill_uses_the_clock_and_advances_the_period(start: Start, clock: Manual
     assert paid
     invoice = client.v1.invoices.retrieve(inv_id)
     assert invoice.created == int((START + timedelta(days=31)).timestamp())
-    assert invoice.lines.data[0].period.start == int(datetime(2031, 2, 15, 9, 30,
-                                                              tzinfo=UTC).timestamp())
+    assert invoice.lines.data[0].period.start == int(
+        datetime(2031, 2, 15, 9, 30, tzinfo=UTC).timestamp()
+    )
     assert invoice.hosted_invoice_url == f"https://invoice.stripe.test/i/{inv_id}"
     assert invoice.billing_reason == "subscription_cycle"
     assert invoice.customer_email == "ada@example.com"
-    assert types(peer)[:4] == ["customer.created", "payment_method.attached",
-                               "customer.subscription.created", "customer.subscription.updated"]
+    assert types(peer)[:4] == [
+        "customer.created",
+        "payment_method.attached",
+        "customer.subscription.created",
+        "customer.subscription.updated",
+    ]
     assert "invoice.created" in types(peer) and "invoice.finalized" in types(peer)
 
 
@@ -332,8 +364,9 @@ def test_injected_500_carries_should_retry_and_has_no_effect(start: Start) -> No
 
 def test_injected_429_is_a_rate_limit_error(start: Start) -> None:
     peer, client = start()
-    peer.inject_fault(method="GET", path_prefix="/v1/customers", status=429, times=2,
-                      should_retry=False)
+    peer.inject_fault(
+        method="GET", path_prefix="/v1/customers", status=429, times=2, should_retry=False
+    )
     cus, _ = new_subscription(peer)
     for _ in range(2):
         with pytest.raises(stripe.RateLimitError) as caught:
@@ -376,16 +409,22 @@ def test_basil_invoice_has_parent_and_invoice_payments_expand(start: Start) -> N
         client.v1.invoices.retrieve(inv_id, {"expand": ["payment_intent"]})
 
     payments = client.v1.invoice_payments.list(
-        {"invoice": inv_id, "expand": ["data.payment.payment_intent"]})
+        {"invoice": inv_id, "expand": ["data.payment.payment_intent"]}
+    )
     assert len(payments.data) == 1
     payment = payments.data[0]
-    assert (payment.invoice, payment.status, payment.payment.type) == (inv_id, "open",
-                                                                      "payment_intent")
+    assert (payment.invoice, payment.status, payment.payment.type) == (
+        inv_id,
+        "open",
+        "payment_intent",
+    )
     pi = payment.payment.payment_intent
     assert pi.last_payment_error.advice_code == "try_again_later"
     assert "invoice" not in pi
-    assert peer.requests[-1].params == {"invoice": inv_id,
-                                        "expand": ["data.payment.payment_intent"]}
+    assert peer.requests[-1].params == {
+        "invoice": inv_id,
+        "expand": ["data.payment.payment_intent"],
+    }
     assert client.v1.payment_intents.retrieve(pi.id).status == "requires_payment_method"
     item = client.v1.subscriptions.retrieve(sub).items.data[0]
     assert item.current_period_end > item.current_period_start
@@ -432,8 +471,7 @@ def test_webhooks_are_signed_like_stripe_and_verify(start: Start, receiver: Rece
         stripe.WebhookSignature.verify_header(body.decode(), header, "whsec_other", 300)
 
 
-def test_failed_delivery_stays_pending_until_it_succeeds(start: Start,
-                                                         receiver: Receiver) -> None:
+def test_failed_delivery_stays_pending_until_it_succeeds(start: Start, receiver: Receiver) -> None:
     peer, _ = start(webhook_url=receiver.url)
     new_subscription(peer)
     receiver.fail_next = 1
@@ -445,8 +483,7 @@ def test_failed_delivery_stays_pending_until_it_succeeds(start: Start,
     assert len(receiver.deliveries) == len(peer.events) + 1
 
 
-def test_auto_deliver_posts_after_control_and_api_calls(start: Start,
-                                                        receiver: Receiver) -> None:
+def test_auto_deliver_posts_after_control_and_api_calls(start: Start, receiver: Receiver) -> None:
     peer, client = start(webhook_url=receiver.url)
     peer.auto_deliver = True
     _, sub = new_subscription(peer, DECLINE)
@@ -491,9 +528,11 @@ def test_customer_adds_a_new_card(start: Start) -> None:
     assert new_pm != old_pm
     assert types(peer)[-2:] == ["payment_method.attached", "customer.updated"]
     assert peer.events[-1]["data"]["previous_attributes"] == {
-        "invoice_settings": {"default_payment_method": old_pm}}
+        "invoice_settings": {"default_payment_method": old_pm}
+    }
     customer = client.v1.customers.retrieve(
-        cus, {"expand": ["invoice_settings.default_payment_method"]})
+        cus, {"expand": ["invoice_settings.default_payment_method"]}
+    )
     assert customer.invoice_settings.default_payment_method.card.last4 == "4444"
     assert client.v1.invoices.pay(inv_id).status == "paid"
 
@@ -503,9 +542,11 @@ def test_authentication_required_then_customer_pays_on_hosted_page(start: Start)
     _, sub = new_subscription(peer, AUTHENTICATION_REQUIRED, AUTHENTICATION_REQUIRED, SUCCEED)
     inv_id, paid = peer.bill(sub)
     assert not paid
-    assert types(peer)[-3:] == ["payment_intent.requires_action",
-                                "invoice.payment_action_required",
-                                "customer.subscription.updated"]
+    assert types(peer)[-3:] == [
+        "payment_intent.requires_action",
+        "invoice.payment_action_required",
+        "customer.subscription.updated",
+    ]
     assert "invoice.payment_failed" not in types(peer)
     with pytest.raises(stripe.InvalidRequestError) as caught:
         client.v1.invoices.pay(inv_id)
@@ -524,11 +565,14 @@ def test_cancel_subscription_via_api_and_control(start: Start) -> None:
     peer, client = start()
     _, sub = new_subscription(peer)
     canceled = client.v1.subscriptions.cancel(
-        sub, {"cancellation_details": {"comment": "too expensive"}})
+        sub, {"cancellation_details": {"comment": "too expensive"}}
+    )
     assert canceled.status == "canceled"
     assert canceled.ended_at == canceled.canceled_at == int(START.timestamp())
-    assert (canceled.cancellation_details.reason,
-            canceled.cancellation_details.comment) == ("cancellation_requested", "too expensive")
+    assert (canceled.cancellation_details.reason, canceled.cancellation_details.comment) == (
+        "cancellation_requested",
+        "too expensive",
+    )
     assert peer.requests[-1].method == "DELETE"
     assert peer.requests[-1].params == {"cancellation_details": {"comment": "too expensive"}}
     assert peer.events[-1]["type"] == "customer.subscription.deleted"
@@ -543,11 +587,14 @@ def test_update_subscription_pause_and_metadata(start: Start) -> None:
     peer, client = start()
     _, sub = new_subscription(peer)
     updated = client.v1.subscriptions.update(
-        sub, {"pause_collection": {"behavior": "void"}, "metadata": {"dunning": "paused"}})
+        sub, {"pause_collection": {"behavior": "void"}, "metadata": {"dunning": "paused"}}
+    )
     assert updated.pause_collection.behavior == "void"
     assert updated.metadata["dunning"] == "paused"
     assert peer.events[-1]["data"]["previous_attributes"] == {
-        "pause_collection": None, "metadata": {"dunning": None}}  # Stripe marks new keys null
+        "pause_collection": None,
+        "metadata": {"dunning": None},
+    }  # Stripe marks new keys null
     resumed = client.v1.subscriptions.update(sub, {"pause_collection": ""})
     assert resumed.pause_collection is None
 
@@ -569,9 +616,13 @@ def test_mark_uncollectible_then_void(start: Start) -> None:
 def test_billing_portal_session(start: Start) -> None:
     peer, client = start()
     cus, _ = new_subscription(peer)
-    session = client.v1.billing_portal.sessions.create({
-        "customer": cus, "return_url": "https://app.example/billing",
-        "flow_data": {"type": "payment_method_update"}})
+    session = client.v1.billing_portal.sessions.create(
+        {
+            "customer": cus,
+            "return_url": "https://app.example/billing",
+            "flow_data": {"type": "payment_method_update"},
+        }
+    )
     assert session.object == "billing_portal.session"
     assert session.url == f"https://billing.stripe.test/p/session/{session.id}"
     assert session.id.startswith("bps_")
@@ -629,9 +680,20 @@ def test_api_key_is_required_when_configured(start: Start) -> None:
 
 
 def test_decode_params_reads_bracket_notation() -> None:
-    pairs = [("expand[0]", "a"), ("expand[1]", "b.c"), ("flow_data[type]", "x"),
-             ("items[0][price]", "p"), ("items[0][quantity]", "2"), ("tags[]", "t1"),
-             ("tags[]", "t2"), ("plain", "")]
-    assert decode_params(pairs) == {"expand": ["a", "b.c"], "flow_data": {"type": "x"},
-                                    "items": [{"price": "p", "quantity": "2"}],
-                                    "tags": ["t1", "t2"], "plain": ""}
+    pairs = [
+        ("expand[0]", "a"),
+        ("expand[1]", "b.c"),
+        ("flow_data[type]", "x"),
+        ("items[0][price]", "p"),
+        ("items[0][quantity]", "2"),
+        ("tags[]", "t1"),
+        ("tags[]", "t2"),
+        ("plain", ""),
+    ]
+    assert decode_params(pairs) == {
+        "expand": ["a", "b.c"],
+        "flow_data": {"type": "x"},
+        "items": [{"price": "p", "quantity": "2"}],
+        "tags": ["t1", "t2"],
+        "plain": "",
+    }

@@ -178,6 +178,15 @@ def test_broker_down_loses_nothing(
     assert row.enqueue_count == 2
 
 
+def test_metrics_show_the_backlog(intake: str) -> None:
+    body = event_body()
+    post(intake, body, sign(body))
+    text = httpx.get(f"{intake}/metrics", timeout=10).text
+    assert 'dunning_inbox_events{status="pending"} 1' in text
+    assert "# TYPE dunning_cases gauge" in text
+    assert "dunning_inbox_oldest_pending_seconds " in text
+
+
 def test_health_and_readiness(intake: str) -> None:
     assert httpx.get(f"{intake}/healthz", timeout=10).json() == {"status": "ok"}
     ready = httpx.get(f"{intake}/readyz", timeout=10)

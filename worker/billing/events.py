@@ -166,10 +166,13 @@ def _invoice_closed(session: Session, event: NormalisedEvent, ctx: Context) -> N
     case = dunning.case_for_invoice(session, invoice)
     if case is None or dunning.in_flight(session, case, ActionKind.FINAL_ACTION):
         return  # our own final action closed it; that task records the outcome
+    provider_gave_up = (
+        event.kind is EventKind.INVOICE_UNCOLLECTIBLE and case.retries_mode == "observe"
+    )  # in observe mode, the provider's retries ran out: its dunning ended unpaid
     dunning.apply(
         session,
         case,
-        DunningEvent.INVOICE_CLOSED,
+        DunningEvent.CANCELLED_INVOLUNTARILY if provider_gave_up else DunningEvent.INVOICE_CLOSED,
         policy=ctx.policy,
         now=ctx.now,
         source=event.event_id,

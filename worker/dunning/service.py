@@ -152,7 +152,7 @@ def _effects(
         )
         if new is S.RETRYING:
             _plan_next_retry(session, case, policy=policy, now=now)
-    elif event is E.PAYMENT_METHOD_UPDATED and new is S.RETRYING:
+    elif event is E.PAYMENT_METHOD_UPDATED and new is S.RETRYING and case.retries_mode == "own":
         _plan_card_update_retry(session, case, now=now, source=source)
 
 
@@ -233,15 +233,16 @@ def _plan_cadence(
             key=f"case:{case.id}:email:{email.step}",
             reason=email.reason,
         )
-    plan(
-        session,
-        case,
-        ActionKind.FINAL_ACTION,
-        due_at=case.window_ends_at,
-        now=now,
-        key=f"case:{case.id}:final",
-        reason=f"window end: {policy.final_action.action}",
-    )
+    if case.retries_mode == "own":  # in observe mode the provider ends its own dunning
+        plan(
+            session,
+            case,
+            ActionKind.FINAL_ACTION,
+            due_at=case.window_ends_at,
+            now=now,
+            key=f"case:{case.id}:final",
+            reason=f"window end: {policy.final_action.action}",
+        )
 
 
 def _plan_next_retry(session: Session, case: DunningCase, *, policy: Policy, now: datetime) -> None:

@@ -3,7 +3,9 @@
 ``POST /webhooks/stripe``: 400 for a bad or missing signature or a body that is not an event,
 413 over 1 MiB, 503 when the database cannot take the event (Stripe redelivers), 200 once the
 event is durable (also for a duplicate, with no second effect). ``GET /healthz`` says the
-process is up; ``GET /readyz`` that the database and the broker answer.
+process is up; ``GET /readyz`` that the database and the broker answer; ``GET /metrics`` the
+backlog and case states for Prometheus. Blocking database work runs in Starlette's
+threadpool, off the event loop.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import stripe
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from worker import clock
 from worker.db import enqueue_after_commit
+from worker.metrics import render_metrics
 from worker.runtime import Runtime
 from worker.webhooks.service import BadEventError, store_event
 
@@ -81,9 +85,6 @@ def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerChe
             return _problem(400, str(exc))
 
     async def _store(body: bytes) -> Response:
-        # Runs the blocking database work off the event loop.
-        from starlette.concurrency import run_in_threadpool
-
         try:
             stored = await run_in_threadpool(_store_sync, body)
         except (OperationalError, DBAPIError) as exc:
@@ -100,12 +101,21 @@ def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerChe
                 enqueue_after_commit(session, enqueue(stored.inbox_id))
         return stored
 
+    async def metrics(_: Request) -> Response:
+        def read() -> str:
+            with runtime.session() as session:
+                return render_metrics(session, now=clock.now())
+
+        try:
+            body = await run_in_threadpool(read)
+        except (OperationalError, DBAPIError):
+            return _problem(503, "database unavailable")
+        return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
+
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
-        from starlette.concurrency import run_in_threadpool
-
         problems = await run_in_threadpool(_readiness)
         if problems:
             return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
@@ -129,6 +139,7 @@ def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerChe
             Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ]
     )
 
