@@ -7,7 +7,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,27 +18,15 @@ import pytest
 
 from tests.conftest import START
 from tests.support import stripe_events as ev
+from tests.support.processes import clean_env, dunning, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def dunning(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.fixture
 def env(pg: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DUNNING_", "STRIPE_"))}
     return {
-        **clean,
+        **clean_env(),
         "DUNNING_DATABASE_URL": pg,
         "DUNNING_CONFIG": str(REPO / "config" / "dunning.toml"),
     }
@@ -147,11 +134,10 @@ def test_database_down_is_a_runtime_failure(tmp_path: Path) -> None:
 
 def test_run_serves_works_and_stops_on_embedded_defaults(tmp_path: Path) -> None:
     secret = "whsec_run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DUNNING_", "STRIPE_"))}
-    env.update(STRIPE_WEBHOOK_SECRET=secret, DUNNING_CONFIG=str(REPO / "config" / "dunning.toml"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    env = clean_env(
+        STRIPE_WEBHOOK_SECRET=secret, DUNNING_CONFIG=str(REPO / "config" / "dunning.toml")
+    )
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker", "run", "--port", str(port)],
         env=env,

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.processes import clean_env
+
 
 def test_demo_runs_the_pipeline_and_summarises(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DUNNING_", "STRIPE_"))}
+    env = clean_env()
     out = tmp_path / "demo"
     result = subprocess.run(
         [

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.processes import clean_env, dunning
 from worker.settings import Secret, SettingError, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,17 +71,7 @@ def test_a_bad_variable_is_named(name: str, value: str) -> None:
 
 
 def test_cli_reports_a_bad_setting_in_one_line_with_status_2(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DUNNING_", "STRIPE_"))}
-    env["DUNNING_BROKER_URL"] = "kafka://nope"
-    result = subprocess.run(
-        [sys.executable, "-m", "worker", "cases", "list"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = dunning(clean_env(DUNNING_BROKER_URL="kafka://nope"), tmp_path, "cases", "list")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import pytest
 
+from tests.support.processes import free_port
 from worker.billing.stripe_client import (
     ProviderError,
     StripeGateway,
@@ -106,10 +106,7 @@ def test_persistent_outage_surfaces_as_transient(peer: tuple[StripePeer, StripeG
 
 
 def test_nobody_listening_is_transient() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    gateway = StripeGateway(KEY, api_base=f"http://127.0.0.1:{port}", wait=lambda _s: 0)
+    gateway = StripeGateway(KEY, api_base=f"http://127.0.0.1:{free_port()}", wait=lambda _s: 0)
     with pytest.raises(TransientProviderError):
         gateway.pay_invoice("in_x", idempotency_key="k")
 

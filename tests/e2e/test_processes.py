@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,16 +20,11 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from tests.e2e.conftest import API_KEY, WEBHOOK_SECRET, wait_for
+from tests.support.processes import dunning, free_port
 from tests.support.smtp import Recorder
 from worker.db import make_engine
 from worker.dunning.models import DunningCase
 from worker.sim.stripe_peer import INSUFFICIENT_FUNDS, SUCCEED, CardSpec, StripePeer
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -49,21 +43,9 @@ def env(
     }
 
 
-def dunning(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.fixture
 def processes(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     commands = [["serve", "--port", str(port)], ["worker", "--pool=solo"], ["beat"]]
     procs = [
         subprocess.Popen(

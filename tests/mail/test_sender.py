@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from tests.support.smtp import Recorder, free_port
+from tests.support.processes import free_port
+from tests.support.smtp import Recorder
 from tests.support.smtp import smtp_server as running_smtp
 from worker.email.sender import (
     OutboxSender,

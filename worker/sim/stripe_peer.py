@@ -47,7 +47,6 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -56,6 +55,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from worker.clock import now as clock_now
+from worker.httpserver import serve_in_thread
 from worker.sim import stripe_objects as so
 from worker.sim.stripe_objects import ApiError, Shape, invalid_request, resource_missing
 
@@ -539,29 +539,8 @@ class StripePeer:
     @contextmanager
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
         """Run the API with uvicorn in a daemon thread; yields the base URL."""
-        config = uvicorn.Config(
-            self.asgi_app,
-            host=host,
-            port=port,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, name="stripe-peer", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"stripe peer failed to start on {host}:{port}")
-            time.sleep(0.005)
-        bound = server.servers[0].sockets[0].getsockname()[1]
-        try:
-            yield f"http://{host}:{bound}"
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+        with serve_in_thread(self.asgi_app, host, port) as url:
+            yield url
 
     async def _endpoint(self, request: Request) -> Response:
         body = await request.body()
