@@ -64,7 +64,8 @@ def test_replay_then_inspect_cases(env: dict[str, str], tmp_path: Path) -> None:
         ("in_a", "recovered", "insufficient_funds"),
         ("in_b", "awaiting_customer", "expired_card"),
     ]
-    assert listed[0]["next_action_at"] is not None  # the recovered confirmation is due
+    # History already resolved in_a: it plans nothing, not even a "thank you" months late.
+    assert listed[0]["next_action_at"] is None
     only = json.loads(
         dunning(env, tmp_path, "cases", "list", "--state", "recovered", "--json").stdout
     )

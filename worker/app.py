@@ -16,10 +16,10 @@ from worker.settings import EMBEDDED_BROKER_URL, Settings
 log = logging.getLogger(__name__)
 
 TASK_MODULES = ("worker.webhooks.tasks", "worker.dunning.tasks")
-QUEUES = ("intake", "payments", "emails")
+QUEUES = ("intake", "payments", "emails", "scheduler")
 ROUTES = {
     "webhooks.*": {"queue": "intake"},
-    "dunning.tick": {"queue": "intake"},
+    "dunning.tick": {"queue": "scheduler"},  # a webhook backlog must not delay retries
     "dunning.retry_payment": {"queue": "payments"},
     "dunning.final_action": {"queue": "payments"},
     "dunning.send_email": {"queue": "emails"},

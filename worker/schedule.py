@@ -11,6 +11,12 @@ SCHEDULE: tuple[tuple[str, timedelta, str], ...] = (("scheduler-tick", TICK_EVER
 
 
 def beat_schedule() -> dict[str, dict[str, Any]]:
+    # A tick not started before the next one is due is dropped, not piled up.
     return {
-        name: {"task": task, "schedule": every.total_seconds()} for name, every, task in SCHEDULE
+        name: {
+            "task": task,
+            "schedule": every.total_seconds(),
+            "options": {"expires": every.total_seconds()},
+        }
+        for name, every, task in SCHEDULE
     }

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 03:42:06.159164
+Create Date: 2026-11-23 03:55:26.264405
 
 Rule: each migration must run against the previous release's code; split incompatible changes
 (drop a column still read, add a NOT NULL without default) across releases.
@@ -60,7 +60,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("enqueue_count", sa.Integer(), nullable=False),
-        sa.Column("enqueued_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("sweep_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk__inbox_events")),
@@ -70,9 +70,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("inbox_events", schema=None) as batch_op:
         batch_op.create_index(
-            batch_op.f("ix__inbox_events__status_enqueued_at"),
-            ["status", "enqueued_at"],
-            unique=False,
+            batch_op.f("ix__inbox_events__status_sweep_at"), ["status", "sweep_at"], unique=False
         )
 
     op.create_table(
@@ -436,6 +434,7 @@ def upgrade() -> None:
         sa.Column("note", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("claims", sa.Integer(), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["case_id"],
@@ -582,7 +581,7 @@ def downgrade() -> None:
 
     op.drop_table("payment_methods")
     with op.batch_alter_table("inbox_events", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix__inbox_events__status_enqueued_at"))
+        batch_op.drop_index(batch_op.f("ix__inbox_events__status_sweep_at"))
 
     op.drop_table("inbox_events")
     op.drop_table("customers")

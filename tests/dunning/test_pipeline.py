@@ -36,7 +36,7 @@ def deliver(
     stored = store_event(session, provider="stripe", body=json.dumps(payload).encode(), now=now)
     if stored.inbox_id is None:
         return None
-    return process_event(session, stored.inbox_id, Context(policy, None, now))
+    return process_event(session, stored.inbox_id, Context(policy, now))
 
 
 def failed(
@@ -297,3 +297,81 @@ def test_an_expiring_card_gets_one_email(session: Session, policy: Policy) -> No
     deliver(session, policy, ev.envelope("customer.source.expiring", card, at=START))
     emails = planned(session, ActionKind.SEND_EMAIL)
     assert [(a.template, a.case_id) for a in emails] == [("card_expiring", None)]
+
+
+def test_stripes_webhook_before_our_own_result_counts_once(
+    session: Session, policy: Policy, manual_clock: ManualClock
+) -> None:
+    deliver(session, policy, failed("in_1"))
+    (retry,) = planned(session, ActionKind.RETRY_PAYMENT)
+    retry.status = ActionStatus.CLAIMED  # our call is out; Stripe's webhook overtakes it
+    manual_clock.set(retry.due_at)
+    deliver(session, policy, failed("in_1", charge="ch_2", event_id="evt_first"), now=retry.due_at)
+    decline = Decline(code="card_declined", decline_code="insufficient_funds", charge_id="ch_2")
+    dunning_record(
+        session, _Runtime(policy), retry.id, PaymentResult(succeeded=False, decline=decline)
+    )
+    case = the_case(session)
+    failures = session.scalars(
+        select(CaseTransition.event).where(
+            CaseTransition.case_id == case.id, CaseTransition.event == "payment_failed"
+        )
+    ).all()
+    assert len(failures) == 2
+    retries = session.scalars(
+        select(Action).where(Action.kind == ActionKind.RETRY_PAYMENT).order_by(Action.id)
+    ).all()
+    # One next retry, planned once, counting the running one as done.
+    assert [(a.idempotency_key, a.status) for a in retries] == [
+        ("dunning:in_1:retry:1", ActionStatus.DONE),
+        ("dunning:in_1:retry:2", ActionStatus.PLANNED),
+    ]
+
+
+def test_only_a_new_card_we_will_charge_prompts_a_retry(session: Session, policy: Policy) -> None:
+    deliver(session, policy, failed("in_1", "expired_card", code="expired_card"))
+    customer = ev.envelope(
+        "customer.updated",
+        {
+            "id": "cus_test",
+            "object": "customer",
+            "email": "jane.doe@example.com",
+            "invoice_settings": {"default_payment_method": "pm_default"},
+        },
+        at=START,
+    )
+    deliver(session, policy, customer)  # not a change of default: no previous_attributes
+    attached = ev.envelope("payment_method.attached", ev.payment_method(pm_id="pm_spare"), at=START)
+    deliver(session, policy, attached)
+    edited_spare = ev.envelope(
+        "payment_method.updated", ev.payment_method(pm_id="pm_spare", last4="1111"), at=START
+    )
+    deliver(session, policy, edited_spare)
+    assert planned(session, ActionKind.RETRY_PAYMENT) == []
+    assert the_case(session).state is DunningState.AWAITING_CUSTOMER
+    new_default = ev.envelope(
+        "customer.updated",
+        {
+            "id": "cus_test",
+            "object": "customer",
+            "email": "jane.doe@example.com",
+            "invoice_settings": {"default_payment_method": "pm_spare"},
+        },
+        previous={"invoice_settings": {"default_payment_method": "pm_default"}},
+        at=START,
+    )
+    deliver(session, policy, new_default)
+    (retry,) = planned(session, ActionKind.RETRY_PAYMENT)
+    assert ":card-update:" in retry.idempotency_key
+
+
+def test_a_fraud_decline_never_retries_even_on_a_new_card(session: Session, policy: Policy) -> None:
+    deliver(session, policy, failed("in_1", "stolen_card"))
+    assert the_case(session).decline_class == "fraud"
+    deliver(
+        session,
+        policy,
+        ev.envelope("payment_method.automatically_updated", ev.payment_method(), at=START),
+    )
+    assert planned(session, ActionKind.RETRY_PAYMENT) == []
+    assert the_case(session).state is DunningState.AWAITING_CUSTOMER

@@ -155,7 +155,7 @@ def test_random_histories_keep_the_invariants(
                 body = json.dumps(pool[arg]).encode()
                 stored = store_event(session, provider="stripe", body=body, now=manual.now())
                 if stored.inbox_id is not None:
-                    process_event(session, stored.inbox_id, Context(policy, None, manual.now()))
+                    process_event(session, stored.inbox_id, Context(policy, manual.now()))
             else:
                 _worker_step(session, policy, f"in_p{n}", arg)
             session.flush()

@@ -11,7 +11,9 @@ from tests.conftest import START
 from worker.billing.models import Customer, Invoice
 from worker.db import make_engine, make_sessionmaker
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
-from worker.dunning.scheduler import RECLAIM_AFTER, claim_due
+from worker.dunning.scheduler import MAX_CLAIMS, RECLAIM_AFTER, claim_due, sweep_inbox
+from worker.webhooks.models import InboxEvent, InboxStatus
+from worker.webhooks.service import store_event
 
 
 def _seed(db_url: str, count: int) -> None:
@@ -104,4 +106,47 @@ def test_a_lost_claim_is_handed_out_again(db_url: str) -> None:
         assert claim_due(session, now=now + RECLAIM_AFTER / 2) == []  # still being worked on
     with factory.begin() as session:
         assert len(claim_due(session, now=now + RECLAIM_AFTER * 2)) == 1
+    engine.dispose()
+
+
+def test_an_action_that_never_finishes_is_given_up_visibly(db_url: str) -> None:
+    _seed(db_url, 1)
+    engine = make_engine(db_url)
+    factory = make_sessionmaker(engine)
+    now = START + timedelta(hours=1)
+    for _ in range(MAX_CLAIMS):
+        with factory.begin() as session:
+            assert len(claim_due(session, now=now)) == 1
+        now += RECLAIM_AFTER * 2
+    with factory.begin() as session:
+        assert claim_due(session, now=now) == []
+    with factory() as session:
+        action = session.scalars(
+            select(ScheduledAction).where(ScheduledAction.idempotency_key == "k0")
+        ).one()
+        assert action.status is ActionStatus.FAILED
+        assert action.note == f"gave up: not finished after {MAX_CLAIMS} hand-outs"
+    engine.dispose()
+
+
+def test_the_sweeper_backs_off_and_never_drops_an_event(db_url: str) -> None:
+    engine = make_engine(db_url)
+    factory = make_sessionmaker(engine)
+    with factory.begin() as session:
+        stored = store_event(
+            session,
+            provider="stripe",
+            now=START,
+            body=b'{"id": "evt_stuck", "type": "invoice.paid"}',
+        )
+    swept_at = []
+    for minute in range(0, 600):
+        with factory.begin() as session:
+            if sweep_inbox(session, now=START + timedelta(minutes=minute, seconds=1)):
+                swept_at.append(minute)
+    assert swept_at == [1, 3, 7, 15, 31, 63, 123, 183, 243, 303, 363, 423, 483, 543]
+    with factory() as session:
+        row = session.get_one(InboxEvent, stored.inbox_id)
+        assert row.status is InboxStatus.PENDING  # still there, still ours to process
+        assert row.enqueue_count == 1 + len(swept_at)
     engine.dispose()

@@ -79,7 +79,7 @@ def test_failure_to_recovery(stack: Stack, manual_clock: clock.ManualClock) -> N
         )
     assert detail is not None
     assert detail["recovered_method"] == "retry"
-    assert failures == 2  # the original failure and our first retry; no double counting
+    assert failures == 2, [(t["event"], t["source"], t["reason"]) for t in detail["transitions"]]
     assert len(stack.mail_with("email:recovered")) == 1
     assert peer.charge_attempts(invoice_id) == 3
 
@@ -150,3 +150,29 @@ def test_the_older_api_shape_end_to_end(stack: Stack, manual_clock: clock.Manual
         "do_not_honor",
         "retry",
     )
+
+
+def test_permanent_refusals_fail_visibly_and_the_case_still_ends(
+    stack: Stack, manual_clock: clock.ManualClock
+) -> None:
+    peer = stack.peer
+    customer = peer.create_customer(
+        email="nobody@example.com", name="No Body", card=CardSpec(outcomes=[INSUFFICIENT_FUNDS])
+    )
+    peer.bill(peer.create_subscription(customer_id=customer, unit_amount=2500))
+    peer.inject_fault(method="DELETE", path_prefix="/v1/subscriptions/", status=400, times=5)
+    _run_month(stack, manual_clock, manual_clock.now() + timedelta(days=30))
+
+    (case,) = stack.cases()
+    assert case.state is DunningState.CHURNED
+    with stack.app.runtime.session() as session:
+        detail = show_case(session, case.id)
+    assert detail is not None
+    emails = [a for a in detail["actions"] if a["kind"] == "send_email"]
+    assert emails
+    assert {a["status"] for a in emails} == {"failed"}  # 550 for this address: no retrying
+    assert all(a["note"].startswith("email refused: ") for a in emails)
+    (final,) = [a for a in detail["actions"] if a["kind"] == "final_action"]
+    assert final["status"] == "done"
+    assert "refused by the provider" in final["note"]
+    assert stack.mail.messages == []

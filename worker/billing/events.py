@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from worker.billing import service as billing
 from worker.billing.domain import Decline, EventKind, NormalisedEvent
 from worker.billing.models import AttemptOutcome, AttemptSource, Invoice
 from worker.billing.normalise import merge_declines
-from worker.billing.stripe_client import StripeGateway
 from worker.config import DeclineClass, Policy
 from worker.dunning import policy as rules
 from worker.dunning import service as dunning
@@ -37,8 +36,10 @@ _INVOLUNTARY_REASONS = frozenset({"payment_failed", "payment_disputed"})
 @dataclass(frozen=True)
 class Context:
     policy: Policy
-    gateway: StripeGateway | None  # None: decline details cannot be fetched (offline replay)
     now: datetime
+    # The provider's decline details for this event, fetched before the transaction began
+    # (see worker.webhooks.service.process_stored_event); handlers make no network calls.
+    fetched_decline: Decline | None = None
 
 
 def handle(session: Session, event: NormalisedEvent, ctx: Context) -> None:
@@ -57,8 +58,6 @@ def handle(session: Session, event: NormalisedEvent, ctx: Context) -> None:
             _card_expiring(session, event, ctx)
         case EventKind.CHARGE_FAILED | EventKind.PAYMENT_INTENT_FAILED:
             _attempt_failed(session, event, ctx)
-        case EventKind.IGNORED:
-            pass
 
 
 def _payment_failed(session: Session, event: NormalisedEvent, ctx: Context) -> None:
@@ -68,6 +67,8 @@ def _payment_failed(session: Session, event: NormalisedEvent, ctx: Context) -> N
         return  # a late failure for an invoice already paid or closed changes nothing
     decline = _resolve_decline(session, event, ctx)
     case = dunning.open_case(session, invoice, policy=ctx.policy, now=ctx.now)
+    if case.state in TERMINAL:
+        return  # the case is over: a late failure report changes nothing
     ours = dunning.in_flight(session, case, ActionKind.RETRY_PAYMENT)
     outcome = (
         AttemptOutcome.ACTION_REQUIRED
@@ -110,26 +111,31 @@ def failure_event(kind: EventKind, decline: Decline, policy: Policy) -> DunningE
     )
 
 
-def _resolve_decline(session: Session, event: NormalisedEvent, ctx: Context) -> Decline:
-    """The payload's decline, else one recorded from charge events, else the provider's."""
+_FAILURE_KINDS = frozenset({EventKind.PAYMENT_FAILED, EventKind.ACTION_REQUIRED})
+
+
+def _recorded_decline(session: Session, event: NormalisedEvent) -> Decline:
+    """The payload's decline, completed from an attempt a charge event already recorded."""
     carried = event.decline or Decline()
     if not carried.is_empty:
         return carried
     known = billing.known_decline(
         session, charge_id=carried.charge_id, payment_intent_id=carried.payment_intent_id
     )
-    if known is not None:
-        recorded = billing.decline_of(known)
-        if not recorded.is_empty:
-            return merge_declines(carried, recorded)
-    if ctx.gateway is None or event.invoice is None:
-        return carried
-    fetched = ctx.gateway.fetch_decline(
-        invoice_id=event.invoice.id,
-        payment_intent_id=carried.payment_intent_id,
-        charge_id=carried.charge_id,
+    return merge_declines(carried, billing.decline_of(known)) if known else carried
+
+
+def decline_to_fetch(session: Session, event: NormalisedEvent) -> bool:
+    """True when only the provider can say why this payment failed (retry-rules §1.1)."""
+    return (
+        event.kind in _FAILURE_KINDS
+        and event.invoice is not None
+        and _recorded_decline(session, event).is_empty
     )
-    return merge_declines(carried, fetched)
+
+
+def _resolve_decline(session: Session, event: NormalisedEvent, ctx: Context) -> Decline:
+    return merge_declines(_recorded_decline(session, event), ctx.fetched_decline)
 
 
 def _payment_succeeded(session: Session, event: NormalisedEvent, ctx: Context) -> None:
@@ -138,7 +144,7 @@ def _payment_succeeded(session: Session, event: NormalisedEvent, ctx: Context) -
     case = dunning.case_for_invoice(session, invoice)
     if case is None:
         return
-    method = recovery_method(session, case)
+    method = recovery_method(session, case, now=ctx.now)
     dunning.apply(
         session,
         case,
@@ -148,13 +154,15 @@ def _payment_succeeded(session: Session, event: NormalisedEvent, ctx: Context) -
         source=event.event_id,
         method=method,
         reason=event.event_type,
+        occurred_at=event.occurred_at,
     )
 
 
-def recovery_method(session: Session, case: DunningCase) -> str:
-    """How a case got paid: our retry, a card update, the provider's retry, or the customer."""
+def recovery_method(session: Session, case: DunningCase, *, now: datetime) -> str:
+    """How a case got paid: our retry (one running right now), a card update, the provider's
+    retry, or the customer. A claim older than a few minutes is a lost one, not the payer."""
     ours = dunning.in_flight(session, case, ActionKind.RETRY_PAYMENT)
-    if ours is not None:
+    if ours is not None and ours.claimed_at and now - ours.claimed_at < RECENT_CLAIM:
         return "card_update" if ":card-update:" in ours.idempotency_key else "retry"
     if case.retries_mode == "observe":
         return "provider"
@@ -218,11 +226,22 @@ def _payment_method_updated(session: Session, event: NormalisedEvent, ctx: Conte
         if event.customer
         else billing.get_or_create_customer(session, customer_id, at=event.occurred_at)
     )
+    changed = False
     if event.card is not None:
+        before = billing.card_details(session, event.card.payment_method_id)
         billing.upsert_payment_method(session, event.card, customer=customer, at=event.occurred_at)
+        changed = billing.card_details(session, event.card.payment_method_id) != before
+    if not _new_card_to_charge(event, customer.default_payment_method_id, changed=changed):
+        return
     open_cases = session.scalars(
         select(DunningCase.id).where(
-            DunningCase.customer_id == customer.id, DunningCase.state.not_in(TERMINAL)
+            DunningCase.customer_id == customer.id,
+            DunningCase.state.not_in(TERMINAL),
+            # Fraud and stop-payment declines never retry, whatever card comes next.
+            or_(
+                DunningCase.decline_class.is_(None),
+                DunningCase.decline_class.not_in([DeclineClass.FRAUD, DeclineClass.STOP]),
+            ),
         )
     )
     for case_id in list(open_cases):
@@ -236,6 +255,18 @@ def _payment_method_updated(session: Session, event: NormalisedEvent, ctx: Conte
             source=event.event_id,
             reason=event.event_type,
         )
+
+
+def _new_card_to_charge(event: NormalisedEvent, default_pm: str | None, *, changed: bool) -> bool:
+    """Only a card we will actually charge, with new details, is worth a prompt retry: a new
+    default, or the default card renewed by the network or edited (expiry, number)."""
+    if event.kind is EventKind.DEFAULT_PAYMENT_METHOD_CHANGED:
+        return True
+    if event.event_type == "payment_method.automatically_updated":
+        return True
+    if event.event_type == "payment_method.updated" and event.card is not None:
+        return changed and event.card.payment_method_id == default_pm
+    return False  # payment_method.attached: on file, not (yet) the one we charge
 
 
 def _card_expiring(session: Session, event: NormalisedEvent, ctx: Context) -> None:
@@ -270,8 +301,15 @@ def _attempt_failed(session: Session, event: NormalisedEvent, ctx: Context) -> N
     )
 
 
+RECENT_CLAIM = timedelta(minutes=5)
+
+
+class MissingFactsError(ValueError):
+    """A well-formed event without the object its type needs (kept as failed for ops)."""
+
+
 def _require_invoice(event: NormalisedEvent):
     if event.invoice is None:
         msg = f"{event.event_type} without an invoice object"
-        raise ValueError(msg)
+        raise MissingFactsError(msg)
     return event.invoice

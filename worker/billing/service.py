@@ -78,6 +78,14 @@ def upsert_payment_method(
     return pm
 
 
+def card_details(session: Session, payment_method_id: str | None) -> tuple[object, ...] | None:
+    """What identifies a card's usable details (changes mean a new card to try)."""
+    if payment_method_id is None:
+        return None
+    pm = session.scalar(select(PaymentMethod).where(PaymentMethod.provider_id == payment_method_id))
+    return (pm.fingerprint, pm.last4, pm.exp_month, pm.exp_year) if pm else None
+
+
 def monthly_amount(facts: SubscriptionFacts) -> int:
     """MRR of a subscription in minor units, rounded half-even once, at the end."""
     total = Decimal(0)

@@ -56,6 +56,7 @@ class PaymentResult:
     succeeded: bool
     decline: Decline | None = None
     requires_action: bool = False  # the customer must authenticate (3DS)
+    already_paid: bool = False  # paid before our attempt (by the customer or the provider)
 
 
 def _header(exc: stripe.StripeError, name: str) -> str | None:
@@ -142,7 +143,7 @@ class StripeGateway:
                     succeeded=False, requires_action=True, decline=Decline(code=exc.code)
                 )
             if "already paid" in str(exc).lower():
-                return PaymentResult(succeeded=True)
+                return PaymentResult(succeeded=True, already_paid=True)
             raise
         return PaymentResult(succeeded=True)
 
@@ -167,8 +168,9 @@ class StripeGateway:
                     {"invoice": invoice_id, "expand": ["data.payment.payment_intent"]}
                 )
             )
-            for payment in payments.data[:1]:  # newest first
-                intent = _as_dict(payment).get("payment", {}).get("payment_intent")
+            failed = [p for p in map(_as_dict, payments.data) if p.get("status") != "paid"]
+            for payment in failed[:1]:  # newest first; a paid one carries no decline
+                intent = payment.get("payment", {}).get("payment_intent")
                 if isinstance(intent, Mapping):
                     found.append(decline_from_payment_intent(intent))
                 elif isinstance(intent, str):

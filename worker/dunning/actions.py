@@ -23,14 +23,11 @@ from worker.dunning import service as dunning
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
 from worker.email import service as email
+from worker.email.sender import PermanentEmailError
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 _RUNNABLE = frozenset({ActionStatus.PLANNED, ActionStatus.CLAIMED})
-
-
-class ProviderNotConfiguredError(RuntimeError):
-    """A payment action needs STRIPE_API_KEY."""
 
 
 def _still_wanted(session: Session, action_id: int) -> ScheduledAction | None:
@@ -74,7 +71,8 @@ def run_retry(runtime: Runtime, action_id: int) -> None:
         ).provider_id
     gateway = runtime.gateway
     if gateway is None:
-        raise ProviderNotConfiguredError("STRIPE_API_KEY: required to retry payments")
+        _give_up(runtime, action_id, "STRIPE_API_KEY is not set: cannot retry payments")
+        return
     try:
         result = gateway.pay_invoice(invoice_ref, idempotency_key=key)
     except ProviderError as exc:
@@ -107,16 +105,21 @@ def record_retry_result(
             reason=action.reason,
         )
     method = "card_update" if ":card-update:" in action.idempotency_key else "retry"
+    if result.already_paid:  # someone else paid first; our call only found out
+        method = "provider" if case.retries_mode == "observe" else "customer"
     if result.succeeded:
-        billing.record_attempt(
-            session,
-            invoice=invoice,
-            source=AttemptSource.OURS,
-            outcome=AttemptOutcome.SUCCEEDED,
-            at=now,
-            decline=None,
-            action_id=action.id,
-        ).counted = True
+        # Paid now, whatever webhooks still in flight say (a late failure must not count).
+        invoice.status, invoice.amount_paid = "paid", invoice.amount_due
+        if not result.already_paid:  # our charge went through: one attempt on the card
+            billing.record_attempt(
+                session,
+                invoice=invoice,
+                source=AttemptSource.OURS,
+                outcome=AttemptOutcome.SUCCEEDED,
+                at=now,
+                decline=None,
+                action_id=action.id,
+            ).counted = True
         dunning.apply(
             session,
             case,
@@ -158,19 +161,22 @@ def record_retry_result(
 
 
 def run_email(runtime: Runtime, action_id: int) -> None:
-    with runtime.session() as session:
-        action = _still_wanted(session, action_id)
-        if action is None:
-            return
-        note = email.send_action_email(
-            session,
-            action,
-            policy=runtime.policy,
-            sender=runtime.sender,
-            public_url=runtime.settings.public_url,
-            now=clock.now(),
-        )
-        _finish(action, ActionStatus.DONE, note)
+    try:
+        with runtime.session() as session:
+            action = _still_wanted(session, action_id)
+            if action is None:
+                return
+            note = email.send_action_email(
+                session,
+                action,
+                policy=runtime.policy,
+                sender=runtime.sender,
+                public_url=runtime.settings.public_url,
+                now=clock.now(),
+            )
+            _finish(action, ActionStatus.DONE, note)
+    except PermanentEmailError as exc:  # e.g. 550 unknown recipient: retrying cannot help
+        _give_up(runtime, action_id, f"email refused: {exc}")
 
 
 def run_final_action(runtime: Runtime, action_id: int) -> None:
@@ -187,25 +193,23 @@ def run_final_action(runtime: Runtime, action_id: int) -> None:
         key = action.idempotency_key
         what = runtime.policy.final_action.action
         invoice_ref, sub_ref = invoice.provider_id, sub.provider_id if sub else None
+        if invoice.status in billing.FINAL_INVOICE_STATUSES:
+            _finish(action, ActionStatus.CANCELLED, f"invoice already {invoice.status}")
+            return  # its webhook settles the case
+    outcome: str = what
     if what != "leave_past_due":
-        gateway = runtime.gateway
-        if gateway is None:
-            raise ProviderNotConfiguredError("STRIPE_API_KEY: required for the final action")
-        try:
-            if what == "cancel_subscription" and sub_ref is not None:
-                gateway.cancel_subscription(sub_ref, idempotency_key=key)
-            else:
-                gateway.mark_uncollectible(invoice_ref, idempotency_key=key)
-        except ProviderError as exc:
-            _give_up(runtime, action_id, f"provider refused: {exc}")
-            return
+        outcome = _take_final_action(
+            runtime, what, sub_ref=sub_ref, invoice_ref=invoice_ref, key=key
+        )
     with runtime.session() as session:
         action = session.get_one(ScheduledAction, action_id)
         case = dunning.lock_case(session, case.id)
         session.refresh(action, with_for_update=True)
         if action.status not in _RUNNABLE:
             return
-        _finish(action, ActionStatus.DONE, what)
+        _finish(action, ActionStatus.DONE, outcome)
+        # The window is over either way: a refused cancellation must not leave the case
+        # open with nothing planned. The note says what the provider answered.
         dunning.apply(
             session,
             case,
@@ -213,8 +217,25 @@ def run_final_action(runtime: Runtime, action_id: int) -> None:
             policy=runtime.policy,
             now=clock.now(),
             source=key,
-            reason=f"window ended: {what}",
+            reason=f"window ended: {outcome}",
         )
+
+
+def _take_final_action(
+    runtime: Runtime, what: str, *, sub_ref: str | None, invoice_ref: str, key: str
+) -> str:
+    gateway = runtime.gateway
+    if gateway is None:
+        return f"{what} not done: STRIPE_API_KEY is not set"
+    try:
+        if what == "cancel_subscription" and sub_ref is not None:
+            gateway.cancel_subscription(sub_ref, idempotency_key=key)
+        else:
+            gateway.mark_uncollectible(invoice_ref, idempotency_key=key)
+    except ProviderError as exc:
+        log.warning("final action %s refused: %s", what, exc)
+        return f"{what} refused by the provider: {exc}"
+    return what
 
 
 RUNNERS = {

@@ -81,4 +81,5 @@ class ScheduledAction(Base):
     note: Mapped[str | None] = mapped_column(Text)  # outcome or why cancelled / failed
     created_at: Mapped[datetime]
     claimed_at: Mapped[datetime | None]
+    claims: Mapped[int] = mapped_column(default=0)  # hand-outs; bounded by the scheduler
     finished_at: Mapped[datetime | None]

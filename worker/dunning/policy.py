@@ -57,9 +57,11 @@ def next_retry(
     window_ends_at: datetime,
     now: datetime,
     retries_done: int,
+    mode: str | None = None,
 ) -> PlannedRetry | None:
-    """The next automatic retry after a failure at ``now``, or None when none is allowed."""
-    if not is_retryable(cls) or policy.retries.mode != "own":
+    """The next automatic retry after a failure at ``now``, or None when none is allowed.
+    ``mode`` is the case's retries mode (fixed when it opened), else the policy's."""
+    if not is_retryable(cls) or (mode or policy.retries.mode) != "own":
         return None
     if retries_done >= policy.retries.max_retries:
         return None

@@ -22,8 +22,9 @@ BATCH = 500
 # A claimed action not finished after this long was lost between claim and broker (a crash
 # right after commit): it is claimed again. Runners are idempotent, so a slow twin is harmless.
 RECLAIM_AFTER = timedelta(minutes=15)
+MAX_CLAIMS = 8  # an action handed out this often without finishing is marked failed
 SWEEP_AFTER = timedelta(minutes=1)  # an inbox row still pending this long is enqueued again
-MAX_ENQUEUES = 10  # then it is marked failed for ops instead of being retried forever
+MAX_SWEEP_BACKOFF = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Claimed:
 
 def claim_due(session: Session, *, now: datetime, limit: int = BATCH) -> list[Claimed]:
     rows = session.execute(
-        select(ScheduledAction.id, ScheduledAction.kind)
+        select(ScheduledAction.id, ScheduledAction.kind, ScheduledAction.claims)
         .where(
             ScheduledAction.due_at <= now,
             or_(
@@ -47,33 +48,43 @@ def claim_due(session: Session, *, now: datetime, limit: int = BATCH) -> list[Cl
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    ids = [row.id for row in rows]
-    if ids:
+    worn = [row.id for row in rows if row.claims >= MAX_CLAIMS]
+    if worn:  # handed out again and again without finishing: stop, visibly
         session.execute(
             update(ScheduledAction)
-            .where(ScheduledAction.id.in_(ids))
-            .values(status=ActionStatus.CLAIMED, claimed_at=now)
+            .where(ScheduledAction.id.in_(worn))
+            .values(
+                status=ActionStatus.FAILED,
+                finished_at=now,
+                note=f"gave up: not finished after {MAX_CLAIMS} hand-outs",
+            )
         )
-    return [Claimed(row.id, row.kind) for row in rows]
+    claimed = [row for row in rows if row.claims < MAX_CLAIMS]
+    if claimed:
+        session.execute(
+            update(ScheduledAction)
+            .where(ScheduledAction.id.in_([row.id for row in claimed]))
+            .values(status=ActionStatus.CLAIMED, claimed_at=now, claims=ScheduledAction.claims + 1)
+        )
+    return [Claimed(row.id, row.kind) for row in claimed]
 
 
 def sweep_inbox(session: Session, *, now: datetime, limit: int = BATCH) -> list[int]:
-    """Inbox rows whose processing never started: enqueue again (a broker outage at intake)."""
+    """Inbox rows whose processing has not finished: hand them to the broker again.
+
+    A row is swept a minute after intake, then 2, 4, ... minutes after each hand-off (at most
+    an hour apart), and never given up on: Stripe already has its 200, so this row is the
+    only copy. Rows stuck through a long outage show in ``/metrics`` (oldest pending age) and
+    go through once workers, the database and the provider answer again.
+    """
     rows = session.scalars(
         select(InboxEvent)
-        .where(InboxEvent.status == InboxStatus.PENDING, InboxEvent.enqueued_at < now - SWEEP_AFTER)
-        .order_by(InboxEvent.id)
+        .where(InboxEvent.status == InboxStatus.PENDING, InboxEvent.sweep_at <= now)
+        .order_by(InboxEvent.sweep_at, InboxEvent.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    again = []
     for row in rows:
-        if row.enqueue_count >= MAX_ENQUEUES:
-            row.status = InboxStatus.FAILED
-            row.error = f"not processed after {MAX_ENQUEUES} deliveries to the broker"
-            row.processed_at = now
-        else:
-            row.enqueue_count += 1
-            row.enqueued_at = now
-            again.append(row.id)
-    return again
+        row.enqueue_count += 1
+        row.sweep_at = now + min(SWEEP_AFTER * 2 ** (row.enqueue_count - 1), MAX_SWEEP_BACKOFF)
+    return [row.id for row in rows]

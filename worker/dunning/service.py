@@ -32,6 +32,7 @@ from worker.ledger import service as ledger
 
 log = logging.getLogger(__name__)
 E, S = DunningEvent, DunningState
+RECOVERED_EMAIL_MAX_AGE = timedelta(days=1)
 FAILURE_EVENTS = frozenset({E.PAYMENT_FAILED, E.PAYMENT_FAILED_HARD, E.ACTION_REQUIRED})
 
 
@@ -93,8 +94,10 @@ def apply(
     source: str | None = None,
     decline: Decline | None = None,
     method: str | None = None,
+    occurred_at: datetime | None = None,
 ) -> Change:
-    """Move ``case`` on ``event`` and carry out what the move implies."""
+    """Move ``case`` on ``event`` and carry out what the move implies. ``occurred_at`` is
+    when it happened at the provider (ledger time), ``now`` when we learn of it."""
     old = case.state
     new = next_state(old, event)
     session.add(
@@ -118,7 +121,9 @@ def apply(
             extra={"case_id": case.id, "from": old.value, "to": new.value, "event": event.value},
         )
     change = Change(case, old, new, event)
-    _effects(session, change, policy=policy, now=now, method=method, source=source)
+    _effects(
+        session, change, policy=policy, now=now, method=method, source=source, at=occurred_at or now
+    )
     return change
 
 
@@ -130,13 +135,14 @@ def _effects(
     now: datetime,
     method: str | None,
     source: str | None,
+    at: datetime,
 ) -> None:
     case, old, new, event = change.case, change.old, change.new, change.event
     if new in TERMINAL:
         if old not in TERMINAL:
-            _enter_terminal(session, case, new, policy=policy, now=now, method=method)
+            _enter_terminal(session, case, new, now=now, at=at, method=method)
         elif old is S.CHURNED and event is E.PAYMENT_SUCCEEDED:
-            ledger.record_reactivation(session, case, at=now)
+            ledger.record_reactivation(session, case, at=at)
         return
     if event is E.OPS_PAUSE and old is not S.PAUSED:
         _cancel(session, case, note="paused", kinds=tuple(ActionKind))
@@ -189,15 +195,17 @@ def _enter_terminal(
     case: DunningCase,
     new: DunningState,
     *,
-    policy: Policy,
     now: datetime,
+    at: datetime,
     method: str | None,
 ) -> None:
-    case.closed_at = now
+    case.closed_at = at
     _cancel(session, case, note=f"case {new.value}", kinds=tuple(ActionKind))
     if new is S.RECOVERED:
         case.recovered_method = method or "provider"
-        ledger.record_recovery(session, case, method=case.recovered_method, at=now)
+        ledger.record_recovery(session, case, method=case.recovered_method, at=at)
+        if now - at > RECOVERED_EMAIL_MAX_AGE:
+            return  # old news (a replay, a very late webhook): no "thank you" days later
         # The confirmation goes out immediately, quiet hours or not.
         plan(
             session,
@@ -210,7 +218,7 @@ def _enter_terminal(
             reason="payment recovered",
         )
     elif new is S.CHURNED:
-        ledger.record_involuntary_churn(session, case, at=now)
+        ledger.record_involuntary_churn(session, case, at=at)
 
 
 def _plan_cadence(
@@ -254,6 +262,7 @@ def _plan_next_retry(session: Session, case: DunningCase, *, policy: Policy, now
         window_ends_at=case.window_ends_at,
         now=now,
         retries_done=retries_done(session, case),
+        mode=case.retries_mode,
     )
     if planned is not None:
         plan_retry(session, case, due_at=planned.at, reason=planned.reason, now=now)
@@ -351,7 +360,8 @@ def retries_done(session: Session, case: DunningCase) -> int:
             .where(
                 ScheduledAction.case_id == case.id,
                 ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
-                ScheduledAction.status == ActionStatus.DONE,
+                # a running retry counts: its result may be recorded after a webhook about it
+                ScheduledAction.status.in_([ActionStatus.DONE, ActionStatus.CLAIMED]),
             )
         )
         or 0
@@ -382,6 +392,9 @@ def retry_now(session: Session, case_id: int, *, now: datetime) -> ScheduledActi
     case = lock_case(session, case_id)
     if case.state in TERMINAL or case.state is S.PAUSED:
         msg = f"case {case_id} is {case.state.value}: nothing to retry"
+        raise CaseNotRetryableError(msg)
+    if case.retries_mode != "own":
+        msg = f"case {case_id} is in observe mode: the provider retries it, we never do"
         raise CaseNotRetryableError(msg)
     _cancel(session, case, note="replaced by ops retry-now", kinds=(ActionKind.RETRY_PAYMENT,))
     return plan_retry(session, case, due_at=now, reason="ops: retry now", now=now)

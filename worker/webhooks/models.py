@@ -22,7 +22,7 @@ class InboxEvent(Base):
     __tablename__ = "inbox_events"
     __table_args__ = (
         UniqueConstraint("provider", "event_id"),
-        Index(None, "status", "enqueued_at"),
+        Index(None, "status", "sweep_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -33,6 +33,6 @@ class InboxEvent(Base):
     received_at: Mapped[datetime]
     status: Mapped[InboxStatus] = mapped_column(default=InboxStatus.PENDING)
     enqueue_count: Mapped[int] = mapped_column(default=0)  # times handed to the broker
-    enqueued_at: Mapped[datetime]  # last hand-off; the sweeper re-enqueues stale pending rows
-    error: Mapped[str | None] = mapped_column(Text)
+    sweep_at: Mapped[datetime]  # when the sweeper hands a still-pending row out again
+    error: Mapped[str | None] = mapped_column(Text)  # why it failed, or the last retry error
     processed_at: Mapped[datetime | None]

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from worker import clock
-from worker.billing.events import Context
 from worker.runtime import Runtime
 from worker.webhooks.models import InboxStatus
-from worker.webhooks.service import BadEventError, parse_envelope, process_event, store_event
+from worker.webhooks.service import BadEventError, parse_envelope, process_stored_event, store_event
 
 
 class ReplayFileError(ValueError):
@@ -66,8 +65,6 @@ def replay_file(runtime: Runtime, path: Path) -> dict[str, Any]:
         if stored.inbox_id is None:
             counts["duplicate"] += 1
             continue
-        with runtime.session() as session:
-            ctx = Context(runtime.policy, runtime.gateway, clock.now())
-            status = process_event(session, stored.inbox_id, ctx) or InboxStatus.PROCESSED
+        status = process_stored_event(runtime, stored.inbox_id) or InboxStatus.PROCESSED
         counts[status.value] = counts.get(status.value, 0) + 1
     return {"events": len(payloads), **counts}

@@ -14,9 +14,13 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from worker.billing.domain import EventKind, EventParseError
-from worker.billing.events import Context, handle
+from worker import clock
+from worker.billing.domain import Decline, EventKind, EventParseError, NormalisedEvent
+from worker.billing.events import Context, MissingFactsError, decline_to_fetch, handle
 from worker.billing.normalise import normalise_stripe_event
+from worker.billing.stripe_client import ProviderError
+from worker.dunning.scheduler import SWEEP_AFTER
+from worker.runtime import Runtime
 from worker.webhooks.models import InboxEvent, InboxStatus
 
 log = logging.getLogger(__name__)
@@ -57,7 +61,7 @@ def store_event(session: Session, *, provider: str, body: bytes, now: datetime) 
         "event_type": event_type,
         "payload": body.decode("utf-8"),
         "received_at": now,
-        "enqueued_at": now,
+        "sweep_at": now + SWEEP_AFTER,
         "status": InboxStatus.PENDING,
         "enqueue_count": 1,
     }
@@ -91,16 +95,52 @@ def process_event(session: Session, inbox_id: int, ctx: Context) -> InboxStatus 
     try:
         with session.begin_nested():
             handle(session, event, ctx)
-    except ValueError as exc:  # facts missing from a well-formed event: keep it for ops
+    except MissingFactsError as exc:  # a well-formed event we cannot act on: keep it for ops
         return _finish(row, InboxStatus.FAILED, ctx.now, error=f"invalid: {exc}")
     return _finish(row, InboxStatus.PROCESSED, ctx.now)
 
 
-def give_up(session: Session, inbox_id: int, *, error: str, now: datetime) -> None:
-    """Retries exhausted: mark the event failed with the last error, visible to ops."""
+def process_stored_event(runtime: Runtime, inbox_id: int) -> InboxStatus | None:
+    """Process an inbox event in two short transactions around the one provider call it may
+    need (the decline details an invoice event does not carry), so no row or database lock
+    is held while Stripe answers."""
+    fetched = None
+    gateway = runtime.gateway
+    if gateway is not None:
+        with runtime.session() as session:
+            event = _peek(session, inbox_id)
+            ask = event is not None and decline_to_fetch(session, event)
+        if ask and event is not None and event.invoice is not None:
+            carried = event.decline or Decline()
+            try:
+                fetched = gateway.fetch_decline(
+                    invoice_id=event.invoice.id,
+                    payment_intent_id=carried.payment_intent_id,
+                    charge_id=carried.charge_id,
+                )
+            except ProviderError as exc:  # e.g. a restricted key: go on without the details
+                log.warning("decline details unavailable for %s: %s", event.event_id, exc)
+    with runtime.session() as session:
+        ctx = Context(runtime.policy, clock.now(), fetched_decline=fetched)
+        return process_event(session, inbox_id, ctx)
+
+
+def _peek(session: Session, inbox_id: int) -> NormalisedEvent | None:
+    row = session.get(InboxEvent, inbox_id)
+    if row is None or row.status is not InboxStatus.PENDING:
+        return None
+    try:
+        return normalise_stripe_event(json.loads(row.payload))
+    except (EventParseError, json.JSONDecodeError):
+        return None  # process_event records why
+
+
+def note_error(session: Session, inbox_id: int, *, error: str) -> None:
+    """The task's retries ran out: keep the event pending (the sweeper tries again later,
+    backing off) and record why, for ops. Nothing Stripe sent is ever dropped."""
     row = session.get(InboxEvent, inbox_id, with_for_update=True)
     if row is not None and row.status is InboxStatus.PENDING:
-        _finish(row, InboxStatus.FAILED, now, error=error)
+        row.error = error
 
 
 def _finish(

@@ -7,9 +7,7 @@ from typing import Any
 
 from celery import shared_task
 
-from worker import clock
-from worker.billing.events import Context
-from worker.webhooks.service import give_up, process_event
+from worker.webhooks.service import note_error, process_stored_event
 
 MAX_RETRIES = 8
 log = logging.getLogger(__name__)
@@ -19,12 +17,11 @@ log = logging.getLogger(__name__)
 def process_event_task(self: Any, *, inbox_id: int) -> None:
     runtime = self.app.runtime
     try:
-        with runtime.session() as session:
-            process_event(session, inbox_id, Context(runtime.policy, runtime.gateway, clock.now()))
+        process_stored_event(runtime, inbox_id)
     except Exception as exc:
         if self.request.retries >= MAX_RETRIES:
             with runtime.session() as session:
-                give_up(session, inbox_id, error=f"{type(exc).__name__}: {exc}", now=clock.now())
+                note_error(session, inbox_id, error=f"{type(exc).__name__}: {exc}")
             return
         log.warning(
             "event %s failed (%s), retry %s", inbox_id, type(exc).__name__, self.request.retries + 1
