@@ -172,11 +172,17 @@ def run_email(runtime: Runtime, action_id: int) -> None:
                 policy=runtime.policy,
                 sender=runtime.sender,
                 public_url=runtime.settings.public_url,
+                link_secret=_link_secret(runtime),
                 now=clock.now(),
             )
             _finish(action, ActionStatus.DONE, note)
     except PermanentEmailError as exc:  # e.g. 550 unknown recipient: retrying cannot help
         _give_up(runtime, action_id, f"email refused: {exc}")
+
+
+def _link_secret(runtime: Runtime) -> str | None:
+    secret = runtime.settings.stripe_webhook_secret
+    return secret.reveal() if secret else None
 
 
 def run_final_action(runtime: Runtime, action_id: int) -> None:

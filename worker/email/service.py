@@ -16,12 +16,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.billing.domain import Card
-from worker.billing.models import Customer, Invoice, Subscription
+from worker.billing.models import Customer, Invoice
 from worker.config import Policy
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
+from worker.dunning.policy import customer_zone, outside_quiet_hours
 from worker.email.messages import EmailContext, EmailKind, build_message
 from worker.email.models import Notification, NotificationStatus
 from worker.email.sender import OutgoingEmail, Sender, mask_email
+from worker.links import update_card_url
 
 
 def plan_card_expiring(
@@ -31,12 +33,13 @@ def plan_card_expiring(
     key = f"customer:{customer.id}:card-expiring:{card.payment_method_id}:{expiry}"
     if session.scalar(select(ScheduledAction.id).where(ScheduledAction.idempotency_key == key)):
         return
+    zone = customer_zone(customer.timezone, policy)
     session.add(
         ScheduledAction(
             customer_id=customer.id,
             case_id=None,
             kind=ActionKind.SEND_EMAIL,
-            due_at=now,
+            due_at=outside_quiet_hours(now, zone, policy.emails.quiet_hours),
             idempotency_key=key,
             template=EmailKind.CARD_EXPIRING.value,
             reason="card on file expires soon",
@@ -56,6 +59,7 @@ def send_action_email(
     policy: Policy,
     sender: Sender,
     public_url: str,
+    link_secret: str | None,
     now: datetime,
 ) -> str:
     """Send the email ``action`` names, once; returns a note for the action row."""
@@ -66,7 +70,16 @@ def send_action_email(
         return "skipped: the customer has no email address"
     kind = EmailKind(action.template or "")
     message = build_message(
-        kind, _context(session, action, customer, policy=policy, public_url=public_url)
+        kind,
+        _context(
+            session,
+            action,
+            customer,
+            policy=policy,
+            public_url=public_url,
+            link_secret=link_secret,
+            now=now,
+        ),
     )
     session.add(
         Notification(
@@ -101,13 +114,18 @@ def _context(
     *,
     policy: Policy,
     public_url: str,
+    link_secret: str | None,
+    now: datetime,
 ) -> EmailContext:
     case = session.get(DunningCase, action.case_id) if action.case_id else None
-    invoice = session.get(Invoice, case.invoice_id) if case else None
-    sub = (
-        session.get(Subscription, invoice.subscription_id)
-        if invoice and invoice.subscription_id
-        else None
+    # The invoice in question, or for a card-expiring notice the customer's latest one (what
+    # the next renewal will likely charge).
+    invoice = (
+        session.get(Invoice, case.invoice_id)
+        if case
+        else session.scalars(
+            select(Invoice).where(Invoice.customer_id == customer.id).order_by(Invoice.id.desc())
+        ).first()
     )
     next_retry = None
     if case is not None:
@@ -120,17 +138,20 @@ def _context(
             )
             .order_by(ScheduledAction.due_at)
         )
+    # A dunning email links to the invoice's hosted page (it also handles 3-D Secure); a
+    # card-expiring notice has no open invoice and links to our signed card-update page.
+    update_url = (
+        invoice.hosted_invoice_url
+        if case and invoice and invoice.hosted_invoice_url
+        else update_card_url(public_url, link_secret, customer.provider_id, now=now)
+    )
     return EmailContext(
         customer_name=customer.name,
-        amount_due=invoice.amount_due if invoice else (sub.mrr if sub else 0),
-        currency=invoice.currency if invoice else (sub.currency if sub and sub.currency else "usd"),
+        amount_due=invoice.amount_due if invoice else 0,
+        currency=invoice.currency if invoice else "usd",
         locale=customer.locale or policy.emails.default_locale,
-        update_url=(
-            invoice.hosted_invoice_url
-            if invoice and invoice.hosted_invoice_url
-            else f"{public_url}/"
-        ),
-        invoice_number=invoice.number if invoice else None,
+        update_url=update_url,
+        invoice_number=invoice.number if invoice and case else None,
         product_name=None,
         decline_reason=case.decline_code if case else None,
         next_attempt_at=next_retry,

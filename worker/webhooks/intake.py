@@ -4,7 +4,8 @@
 413 over 1 MiB, 503 when the database cannot take the event (Stripe redelivers), 200 once the
 event is durable (also for a duplicate, with no second effect). ``GET /healthz`` says the
 process is up; ``GET /readyz`` that the database and the broker answer; ``GET /metrics`` the
-backlog and case states for Prometheus. Blocking database work runs in Starlette's
+backlog and case states for Prometheus; ``GET /u/<token>`` turns a signed email link into a
+fresh billing-portal session (``worker.links``). Blocking database work runs in Starlette's
 threadpool, off the event loop.
 """
 
@@ -20,14 +21,22 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route
 
 from worker import clock
+from worker.billing.stripe_client import ProviderError, TransientProviderError
 from worker.db import enqueue_after_commit
+from worker.links import BadLinkError, ExpiredLinkError, verify_link
 from worker.metrics import render_metrics
 from worker.runtime import Runtime
-from worker.webhooks.service import BadEventError, store_event
+from worker.webhooks.service import BadEventError, Stored, store_event
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +68,25 @@ def _problem(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status)
 
 
-def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerCheck) -> Starlette:
-    secret = runtime.settings.stripe_webhook_secret
-    if secret is None:
-        msg = "STRIPE_WEBHOOK_SECRET: required by the webhook intake, not set"
-        raise ValueError(msg)
+def _page(status: int, message: str) -> HTMLResponse:
+    """A plain page for customers (the messages are ours, no input is echoed)."""
+    body = (
+        f'<!doctype html><html lang="en"><meta charset="utf-8">'
+        f"<title>Billing</title><p>{message}</p></html>"
+    )
+    return HTMLResponse(body, status_code=status)
 
-    async def stripe_webhook(request: Request) -> Response:
+
+class _Intake:
+    """The endpoints, sharing one runtime. Blocking work goes to the threadpool."""
+
+    def __init__(
+        self, runtime: Runtime, secret: str, enqueue: Enqueue, broker_check: BrokerCheck
+    ) -> None:
+        self.runtime, self.secret = runtime, secret
+        self.enqueue, self.broker_check = enqueue, broker_check
+
+    async def stripe_webhook(self, request: Request) -> Response:
         try:
             body = await _read_body(request)
         except _TooLargeError:
@@ -75,18 +96,14 @@ def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerChe
             return _problem(400, "missing Stripe-Signature header")
         try:
             stripe.WebhookSignature.verify_header(
-                body.decode("utf-8", "replace"), header, secret.reveal(), SIGNATURE_TOLERANCE_S
+                body.decode("utf-8", "replace"), header, self.secret, SIGNATURE_TOLERANCE_S
             )
         except stripe.SignatureVerificationError:
             return _problem(400, "invalid signature")
         try:
-            return await _store(body)
+            stored = await run_in_threadpool(self._store, body)
         except BadEventError as exc:
             return _problem(400, str(exc))
-
-    async def _store(body: bytes) -> Response:
-        try:
-            stored = await run_in_threadpool(_store_sync, body)
         except (OperationalError, DBAPIError) as exc:
             log.warning("webhook not stored, database unavailable: %s", type(exc).__name__)
             return _problem(503, "database unavailable, retry later")
@@ -94,52 +111,78 @@ def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerChe
             return JSONResponse({"received": stored.event_id, "duplicate": True})
         return JSONResponse({"received": stored.event_id})
 
-    def _store_sync(body: bytes):
-        with runtime.session() as session:
+    def _store(self, body: bytes) -> Stored:
+        with self.runtime.session() as session:
             stored = store_event(session, provider="stripe", body=body, now=clock.now())
             if stored.inbox_id is not None:
-                enqueue_after_commit(session, enqueue(stored.inbox_id))
+                enqueue_after_commit(session, self.enqueue(stored.inbox_id))
         return stored
 
-    async def metrics(_: Request) -> Response:
-        def read() -> str:
-            with runtime.session() as session:
-                return render_metrics(session, now=clock.now())
-
+    async def update_card(self, request: Request) -> Response:
+        """A customer clicked an email link: mint a portal session and send them there."""
         try:
-            body = await run_in_threadpool(read)
+            customer_ref = verify_link(self.secret, request.path_params["token"], now=clock.now())
+        except ExpiredLinkError:
+            return _page(410, "This link has expired. Please use the link in our latest email.")
+        except (BadLinkError, ValueError, UnicodeDecodeError):
+            return _page(400, "This link is not valid.")
+        gateway = self.runtime.gateway
+        if gateway is None:
+            return _page(503, "Card updates are not available right now.")
+        home = f"{self.runtime.settings.public_url}/"
+        try:
+            url = await run_in_threadpool(gateway.portal_url, customer_ref, return_url=home)
+        except (ProviderError, TransientProviderError):
+            return _page(503, "We could not open the billing page. Please try again shortly.")
+        return RedirectResponse(url, status_code=303)
+
+    async def metrics(self, _: Request) -> Response:
+        try:
+            body = await run_in_threadpool(self._metrics)
         except (OperationalError, DBAPIError):
             return _problem(503, "database unavailable")
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
-    async def healthz(_: Request) -> Response:
+    def _metrics(self) -> str:
+        with self.runtime.session() as session:
+            return render_metrics(session, now=clock.now())
+
+    async def healthz(self, _: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def readyz(_: Request) -> Response:
-        problems = await run_in_threadpool(_readiness)
+    async def readyz(self, _: Request) -> Response:
+        problems = await run_in_threadpool(self._readiness)
         if problems:
             return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    def _readiness() -> list[str]:
+    def _readiness(self) -> list[str]:
         problems = []
         try:
-            with runtime.engine.connect() as conn:
+            with self.runtime.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:  # any failure means not ready
             problems.append(f"database: {type(exc).__name__}")
         try:
-            broker_check()
+            self.broker_check()
         except Exception as exc:  # any failure means not ready
             problems.append(f"broker: {type(exc).__name__}")
         return problems
 
+
+def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerCheck) -> Starlette:
+    secret = runtime.settings.stripe_webhook_secret
+    if secret is None:
+        msg = "STRIPE_WEBHOOK_SECRET: required by the webhook intake, not set"
+        raise ValueError(msg)
+    intake = _Intake(runtime, secret.reveal(), enqueue, broker_check)
     return Starlette(
         routes=[
-            Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
+            Route("/webhooks/stripe", intake.stripe_webhook, methods=["POST"]),
+            Route("/u/{token}", intake.update_card, methods=["GET"]),
+            Route("/healthz", intake.healthz, methods=["GET"]),
+            Route("/readyz", intake.readyz, methods=["GET"]),
+            Route("/metrics", intake.metrics, methods=["GET"]),
         ]
     )
 
