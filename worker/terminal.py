@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from babel.numbers import format_currency, get_currency_precision
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from worker.dunning.preview import Preview
 
 console = Console()
 
@@ -84,3 +88,28 @@ def case_timeline(detail: dict[str, Any]) -> None:
     for at, what, text in sorted(events, key=lambda e: e[0]):
         table.add_row(at, what, text)
     console.print(table)
+
+
+def preview_table(result: Preview) -> None:
+    zone = ZoneInfo(result.timezone)
+    console.print(
+        f"class [bold]{result.decline_class.value}[/], retries.mode {result.mode}, "
+        f"window ends {result.window_ends_at:%Y-%m-%d %H:%M} UTC"
+    )
+    table = Table(show_header=True)
+    for column in ("when (UTC)", f"local ({result.timezone})", "what", "rule"):
+        table.add_column(column)
+    for action in result.actions:
+        what = "retry" if action.kind == "retry" else f"email {action.template}"
+        table.add_row(
+            f"{action.at:%a %Y-%m-%d %H:%M}",
+            f"{action.at.astimezone(zone):%a %Y-%m-%d %H:%M}",
+            what,
+            action.reason,
+        )
+    console.print(table)
+    retries = sum(1 for a in result.actions if a.kind == "retry")
+    console.print(
+        f"{retries} automatic retr{'y' if retries == 1 else 'ies'}; "
+        f"then: {result.final_action['action']}"
+    )

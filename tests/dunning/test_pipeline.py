@@ -7,17 +7,15 @@ after its Stripe call. End-to-end runs with the peer and a worker live in tests/
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tests.conftest import START
 from tests.support import stripe_events as ev
+from tests.support.pipeline import deliver, dunning_record, failed, paid, planned, the_case
 from worker.billing.domain import Decline
-from worker.billing.events import Context
 from worker.billing.stripe_client import PaymentResult
 from worker.clock import ManualClock
 from worker.config import Policy
@@ -27,58 +25,6 @@ from worker.dunning.models import ScheduledAction as Action
 from worker.dunning.state import DunningState
 from worker.ledger.models import LedgerMovement, MovementKind
 from worker.webhooks.models import InboxEvent, InboxStatus
-from worker.webhooks.service import process_event, store_event
-
-
-def deliver(
-    session: Session, policy: Policy, payload: dict[str, Any], now: Any = START
-) -> InboxStatus | None:
-    stored = store_event(session, provider="stripe", body=json.dumps(payload).encode(), now=now)
-    if stored.inbox_id is None:
-        return None
-    return process_event(session, stored.inbox_id, Context(policy, now))
-
-
-def failed(
-    invoice_id: str,
-    decline_code: str = "insufficient_funds",
-    *,
-    at: Any = START,
-    event_id: str | None = None,
-    charge: str | None = None,
-    **kw: Any,
-) -> dict[str, Any]:
-    charge = charge or f"ch_{invoice_id}"
-    pi = ev.payment_intent(
-        pi_id=f"pi_{invoice_id}", charge_id=charge, decline_code=decline_code, **kw
-    )
-    return ev.envelope(
-        "invoice.payment_failed",
-        ev.invoice(invoice_id=invoice_id, shape="acacia", payment_intent=pi, at=at),
-        at=at,
-        event_id=event_id,
-        shape="acacia",
-    )
-
-
-def paid(invoice_id: str, *, at: Any = START) -> dict[str, Any]:
-    return ev.envelope(
-        "invoice.paid", ev.invoice(invoice_id=invoice_id, status="paid", at=at), at=at
-    )
-
-
-def the_case(session: Session) -> DunningCase:
-    return session.scalars(select(DunningCase)).one()
-
-
-def planned(session: Session, kind: ActionKind) -> list[Action]:
-    return list(
-        session.scalars(
-            select(Action)
-            .where(Action.kind == kind, Action.status == ActionStatus.PLANNED)
-            .order_by(Action.due_at)
-        )
-    )
 
 
 def test_soft_decline_opens_a_retrying_case_with_a_plan(session: Session, policy: Policy) -> None:
@@ -166,9 +112,8 @@ def test_our_retry_then_the_same_charge_by_webhook_counts_once(
     (retry,) = planned(session, ActionKind.RETRY_PAYMENT)
     retry.status = ActionStatus.CLAIMED
     manual_clock.set(retry.due_at)
-    runtime = _Runtime(policy)
     decline = Decline(code="card_declined", decline_code="insufficient_funds", charge_id="ch_2")
-    dunning_record(session, runtime, retry.id, PaymentResult(succeeded=False, decline=decline))
+    dunning_record(session, policy, retry.id, PaymentResult(succeeded=False, decline=decline))
     deliver(
         session, policy, failed("in_1", charge="ch_2", event_id="evt_for_ch_2"), now=retry.due_at
     )
@@ -239,19 +184,6 @@ def test_unparseable_and_unknown_events_are_kept(session: Session, policy: Polic
     assert row.error.startswith("unparseable: ")
 
 
-class _Runtime:
-    """The two things record_retry_result reads from a runtime."""
-
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
-
-
-def dunning_record(session: Session, runtime: Any, action_id: int, result: PaymentResult) -> None:
-    from worker.dunning.actions import record_retry_result
-
-    record_retry_result(session, runtime, action_id, result)
-
-
 def test_observe_mode_communicates_and_accounts_only(session: Session, policy: Policy) -> None:
     observe = policy.model_copy(
         update={"retries": policy.retries.model_copy(update={"mode": "observe"})}
@@ -308,9 +240,7 @@ def test_stripes_webhook_before_our_own_result_counts_once(
     manual_clock.set(retry.due_at)
     deliver(session, policy, failed("in_1", charge="ch_2", event_id="evt_first"), now=retry.due_at)
     decline = Decline(code="card_declined", decline_code="insufficient_funds", charge_id="ch_2")
-    dunning_record(
-        session, _Runtime(policy), retry.id, PaymentResult(succeeded=False, decline=decline)
-    )
+    dunning_record(session, policy, retry.id, PaymentResult(succeeded=False, decline=decline))
     case = the_case(session)
     failures = session.scalars(
         select(CaseTransition.event).where(

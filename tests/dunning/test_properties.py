@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from tests.conftest import START
 from tests.support import stripe_events as ev
+from tests.support.pipeline import dunning_record
 from worker import clock
 from worker.billing.domain import Decline
 from worker.billing.events import Context
@@ -31,7 +32,6 @@ from worker.billing.stripe_client import PaymentResult
 from worker.config import Policy
 from worker.db import make_engine, make_sessionmaker
 from worker.dunning import service as dunning
-from worker.dunning.actions import record_retry_result
 from worker.dunning.models import ActionKind, ActionStatus, CaseTransition, DunningCase
 from worker.dunning.models import ScheduledAction as Action
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
@@ -61,11 +61,6 @@ EVENT_KINDS = [
     "card_updated",
 ]
 WORKER_STEPS = ["retry_ok", "retry_declined", "window_end", "pause", "resume", "close"]
-
-
-class _Runtime:
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
 
 
 def _pool(n: int) -> list[dict[str, Any]]:
@@ -199,7 +194,7 @@ def _worker_step(session: Session, policy: Policy, invoice_ref: str, what: str) 
                 ),
             )
         )
-        record_retry_result(session, _Runtime(policy), action.id, result)  # type: ignore[arg-type]
+        dunning_record(session, policy, action.id, result)
     elif what == "window_end":
         final = session.scalars(
             select(Action).where(

@@ -6,12 +6,15 @@ any preview call the same functions, so what ops preview is what runs.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from worker.billing.domain import Decline
 from worker.config import RETRYABLE_CLASSES, DeclineClass, Policy, QuietHours
+
+log = logging.getLogger(__name__)
 
 # Mastercard Merchant Advice Codes that forbid any retry for 30 days (retry-rules §2).
 STOP_MACS = frozenset({"03", "21"})
@@ -36,6 +39,8 @@ def classify(decline: Decline | None, policy: Policy) -> DeclineClass:
         return DeclineClass.HARD
     if decline.network_advice_code in STOP_MACS:
         return DeclineClass.STOP
+    if by_reason is None and reason is not None:
+        log.warning("unclassified decline code %r: treated as soft", reason)
     return by_reason or DeclineClass.SOFT
 
 
@@ -104,6 +109,37 @@ def email_plan(
         )
     )
     return plan
+
+
+def scheduled_emails(
+    policy: Policy,
+    *,
+    first_template: str,
+    opened_at: datetime,
+    window_ends_at: datetime,
+    now: datetime,
+    zone: ZoneInfo,
+) -> list[PlannedEmail]:
+    """The email plan with each send moved out of the customer's quiet hours."""
+    return [
+        PlannedEmail(
+            email.template,
+            email.step,
+            outside_quiet_hours(max(email.at, now), zone, policy.emails.quiet_hours),
+            email.reason,
+        )
+        for email in email_plan(
+            policy,
+            first_template=first_template,
+            opened_at=opened_at,
+            window_ends_at=window_ends_at,
+        )
+    ]
+
+
+def first_template(cls: DeclineClass) -> str:
+    """The first email: authentication needs its own words and link."""
+    return "action_required" if cls is DeclineClass.NEEDS_CUSTOMER else "payment_failed"
 
 
 def customer_zone(timezone: str | None, policy: Policy) -> ZoneInfo:

@@ -224,18 +224,23 @@ def _enter_terminal(
 def _plan_cadence(
     session: Session, case: DunningCase, event: DunningEvent, *, policy: Policy, now: datetime
 ) -> None:
-    """Emails and the final action for a newly opened case."""
+    """Emails and the final action for a newly opened case (``dunning policy preview`` shows
+    the same plan from the same functions)."""
     first = "action_required" if event is E.ACTION_REQUIRED else "payment_failed"
     zone = rules.customer_zone(_customer_timezone(session, case), policy)
-    for email in rules.email_plan(
-        policy, first_template=first, opened_at=case.opened_at, window_ends_at=case.window_ends_at
+    for email in rules.scheduled_emails(
+        policy,
+        first_template=first,
+        opened_at=case.opened_at,
+        window_ends_at=case.window_ends_at,
+        now=now,
+        zone=zone,
     ):
-        due = rules.outside_quiet_hours(max(email.at, now), zone, policy.emails.quiet_hours)
         plan(
             session,
             case,
             ActionKind.SEND_EMAIL,
-            due_at=due,
+            due_at=email.at,
             now=now,
             template=email.template,
             key=f"case:{case.id}:email:{email.step}",

@@ -1,0 +1,87 @@
+"""Driving events and retry results through the real inbox and handlers (no peer, no broker).
+
+Decline signals travel in the payload (expanded PaymentIntent, the pre-basil shape), and a
+retry's result is recorded with ``record_retry_result`` as the retry task does after its
+Stripe call.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tests.conftest import START
+from tests.support import stripe_events as ev
+from worker.billing.events import Context
+from worker.billing.stripe_client import PaymentResult
+from worker.config import Policy
+from worker.dunning.actions import record_retry_result
+from worker.dunning.models import ActionKind, ActionStatus, DunningCase
+from worker.dunning.models import ScheduledAction as Action
+from worker.webhooks.models import InboxStatus
+from worker.webhooks.service import process_event, store_event
+
+
+def deliver(
+    session: Session, policy: Policy, payload: dict[str, Any], now: Any = START
+) -> InboxStatus | None:
+    stored = store_event(session, provider="stripe", body=json.dumps(payload).encode(), now=now)
+    if stored.inbox_id is None:
+        return None
+    return process_event(session, stored.inbox_id, Context(policy, now))
+
+
+def failed(
+    invoice_id: str,
+    decline_code: str = "insufficient_funds",
+    *,
+    at: Any = START,
+    event_id: str | None = None,
+    charge: str | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
+    charge = charge or f"ch_{invoice_id}"
+    pi = ev.payment_intent(
+        pi_id=f"pi_{invoice_id}", charge_id=charge, decline_code=decline_code, **kw
+    )
+    return ev.envelope(
+        "invoice.payment_failed",
+        ev.invoice(invoice_id=invoice_id, shape="acacia", payment_intent=pi, at=at),
+        at=at,
+        event_id=event_id,
+        shape="acacia",
+    )
+
+
+def paid(invoice_id: str, *, at: Any = START) -> dict[str, Any]:
+    return ev.envelope(
+        "invoice.paid", ev.invoice(invoice_id=invoice_id, status="paid", at=at), at=at
+    )
+
+
+def the_case(session: Session) -> DunningCase:
+    return session.scalars(select(DunningCase)).one()
+
+
+def planned(session: Session, kind: ActionKind) -> list[Action]:
+    return list(
+        session.scalars(
+            select(Action)
+            .where(Action.kind == kind, Action.status == ActionStatus.PLANNED)
+            .order_by(Action.due_at)
+        )
+    )
+
+
+class RuntimeStub:
+    """The one thing record_retry_result reads from a runtime: the policy."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+
+
+def dunning_record(session: Session, policy: Policy, action_id: int, result: PaymentResult) -> None:
+    record_retry_result(session, RuntimeStub(policy), action_id, result)  # type: ignore[arg-type]

@@ -1,0 +1,94 @@
+"""``dunning policy preview``: the timeline a policy gives one failure if nothing succeeds.
+
+Built from the very functions the pipeline plans with (``worker.dunning.policy``), so the
+preview is what runs; ``tests/dunning/test_preview.py`` checks the two agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from worker.billing.domain import Decline
+from worker.config import DeclineClass, Policy
+from worker.dunning import policy as rules
+
+
+@dataclass(frozen=True)
+class PreviewAction:
+    kind: str  # retry | email
+    at: datetime  # UTC
+    template: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Preview:
+    decline_class: DeclineClass
+    mode: str
+    timezone: str
+    window_ends_at: datetime
+    actions: list[PreviewAction]
+    final_action: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        def iso(at: datetime | None) -> str | None:
+            return at.isoformat().replace("+00:00", "Z") if at else None
+
+        return {
+            "class": self.decline_class.value,
+            "mode": self.mode,
+            "timezone": self.timezone,
+            "actions": [
+                {"kind": a.kind, "at": iso(a.at), "template": a.template, "reason": a.reason}
+                for a in self.actions
+            ],
+            "final_action": {**self.final_action, "at": iso(self.final_action.get("at"))},
+        }
+
+
+def preview(
+    policy: Policy, decline: Decline, *, failed_at: datetime, timezone: str | None
+) -> Preview:
+    cls = rules.classify(decline, policy)
+    zone = rules.customer_zone(timezone, policy)
+    window_ends_at = failed_at + timedelta(days=policy.retries.window_days)
+    actions = [
+        PreviewAction("email", email.at, email.template, email.reason)
+        for email in rules.scheduled_emails(
+            policy,
+            first_template=rules.first_template(cls),
+            opened_at=failed_at,
+            window_ends_at=window_ends_at,
+            now=failed_at,
+            zone=zone,
+        )
+    ]
+    now, done = failed_at, 0
+    while (
+        retry := rules.next_retry(
+            policy,
+            cls,
+            opened_at=failed_at,
+            window_ends_at=window_ends_at,
+            now=now,
+            retries_done=done,
+        )
+    ) is not None:
+        actions.append(PreviewAction("retry", retry.at, None, retry.reason))
+        now, done = retry.at, done + 1
+    own = policy.retries.mode == "own"
+    final = (
+        {"action": policy.final_action.action, "at": window_ends_at}
+        if own
+        else {"action": "none: the provider ends its own dunning (observe mode)", "at": None}
+    )
+    return Preview(
+        cls,
+        policy.retries.mode,
+        zone.key,
+        window_ends_at,
+        sorted(actions, key=lambda a: (a.at, a.kind)),
+        final,
+    )
