@@ -252,15 +252,14 @@ def policy_preview(
         network_advice_code=network_advice_code,
         card=Card(payment_method_id=None, brand=brand),
     )
-    result = preview(loaded, decline, failed_at=when, timezone=timezone)
-    if brand or prior_declines or amount is not None:
-        # Said out loud rather than silently ignored: these inputs feed per-card network
-        # budgets and amount segments, which the policy engine does not apply yet.
-        click.echo(
-            "note: --brand, --prior-declines and --amount do not change the timeline "
-            "yet (network budgets and segments are not built)",
-            err=True,
-        )
+    result = preview(
+        loaded,
+        decline,
+        failed_at=when,
+        timezone=timezone,
+        amount=amount,
+        prior_declines=prior_declines,
+    )
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
         return

@@ -48,7 +48,24 @@ class Retries(_Strict):
     mode: Literal["own", "observe"] = "own"
     window_days: int = Field(14, ge=1, le=60)
     max_retries: int = Field(8, ge=0, le=8)
+    min_gap_hours: float = Field(1, ge=0)
     offsets_hours: Offsets = Offsets()
+
+
+class VisaLimits(_Strict):
+    """Visa's reattempt ceiling; also applied to Amex, Discover and unknown brands."""
+
+    max_declines_30d: int = Field(15, ge=1, le=20)
+
+
+class MastercardLimits(_Strict):
+    max_declines_24h: int = Field(10, ge=1, le=10)
+    max_same_amount_declines_30d: int = Field(35, ge=1, le=35)
+
+
+class Networks(_Strict):
+    visa: VisaLimits = VisaLimits()
+    mastercard: MastercardLimits = MastercardLimits()
 
 
 class Classes(_Strict):
@@ -111,6 +128,7 @@ class FinalAction(_Strict):
 
 class Policy(_Strict):
     retries: Retries = Retries()
+    networks: Networks = Networks()
     classes: Classes = Classes()
     emails: Emails = Emails()
     final_action: FinalAction = FinalAction()

@@ -108,6 +108,8 @@ def preview_table(result: Preview) -> None:
             action.reason,
         )
     console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]{note}")
     retries = sum(1 for a in result.actions if a.kind == "retry")
     console.print(
         f"{retries} automatic retr{'y' if retries == 1 else 'ies'}; "

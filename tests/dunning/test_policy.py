@@ -137,3 +137,80 @@ def test_email_plan_has_first_notice_reminders_and_final(policy: Policy) -> None
         ("final_notice", "final"),
     ]
     assert plan[-1].at == opened + timedelta(days=12)
+
+
+def _retry(
+    policy: Policy,
+    cls: DeclineClass,
+    card: rules.CardHistory,
+    *,
+    now: datetime,
+    amount: int | None = 4900,
+) -> rules.PlannedRetry | rules.DroppedRetry | None:
+    return rules.next_retry(
+        policy,
+        cls,
+        opened_at=now,
+        now=now,
+        retries_done=0,
+        card=card,
+        window_ends_at=now + timedelta(days=14),
+        amount=amount,
+    )
+
+
+def test_mac_sets_the_earliest_next_attempt(policy: Policy) -> None:
+    now = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    card = rules.CardHistory(
+        brand="mastercard",
+        declines=((now, 4900),),
+        last_attempt_at=now,
+        network_advice_code="26",
+        last_declined_at=now,
+    )
+    planned = _retry(policy, C.SOON, card, now=now)  # the schedule says +1 h
+    assert isinstance(planned, rules.PlannedRetry)
+    assert planned.at == now + timedelta(days=2)
+    assert "MAC 26" in planned.reason
+
+
+def test_mastercard_ten_declines_a_day(policy: Policy) -> None:
+    now = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    declines = tuple((now - timedelta(hours=i), None) for i in range(10))  # 10 in the last day
+    card = rules.CardHistory(brand="mastercard", declines=declines, last_attempt_at=now)
+    planned = _retry(policy, C.SOON, card, now=now)
+    assert isinstance(planned, rules.PlannedRetry)
+    assert planned.at == now - timedelta(hours=9) + timedelta(days=1)  # the oldest ages out
+    assert "Mastercard 10 declines / 24 h" in planned.reason
+
+
+def test_mastercard_same_amount_budget_counts_only_that_amount(policy: Policy) -> None:
+    now = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    declines = tuple((now - timedelta(days=0.8 * i + 1), 4900) for i in range(35))
+    card = rules.CardHistory(brand="mastercard", declines=declines)
+    blocked = _retry(policy, C.SOFT, card, now=now, amount=4900)
+    assert isinstance(blocked, rules.DroppedRetry | rules.PlannedRetry)
+    assert isinstance(blocked, rules.DroppedRetry) or blocked.at > now + timedelta(hours=24)
+    other = _retry(policy, C.SOFT, card, now=now, amount=9900)
+    assert isinstance(other, rules.PlannedRetry)
+    assert other.at == now + timedelta(hours=24)
+
+
+def test_a_retry_that_cannot_fit_is_dropped_with_the_reason(policy: Policy) -> None:
+    now = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    card = rules.CardHistory(brand="mastercard", last_declined_at=now, network_advice_code="30")
+    dropped = _retry(policy, C.FUNDS, card, now=now - timedelta(days=5))
+    assert isinstance(dropped, rules.DroppedRetry)
+    assert "MAC 30" in dropped.reason
+    assert "past the window" in dropped.reason
+
+
+def test_minimum_gap_between_attempts_on_one_card(policy: Policy) -> None:
+    now = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    gap = policy.model_copy(
+        update={"retries": policy.retries.model_copy(update={"min_gap_hours": 6})}
+    )
+    card = rules.CardHistory(brand="visa", last_attempt_at=now + timedelta(minutes=30))
+    planned = _retry(gap, C.SOON, card, now=now)  # the schedule says +1 h
+    assert isinstance(planned, rules.PlannedRetry)
+    assert planned.at == now + timedelta(minutes=30, hours=6)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,27 +11,64 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tests.conftest import REPO, START
-from tests.support.pipeline import deliver, dunning_record, failed, the_case
+from tests.support.pipeline import deliver, dunning_record, failed
 from tests.support.processes import clean_env, dunning
-from worker.billing.domain import Decline
+from worker.billing.domain import Card, Decline
+from worker.billing.models import Invoice
 from worker.billing.stripe_client import PaymentResult
 from worker.clock import ManualClock
 from worker.config import Policy
-from worker.dunning.models import ActionKind, ActionStatus
+from worker.dunning.models import ActionKind, ActionStatus, DunningCase
 from worker.dunning.models import ScheduledAction as Action
 from worker.dunning.preview import preview
 
 
 def _pipeline_timeline(
-    session: Session, policy: Policy, clock: ManualClock, code: str
+    session: Session,
+    policy: Policy,
+    clock: ManualClock,
+    code: str,
+    *,
+    brand: str | None,
+    mac: str | None,
+    prior: int,
 ) -> list[tuple[str, datetime, str | None]]:
-    """Feed one failure, then fail every retry the pipeline plans, as the worker would."""
-    deliver(session, policy, failed("in_p", code))
+    """Feed one failure, then fail every retry the pipeline plans, as the worker would.
+    ``prior`` declines on the same card (other invoices) come first, spread over 30 days."""
+    pm = (
+        {
+            "id": "pm_card",
+            "object": "payment_method",
+            "type": "card",
+            "card": {
+                "brand": brand,
+                "last4": "4444",
+                "exp_month": 1,
+                "exp_year": 2030,
+                "fingerprint": "fp_same_card",
+            },
+        }
+        if brand
+        else None
+    )
+    spacing = timedelta(days=30) / (prior + 1)
+    for i in range(prior):
+        earlier = START - spacing * (i + 1)
+        deliver(
+            session,
+            policy,
+            failed(f"in_prior_{i}", code, at=earlier, card=pm, network_advice_code=mac),
+            now=earlier,
+        )
+    deliver(session, policy, failed("in_p", code, card=pm, network_advice_code=mac))
+    case_id = the_case_id(session, "in_p")
     seen = 0
     while True:
         retry = session.scalars(
             select(Action).where(
-                Action.kind == ActionKind.RETRY_PAYMENT, Action.status == ActionStatus.PLANNED
+                Action.case_id == case_id,
+                Action.kind == ActionKind.RETRY_PAYMENT,
+                Action.status == ActionStatus.PLANNED,
             )
         ).first()
         if retry is None:
@@ -39,36 +76,76 @@ def _pipeline_timeline(
         clock.set(retry.due_at)
         retry.status = ActionStatus.CLAIMED
         seen += 1
-        decline = Decline(code="card_declined", decline_code=code, charge_id=f"ch_ours_{seen}")
+        card = Card("pm_card", brand, "4444", 1, 2030, "fp_same_card") if brand else None
+        decline = Decline(
+            code="card_declined",
+            decline_code=code,
+            charge_id=f"ch_ours_{seen}",
+            network_advice_code=mac,
+            card=card,
+        )
         dunning_record(session, policy, retry.id, PaymentResult(succeeded=False, decline=decline))
-    actions = session.scalars(select(Action).where(Action.kind != ActionKind.FINAL_ACTION))
+    actions = session.scalars(
+        select(Action).where(
+            Action.case_id == case_id,
+            Action.kind != ActionKind.FINAL_ACTION,
+            Action.status != ActionStatus.CANCELLED,
+        )
+    )
     return sorted(
         ("retry" if a.kind is ActionKind.RETRY_PAYMENT else "email", a.due_at, a.template)
         for a in actions
     )
 
 
+def the_case_id(session: Session, invoice_ref: str) -> int:
+    return session.scalars(
+        select(DunningCase.id)
+        .join(Invoice, Invoice.id == DunningCase.invoice_id)
+        .where(Invoice.provider_id == invoice_ref)
+    ).one()
+
+
 @pytest.mark.parametrize(
-    "code",
+    ("code", "brand", "mac", "prior"),
     [
-        "insufficient_funds",
-        "do_not_honor",
-        "processing_error",
-        "expired_card",
-        "authentication_required",
-        "stolen_card",
+        ("insufficient_funds", None, None, 0),
+        ("do_not_honor", None, None, 0),
+        ("processing_error", None, None, 0),
+        ("expired_card", None, None, 0),
+        ("authentication_required", None, None, 0),
+        ("stolen_card", None, None, 0),
+        ("insufficient_funds", "mastercard", "27", 0),  # MAC 27: not before +4 days
+        ("do_not_honor", "visa", None, 14),  # a card near its Visa budget
+        ("do_not_honor", "visa", None, 16),  # over it: the first retries wait for room
     ],
 )
 def test_preview_matches_the_pipeline(
-    session: Session, policy: Policy, manual_clock: ManualClock, code: str
+    session: Session,
+    policy: Policy,
+    manual_clock: ManualClock,
+    code: str,
+    brand: str | None,
+    mac: str | None,
+    prior: int,
 ) -> None:
-    ran = _pipeline_timeline(session, policy, manual_clock, code)
+    ran = _pipeline_timeline(session, policy, manual_clock, code, brand=brand, mac=mac, prior=prior)
+    card = Card(None, brand) if brand else None
     shown = preview(
-        policy, Decline(code="card_declined", decline_code=code), failed_at=START, timezone=None
+        policy,
+        Decline(code="card_declined", decline_code=code, card=card, network_advice_code=mac),
+        failed_at=START,
+        timezone=None,
+        amount=4900,
+        prior_declines=prior,
     )
     assert sorted((a.kind, a.at, a.template) for a in shown.actions) == ran
-    assert shown.decline_class.value == the_case(session).decline_class
-    assert shown.final_action["at"] == the_case(session).window_ends_at
+    case = session.get_one(DunningCase, the_case_id(session, "in_p"))
+    assert shown.decline_class.value == case.decline_class
+    assert shown.final_action["at"] == case.window_ends_at
+    if mac == "27":
+        retries = [a.at for a in shown.actions if a.kind == "retry"]
+        assert retries[0] >= START + timedelta(days=4)
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,7 @@ def payment_intent(
     code: str = "card_declined",
     advice_code: str | None = None,
     network_advice_code: str | None = None,
+    card: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": pi_id,
@@ -113,6 +114,7 @@ def payment_intent(
             "network_advice_code": network_advice_code,
             "network_decline_code": None,
             "charge": charge_id,
+            "payment_method": card,
             "message": "Your card was declined.",
         },
     }

@@ -54,6 +54,39 @@ class PlannedRetry:
     reason: str
 
 
+@dataclass(frozen=True)
+class DroppedRetry:
+    """The schedule wanted a retry but a network rule forbids one inside the window."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class CardHistory:
+    """What the networks count for one card (fingerprint), whoever made the attempts."""
+
+    brand: str | None = None
+    declines: tuple[tuple[datetime, int | None], ...] = ()  # (when, amount), any invoice
+    last_attempt_at: datetime | None = None  # any outcome
+    network_advice_code: str | None = None  # the latest decline's Mastercard MAC
+    last_declined_at: datetime | None = None
+
+
+# Mastercard Merchant Advice Codes that set the earliest next attempt (retry-rules §2.2; MAC 02
+# "try again later" per processors: 72 h).
+MAC_WAITS = {
+    "02": timedelta(hours=72),
+    "24": timedelta(hours=1),
+    "25": timedelta(hours=24),
+    "26": timedelta(days=2),
+    "27": timedelta(days=4),
+    "28": timedelta(days=6),
+    "29": timedelta(days=8),
+    "30": timedelta(days=10),
+}
+_DAY, _MONTH = timedelta(days=1), timedelta(days=30)
+
+
 def next_retry(
     policy: Policy,
     cls: DeclineClass,
@@ -63,8 +96,12 @@ def next_retry(
     now: datetime,
     retries_done: int,
     mode: str | None = None,
-) -> PlannedRetry | None:
-    """The next automatic retry after a failure at ``now``, or None when none is allowed.
+    card: CardHistory | None = None,
+    amount: int | None = None,
+) -> PlannedRetry | DroppedRetry | None:
+    """The next automatic retry after a failure at ``now``: the class schedule's next offset,
+    then moved later as the card networks require. None when the schedule has nothing left;
+    :class:`DroppedRetry` when it had, but no network-compliant time fits in the window.
     ``mode`` is the case's retries mode (fixed when it opened), else the policy's."""
     if not is_retryable(cls) or (mode or policy.retries.mode) != "own":
         return None
@@ -74,8 +111,88 @@ def next_retry(
     for hours in offsets:
         at = opened_at + timedelta(hours=hours)
         if at > now and at < window_ends_at:
-            return PlannedRetry(at, f"{cls.value} schedule: +{hours:g} h after first failure")
+            reason = f"{cls.value} schedule: +{hours:g} h after first failure"
+            return _network_compliant(
+                policy,
+                at,
+                reason,
+                card or CardHistory(),
+                amount=amount,
+                window_ends_at=window_ends_at,
+            )
     return None
+
+
+def _network_compliant(
+    policy: Policy,
+    at: datetime,
+    reason: str,
+    card: CardHistory,
+    *,
+    amount: int | None,
+    window_ends_at: datetime,
+) -> PlannedRetry | DroppedRetry:
+    notes = []
+    wait = MAC_WAITS.get(card.network_advice_code or "")
+    if wait and card.last_declined_at and at < card.last_declined_at + wait:
+        at = card.last_declined_at + wait
+        notes.append(f"MAC {card.network_advice_code}: not before +{_human(wait)}")
+    gap = timedelta(hours=policy.retries.min_gap_hours)
+    if card.last_attempt_at and at < card.last_attempt_at + gap:
+        at = card.last_attempt_at + gap
+        notes.append(f"minimum gap {policy.retries.min_gap_hours:g} h on this card")
+    for _ in range(64):  # each move only goes later; a handful settles it
+        moved = _budget_move(policy, at, card, amount)
+        if moved is None:
+            break
+        at, note = moved
+        if note not in notes:
+            notes.append(note)
+    if at >= window_ends_at:
+        return DroppedRetry(f"{reason}: dropped, {'; '.join(notes)} (past the window)")
+    return PlannedRetry(at, reason + (f"; moved: {'; '.join(notes)}" if notes else ""))
+
+
+def _budget_move(
+    policy: Policy, at: datetime, card: CardHistory, amount: int | None
+) -> tuple[datetime, str] | None:
+    """The earliest later time at which a retry at ``at`` keeps the card within its network's
+    ceilings, or None if ``at`` already does."""
+    if card.brand == "mastercard":
+        mc = policy.networks.mastercard
+        rules_ = [
+            (_DAY, mc.max_declines_24h, None, f"Mastercard {mc.max_declines_24h} declines / 24 h"),
+            (
+                _MONTH,
+                mc.max_same_amount_declines_30d,
+                amount,
+                f"Mastercard {mc.max_same_amount_declines_30d} same-amount declines / 30 days",
+            ),
+        ]
+    else:
+        visa = policy.networks.visa.max_declines_30d
+        rules_ = [
+            (
+                _MONTH,
+                visa,
+                None,
+                f"{(card.brand or 'card').title()}: Visa rule, {visa} declines / 30 days",
+            )
+        ]
+    for span, limit, same_amount, label in rules_:
+        counted = sorted(
+            t
+            for t, a in card.declines
+            if at - span < t <= at and (same_amount is None or a == same_amount)
+        )
+        if len(counted) >= limit:
+            return counted[len(counted) - limit] + span, f"{label} budget"
+    return None
+
+
+def _human(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:g} h" if hours < 48 else f"{hours / 24:g} d"
 
 
 @dataclass(frozen=True)

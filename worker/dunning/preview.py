@@ -31,6 +31,7 @@ class Preview:
     window_ends_at: datetime
     actions: list[PreviewAction]
     final_action: dict[str, Any]
+    notes: list[str]  # retries the schedule wanted but a network rule forbids
 
     def as_json(self) -> dict[str, Any]:
         def iso(at: datetime | None) -> str | None:
@@ -45,12 +46,21 @@ class Preview:
                 for a in self.actions
             ],
             "final_action": {**self.final_action, "at": iso(self.final_action.get("at"))},
+            "notes": self.notes,
         }
 
 
 def preview(
-    policy: Policy, decline: Decline, *, failed_at: datetime, timezone: str | None
+    policy: Policy,
+    decline: Decline,
+    *,
+    failed_at: datetime,
+    timezone: str | None,
+    amount: int | None = None,
+    prior_declines: int = 0,
 ) -> Preview:
+    """``prior_declines`` are placed evenly over the 30 days before ``failed_at`` (the
+    networks count them whoever made them); every planned retry then fails like the first."""
     cls = rules.classify(decline, policy)
     zone = rules.customer_zone(timezone, policy)
     window_ends_at = failed_at + timedelta(days=policy.retries.window_days)
@@ -65,19 +75,40 @@ def preview(
             zone=zone,
         )
     ]
+    spacing = timedelta(days=30) / (prior_declines + 1)
+    # Whole seconds, as provider timestamps are.
+    declines = [
+        ((failed_at - spacing * (i + 1)).replace(microsecond=0), amount)
+        for i in range(prior_declines)
+    ]
+    declines.append((failed_at, amount))
+    notes: list[str] = []
     now, done = failed_at, 0
-    while (
-        retry := rules.next_retry(
+    while True:
+        card = rules.CardHistory(
+            brand=decline.card.brand if decline.card else None,
+            declines=tuple(declines),
+            last_attempt_at=now,
+            network_advice_code=decline.network_advice_code,
+            last_declined_at=now,
+        )
+        decision = rules.next_retry(
             policy,
             cls,
             opened_at=failed_at,
-            window_ends_at=window_ends_at,
             now=now,
+            card=card,
+            window_ends_at=window_ends_at,
             retries_done=done,
+            amount=amount,
         )
-    ) is not None:
-        actions.append(PreviewAction("retry", retry.at, None, retry.reason))
-        now, done = retry.at, done + 1
+        if not isinstance(decision, rules.PlannedRetry):
+            if isinstance(decision, rules.DroppedRetry):
+                notes.append(decision.reason)
+            break
+        actions.append(PreviewAction("retry", decision.at, None, decision.reason))
+        declines.append((decision.at, amount))
+        now, done = decision.at, done + 1
     own = policy.retries.mode == "own"
     final = (
         {"action": policy.final_action.action, "at": window_ends_at}
@@ -91,4 +122,5 @@ def preview(
         window_ends_at,
         sorted(actions, key=lambda a: (a.at, a.kind)),
         final,
+        notes,
     )

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from worker.billing.domain import Decline
-from worker.billing.models import Customer, Invoice
+from worker.billing.models import AttemptOutcome, Customer, Invoice, PaymentAttempt
 from worker.config import DeclineClass, Policy
 from worker.dunning import policy as rules
 from worker.dunning.models import (
@@ -259,25 +259,68 @@ def _plan_cadence(
 
 
 def _plan_next_retry(session: Session, case: DunningCase, *, policy: Policy, now: datetime) -> None:
-    cls = DeclineClass(case.decline_class or DeclineClass.SOFT)
-    planned = rules.next_retry(
+    invoice = session.get_one(Invoice, case.invoice_id)
+    decision = rules.next_retry(
         policy,
-        cls,
+        DeclineClass(case.decline_class or DeclineClass.SOFT),
         opened_at=case.opened_at,
         window_ends_at=case.window_ends_at,
         now=now,
         retries_done=retries_done(session, case),
         mode=case.retries_mode,
+        card=card_history(session, invoice, now=now),
+        amount=invoice.amount_due,
     )
-    if planned is not None:
-        plan_retry(session, case, due_at=planned.at, reason=planned.reason, now=now)
+    if isinstance(decision, rules.PlannedRetry):
+        plan_retry(session, case, due_at=decision.at, reason=decision.reason, now=now)
+    elif isinstance(decision, rules.DroppedRetry):  # kept in the timeline, never run
+        seq = _retry_count(session, case) + 1
+        action = plan(
+            session,
+            case,
+            ActionKind.RETRY_PAYMENT,
+            due_at=now,
+            now=now,
+            key=f"dunning:{invoice.provider_id}:retry-dropped:{seq}",
+            reason=decision.reason,
+        )
+        action.status, action.note = ActionStatus.CANCELLED, "network rule"
 
 
-def plan_retry(
-    session: Session, case: DunningCase, *, due_at: datetime, reason: str, now: datetime
-) -> ScheduledAction:
-    """A retry with a fresh idempotency key (one per planned attempt, never reused)."""
-    seq = (
+def card_history(session: Session, invoice: Invoice, *, now: datetime) -> rules.CardHistory:
+    """Every attempt the networks count against the card this invoice was last tried on:
+    ours, the provider's and the customer's, on any invoice, over the last 30 days."""
+    on_invoice = select(PaymentAttempt).where(PaymentAttempt.invoice_id == invoice.id)
+    newest = (PaymentAttempt.occurred_at.desc(), PaymentAttempt.id.desc())
+    last_decline = session.scalars(
+        on_invoice.where(PaymentAttempt.outcome != AttemptOutcome.SUCCEEDED).order_by(*newest)
+    ).first()
+    card = session.scalars(
+        on_invoice.where(PaymentAttempt.card_fingerprint.is_not(None)).order_by(*newest)
+    ).first()
+    attempts = (
+        session.scalars(
+            select(PaymentAttempt).where(
+                PaymentAttempt.card_fingerprint == card.card_fingerprint,
+                PaymentAttempt.occurred_at > now - timedelta(days=30),
+            )
+        ).all()
+        if card is not None
+        else []
+    )
+    return rules.CardHistory(
+        brand=card.card_brand if card else None,
+        declines=tuple(
+            (a.occurred_at, a.amount) for a in attempts if a.outcome is not AttemptOutcome.SUCCEEDED
+        ),
+        last_attempt_at=max((a.occurred_at for a in attempts), default=None),
+        network_advice_code=last_decline.network_advice_code if last_decline else None,
+        last_declined_at=last_decline.occurred_at if last_decline else None,
+    )
+
+
+def _retry_count(session: Session, case: DunningCase) -> int:
+    return (
         session.scalar(
             select(func.count())
             .select_from(ScheduledAction)
@@ -287,6 +330,13 @@ def plan_retry(
         )
         or 0
     )
+
+
+def plan_retry(
+    session: Session, case: DunningCase, *, due_at: datetime, reason: str, now: datetime
+) -> ScheduledAction:
+    """A retry with a fresh idempotency key (one per planned attempt, never reused)."""
+    seq = _retry_count(session, case)
     invoice_ref = session.scalar(select(Invoice.provider_id).where(Invoice.id == case.invoice_id))
     return plan(
         session,
