@@ -85,3 +85,34 @@ def test_config_check_command(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.startswith(f"Error: {bad}:")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "message"),
+    [
+        ('"invalid_pin",', "", "classes", "no class for invalid_pin"),
+        (
+            "soon = [1, 4, 24, 72]",
+            "soon = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]",
+            "retries.offsets_hours.soon",
+            "Mastercard allows 10 declines per card per day",
+        ),
+        (
+            "min_gap_hours = 1",
+            "min_gap_hours = 5",
+            "retries.offsets_hours.soon",
+            "closer than retries.min_gap_hours = 5",
+        ),
+    ],
+)
+def test_semantic_problems_name_the_line(
+    tmp_path: Path, old: str, new: str, key: str, message: str
+) -> None:
+    path = _broken(tmp_path, old, new)
+    with pytest.raises(ConfigError) as err:
+        load_policy(path)
+    (problem,) = [p for p in err.value.problems if f": {key}: " in p]
+    assert message in problem
+    line = int(problem.split(":")[1])
+    text = path.read_text().splitlines()[line - 1]
+    assert key.rsplit(".", maxsplit=1)[-1] in text or text.startswith("[")

@@ -7,6 +7,7 @@ can fix them without reading code. What the policy *means* lives in ``worker.dun
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import tomllib
@@ -16,6 +17,8 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from worker.decline_codes import STRIPE_CARD_DECLINE_CODES
 
 
 class DeclineClass(StrEnum):
@@ -174,7 +177,7 @@ def load_policy(path: Path) -> Policy:
         line = getattr(exc, "lineno", None) or _lineno_from_message(str(exc))
         raise ConfigError([f"{path}:{line}: TOML syntax: {exc}"]) from None
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -185,6 +188,58 @@ def load_policy(path: Path) -> Policy:
                 message = "unknown key"
             problems.append(f"{path}:{_find_line(text, loc)}: {key}: {message}")
         raise ConfigError(problems) from None
+    problems = [
+        f"{path}:{_find_line(text, key.split('.'))}: {key}: {message}"
+        for key, message in semantic_problems(policy)
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return policy
+
+
+def semantic_problems(policy: Policy) -> list[tuple[str, str]]:
+    """What types cannot say: every known decline code classified, schedules the card
+    networks allow. Each problem is (key path, what is wrong)."""
+    problems = []
+    table = policy.classes.table()
+    missing = [code for code in STRIPE_CARD_DECLINE_CODES if code not in table]
+    if missing:
+        problems.append(("classes", f"no class for {', '.join(missing)}"))
+    gap_h = policy.retries.min_gap_hours
+    per_day = policy.networks.mastercard.max_declines_24h
+    per_month = min(
+        policy.networks.visa.max_declines_30d,
+        policy.networks.mastercard.max_same_amount_declines_30d,
+    )
+    for name, offsets in policy.retries.offsets_hours.model_dump().items():
+        key = f"retries.offsets_hours.{name}"
+        # The failure itself counts too: 1 + retries within any day / 30 days.
+        busiest_day = max(
+            (1 + sum(1 for o in offsets if start <= o < start + 24) for start in [0.0, *offsets]),
+            default=1,
+        )
+        if busiest_day > per_day:
+            problems.append(
+                (
+                    key,
+                    f"{busiest_day} attempts within 24 h; Mastercard allows "
+                    f"{per_day} declines per card per day",
+                )
+            )
+        if 1 + min(len(offsets), policy.retries.max_retries) > per_month:
+            problems.append(
+                (key, f"more attempts than the {per_month} a card may decline in 30 days")
+            )
+        closest = min((b - a for a, b in itertools.pairwise([0.0, *offsets])), default=None)
+        if closest is not None and closest < gap_h:
+            problems.append(
+                (
+                    key,
+                    f"two attempts {closest:g} h apart, closer than "
+                    f"retries.min_gap_hours = {gap_h:g}",
+                )
+            )
+    return problems
 
 
 def _lineno_from_message(message: str) -> int:

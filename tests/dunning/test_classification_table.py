@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import SHARED
 from worker.billing.domain import Decline
 from worker.config import DeclineClass, Policy
+from worker.decline_codes import STRIPE_CARD_DECLINE_CODES
 from worker.dunning import policy as rules
 
 RULES = SHARED / "domain" / "retry-rules.md"
@@ -26,6 +27,7 @@ def domain_decline_codes() -> list[str]:
 def test_every_domain_code_is_classified(policy: Policy) -> None:
     codes = domain_decline_codes()
     assert len(codes) > 40  # the table was found and read
+    assert set(codes) == set(STRIPE_CARD_DECLINE_CODES)  # config check knows the same list
     table = policy.classes.table()
     assert [code for code in codes if code not in table] == []
 

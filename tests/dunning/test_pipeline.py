@@ -305,3 +305,26 @@ def test_a_fraud_decline_never_retries_even_on_a_new_card(session: Session, poli
     )
     assert planned(session, ActionKind.RETRY_PAYMENT) == []
     assert the_case(session).state is DunningState.AWAITING_CUSTOMER
+
+
+def test_open_cases_keep_the_policy_they_started_with(
+    session: Session, policy: Policy, manual_clock: ManualClock
+) -> None:
+    deliver(session, policy, failed("in_old"))
+    offsets = policy.retries.offsets_hours.model_copy(update={"funds": [2.0, 4.0]})
+    changed = policy.model_copy(
+        update={"retries": policy.retries.model_copy(update={"offsets_hours": offsets})}
+    )
+    assert changed.version != policy.version
+    (retry,) = planned(session, ActionKind.RETRY_PAYMENT)
+    retry.status = ActionStatus.CLAIMED
+    manual_clock.set(retry.due_at)
+    decline = Decline(code="card_declined", decline_code="insufficient_funds", charge_id="ch_x")
+    dunning_record(session, changed, retry.id, PaymentResult(succeeded=False, decline=decline))
+    (old_next,) = planned(session, ActionKind.RETRY_PAYMENT)
+    assert old_next.due_at == START + timedelta(hours=72)  # the old schedule, not +4 h
+    # A case opened now gets the new policy.
+    deliver(session, changed, failed("in_new"), now=retry.due_at)
+    new_case = session.scalars(select(DunningCase).order_by(DunningCase.id.desc())).first()
+    assert new_case is not None
+    assert new_case.policy_version == changed.version

@@ -197,7 +197,7 @@ def run_final_action(runtime: Runtime, action_id: int) -> None:
             session.get(Subscription, invoice.subscription_id) if invoice.subscription_id else None
         )
         key = action.idempotency_key
-        what = runtime.policy.final_action.action
+        what = dunning.policy_of(session, case, runtime.policy).final_action.action
         invoice_ref, sub_ref = invoice.provider_id, sub.provider_id if sub else None
         if invoice.status in billing.FINAL_INVOICE_STATUSES:
             _finish(action, ActionStatus.CANCELLED, f"invoice already {invoice.status}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import ForeignKey, Index, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -24,6 +25,17 @@ class ActionStatus(StrEnum):
     DONE = "done"
     CANCELLED = "cancelled"  # superseded or the case ended; `note` says why
     FAILED = "failed"  # gave up after retries; `note` says why
+
+
+class PolicyVersion(Base):
+    """Every policy a case was opened under, by digest: open cases keep theirs when ops
+    change config/dunning.toml (only new cases get the new one)."""
+
+    __tablename__ = "policy_versions"
+
+    version: Mapped[str] = mapped_column(Text, primary_key=True)
+    body: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
 
 
 class DunningCase(Base):

@@ -25,6 +25,7 @@ from worker.dunning.models import (
     ActionStatus,
     CaseTransition,
     DunningCase,
+    PolicyVersion,
     ScheduledAction,
 )
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState, next_state
@@ -68,6 +69,7 @@ def open_case(session: Session, invoice: Invoice, *, policy: Policy, now: dateti
     """The invoice's case, created in ``open`` if it has none (one case per invoice)."""
     case = case_for_invoice(session, invoice)
     if case is None:
+        _remember(session, policy, now=now)
         case = DunningCase(
             invoice_id=invoice.id,
             customer_id=invoice.customer_id,
@@ -81,6 +83,32 @@ def open_case(session: Session, invoice: Invoice, *, policy: Policy, now: dateti
         session.add(case)
         session.flush()  # the id keys the actions planned below
     return case
+
+
+_POLICIES: dict[str, Policy] = {}  # by digest; a version never changes
+
+
+def _remember(session: Session, policy: Policy, *, now: datetime) -> None:
+    if session.get(PolicyVersion, policy.version) is None:
+        session.add(
+            PolicyVersion(
+                version=policy.version, body=policy.model_dump(mode="json"), created_at=now
+            )
+        )
+        session.flush()
+
+
+def policy_of(session: Session, case: DunningCase, current: Policy) -> Policy:
+    """The policy ``case`` was opened under (``current`` if it is that one)."""
+    if case.policy_version == current.version:
+        return current
+    if case.policy_version not in _POLICIES:
+        stored = session.get(PolicyVersion, case.policy_version)
+        if stored is None:  # opened before versions were kept: the current one is all we have
+            log.warning("policy %s of case %s is unknown", case.policy_version, case.id)
+            return current
+        _POLICIES[case.policy_version] = Policy.model_validate(stored.body)
+    return _POLICIES[case.policy_version]
 
 
 def apply(
@@ -97,7 +125,9 @@ def apply(
     occurred_at: datetime | None = None,
 ) -> Change:
     """Move ``case`` on ``event`` and carry out what the move implies. ``occurred_at`` is
-    when it happened at the provider (ledger time), ``now`` when we learn of it."""
+    when it happened at the provider (ledger time), ``now`` when we learn of it. The case's
+    own policy version decides, not necessarily ``policy`` (the current one)."""
+    policy = policy_of(session, case, policy)
     old = case.state
     new = next_state(old, event)
     session.add(
