@@ -123,6 +123,23 @@ class Emails(_Strict):
         return value
 
 
+PaydayRule = Annotated[
+    str,
+    Field(
+        pattern=r"^(monday|tuesday|wednesday|thursday|friday|"
+        r"last_business_day|[1-9]|[12][0-9]|3[01])$"
+    ),
+]
+
+
+class Paydays(_Strict):
+    """Funds declines: after the fixed offsets, retry on likely paydays in the window."""
+
+    calendar: list[PaydayRule] = ["friday", "1", "15", "last_business_day"]
+    local_hour: int = Field(10, ge=0, le=23)  # in the customer's timezone
+    max_retries: int = Field(3, ge=0, le=8)
+
+
 class FinalAction(_Strict):
     action: Literal["cancel_subscription", "mark_uncollectible", "leave_past_due"] = (
         "cancel_subscription"
@@ -131,6 +148,7 @@ class FinalAction(_Strict):
 
 class Policy(_Strict):
     retries: Retries = Retries()
+    paydays: Paydays = Paydays()
     networks: Networks = Networks()
     classes: Classes = Classes()
     emails: Emails = Emails()

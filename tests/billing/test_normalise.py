@@ -225,7 +225,8 @@ def envelope(event_type: str, obj: Any, previous: Any = None, **extra: Any) -> d
         ("customer.source.expiring", LEGACY_CARD, EventKind.CARD_EXPIRING),
         ("charge.failed", DECLINED_CHARGE, EventKind.CHARGE_FAILED),
         ("payment_intent.payment_failed", FAILED_PI, EventKind.PAYMENT_INTENT_FAILED),
-        ("customer.updated", CUSTOMER, EventKind.IGNORED),  # no previous_attributes
+        ("customer.updated", CUSTOMER, EventKind.CUSTOMER_UPDATED),  # no previous_attributes
+        ("customer.created", CUSTOMER, EventKind.CUSTOMER_UPDATED),
         ("invoice.created", INVOICE_OLD, EventKind.IGNORED),
         (
             "checkout.session.completed",
@@ -684,8 +685,8 @@ def test_customer_updated_with_default_payment_method_change(previous: dict[str,
 def test_customer_updated_without_default_payment_method_change(previous: dict[str, Any]) -> None:
     event = normalise_stripe_event(envelope("customer.updated", CUSTOMER, previous))
 
-    assert event.kind is EventKind.IGNORED
-    assert event.customer is not None  # still filled
+    assert event.kind is EventKind.CUSTOMER_UPDATED  # kept: name, email, locale, timezone
+    assert event.customer is not None
     assert event.customer_id == "cus_1"
 
 

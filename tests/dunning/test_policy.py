@@ -52,7 +52,7 @@ def test_next_retry_walks_the_class_offsets_and_stops_at_the_window(policy: Poli
             break
         seen.append((planned.at - opened) / timedelta(hours=1))
         now = planned.at
-    assert seen == [24, 72, 120, 168, 240]
+    assert seen == [24, 72, 120, 262]  # then the first payday: Friday 13 March, 10:00
 
 
 def test_no_blind_retry_for_hard_classes(policy: Policy) -> None:
@@ -214,3 +214,41 @@ def test_minimum_gap_between_attempts_on_one_card(policy: Policy) -> None:
     planned = _retry(gap, C.SOON, card, now=now)  # the schedule says +1 h
     assert isinstance(planned, rules.PlannedRetry)
     assert planned.at == now + timedelta(minutes=30, hours=6)
+
+
+def test_funds_retries_land_on_paydays_in_the_customer_zone(policy: Policy) -> None:
+    opened = datetime(2026, 6, 22, 12, tzinfo=UTC)  # a Monday
+    zone = ZoneInfo("America/Chicago")  # UTC-5 in summer
+    seen, now = [], opened
+    for done in range(10):
+        planned = rules.next_retry(
+            policy,
+            C.FUNDS,
+            opened_at=opened,
+            now=now,
+            zone=zone,
+            window_ends_at=opened + timedelta(days=14),
+            retries_done=done,
+        )
+        if not isinstance(planned, rules.PlannedRetry):
+            break
+        seen.append((planned.at.astimezone(zone).strftime("%a %d %H:%M"), planned.reason))
+        now = planned.at
+    assert [when for when, _ in seen[3:]] == ["Tue 30 10:00", "Wed 01 10:00", "Fri 03 10:00"]
+    assert [why for _, why in seen[3:]] == [
+        "payday (last_business_day), 10:00 local",
+        "payday (1), 10:00 local",
+        "payday (friday), 10:00 local",
+    ]
+
+
+def test_a_weekend_payday_is_the_friday_before(policy: Policy) -> None:
+    zone = ZoneInfo("UTC")
+    # 15 March 2026 is a Sunday: paid on Friday the 13th, once.
+    days = rules.payday_times(
+        policy,
+        after=datetime(2026, 3, 10, tzinfo=UTC),
+        until=datetime(2026, 3, 17, tzinfo=UTC),
+        zone=zone,
+    )
+    assert [(at.day, why) for at, why in days] == [(13, "payday (friday), 10:00 local")]

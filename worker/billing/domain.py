@@ -27,6 +27,7 @@ class EventKind(StrEnum):
     PAYMENT_METHOD_UPDATED = "payment_method_updated"
     DEFAULT_PAYMENT_METHOD_CHANGED = "default_payment_method_changed"  # customer.updated
     CARD_EXPIRING = "card_expiring"  # customer.source.expiring
+    CUSTOMER_UPDATED = "customer_updated"  # customer.created, customer.updated (other fields)
     CHARGE_FAILED = "charge_failed"  # charge.failed
     PAYMENT_INTENT_FAILED = "payment_intent_failed"  # payment_intent.payment_failed
     IGNORED = "ignored"  # a type we do not act on (recorded, not an error)

@@ -54,6 +54,9 @@ def handle(session: Session, event: NormalisedEvent, ctx: Context) -> None:
             _subscription_changed(session, event, ctx)
         case EventKind.PAYMENT_METHOD_UPDATED | EventKind.DEFAULT_PAYMENT_METHOD_CHANGED:
             _payment_method_updated(session, event, ctx)
+        case EventKind.CUSTOMER_UPDATED:
+            if event.customer is not None:
+                billing.upsert_customer(session, event.customer, at=event.occurred_at)
         case EventKind.CARD_EXPIRING:
             _card_expiring(session, event, ctx)
         case EventKind.CHARGE_FAILED | EventKind.PAYMENT_INTENT_FAILED:

@@ -45,8 +45,9 @@ _EVENT_KINDS: Final[Mapping[str, EventKind]] = {
     "payment_method.automatically_updated": EventKind.PAYMENT_METHOD_UPDATED,
     "payment_method.updated": EventKind.PAYMENT_METHOD_UPDATED,
     "payment_method.attached": EventKind.PAYMENT_METHOD_UPDATED,
-    # Downgraded to IGNORED unless the default payment method really changed.
+    # Downgraded to CUSTOMER_UPDATED unless the default payment method really changed.
     "customer.updated": EventKind.DEFAULT_PAYMENT_METHOD_CHANGED,
+    "customer.created": EventKind.CUSTOMER_UPDATED,
     "customer.source.expiring": EventKind.CARD_EXPIRING,
     "charge.failed": EventKind.CHARGE_FAILED,
     "payment_intent.payment_failed": EventKind.PAYMENT_INTENT_FAILED,
@@ -69,6 +70,7 @@ _OBJECT_TYPES: Final[Mapping[EventKind, frozenset[str]]] = {
     EventKind.SUBSCRIPTION_DELETED: frozenset({"subscription"}),
     EventKind.PAYMENT_METHOD_UPDATED: frozenset({"payment_method"}),
     EventKind.DEFAULT_PAYMENT_METHOD_CHANGED: frozenset({"customer"}),
+    EventKind.CUSTOMER_UPDATED: frozenset({"customer"}),
     EventKind.CARD_EXPIRING: frozenset({"card", "source"}),
     EventKind.CHARGE_FAILED: frozenset({"charge"}),
     EventKind.PAYMENT_INTENT_FAILED: frozenset({"payment_intent"}),
@@ -307,7 +309,7 @@ def merge_declines(*declines: Decline | None) -> Decline:
 
 
 def _event_facts(kind: EventKind, obj: _Node, previous: _Node) -> tuple[EventKind, dict[str, Any]]:
-    """The kind (customer.updated may become IGNORED) and the event fields the object fills."""
+    """The kind (customer.updated may become CUSTOMER_UPDATED) and the fields the object fills."""
     if kind in _OBJECT_TYPES:
         obj.expect_object(_OBJECT_TYPES[kind])
     if kind in _INVOICE_KINDS:
@@ -320,10 +322,10 @@ def _event_facts(kind: EventKind, obj: _Node, previous: _Node) -> tuple[EventKin
             return kind, {"subscription": subscription, "customer_id": subscription.customer_id}
         case EventKind.PAYMENT_METHOD_UPDATED | EventKind.CARD_EXPIRING:
             return kind, {"card": _payment_method_card(obj), "customer_id": obj.ref("customer")}
-        case EventKind.DEFAULT_PAYMENT_METHOD_CHANGED:
+        case EventKind.DEFAULT_PAYMENT_METHOD_CHANGED | EventKind.CUSTOMER_UPDATED:
             customer = _customer(obj)
             if not _default_payment_method_changed(obj, previous):
-                kind = EventKind.IGNORED
+                kind = EventKind.CUSTOMER_UPDATED  # name, email, locale, timezone: kept
             return kind, {"customer": customer, "customer_id": customer.id}
         case EventKind.CHARGE_FAILED:
             return kind, _attempt_facts(_charge_decline(obj), obj)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from worker.billing.domain import Decline
@@ -98,6 +98,7 @@ def next_retry(
     mode: str | None = None,
     card: CardHistory | None = None,
     amount: int | None = None,
+    zone: ZoneInfo | None = None,
 ) -> PlannedRetry | DroppedRetry | None:
     """The next automatic retry after a failure at ``now``: the class schedule's next offset,
     then moved later as the card networks require. None when the schedule has nothing left;
@@ -107,11 +108,8 @@ def next_retry(
         return None
     if retries_done >= policy.retries.max_retries:
         return None
-    offsets = getattr(policy.retries.offsets_hours, cls.value)
-    for hours in offsets:
-        at = opened_at + timedelta(hours=hours)
+    for at, reason in _schedule(policy, cls, opened_at, window_ends_at, zone):
         if at > now and at < window_ends_at:
-            reason = f"{cls.value} schedule: +{hours:g} h after first failure"
             return _network_compliant(
                 policy,
                 at,
@@ -121,6 +119,62 @@ def next_retry(
                 window_ends_at=window_ends_at,
             )
     return None
+
+
+def _schedule(
+    policy: Policy,
+    cls: DeclineClass,
+    opened_at: datetime,
+    window_ends_at: datetime,
+    zone: ZoneInfo | None,
+) -> list[tuple[datetime, str]]:
+    """Every retry time the class's schedule names, in order, with the rule behind it."""
+    offsets = getattr(policy.retries.offsets_hours, cls.value)
+    times = [
+        (opened_at + timedelta(hours=h), f"{cls.value} schedule: +{h:g} h after first failure")
+        for h in offsets
+    ]
+    if cls is DeclineClass.FUNDS:
+        after = times[-1][0] if times else opened_at
+        days = payday_times(
+            policy,
+            after=after,
+            until=window_ends_at,
+            zone=zone or ZoneInfo(policy.emails.default_timezone),
+        )
+        times += days[: policy.paydays.max_retries]
+    return times
+
+
+def payday_times(
+    policy: Policy, *, after: datetime, until: datetime, zone: ZoneInfo
+) -> list[tuple[datetime, str]]:
+    """Likely paydays strictly after ``after`` and before ``until``, at the configured local
+    hour. A payday falling on a weekend is taken as the Friday before."""
+    found: dict[datetime, str] = {}
+    day = after.astimezone(zone).date() - timedelta(days=3)  # a weekend payday moves back
+    last = until.astimezone(zone).date() + timedelta(days=3)
+    while day <= last:
+        for rule in policy.paydays.calendar:
+            if _is_payday(day, rule):
+                paid = day - timedelta(days=max(day.weekday() - 4, 0))  # Sat/Sun -> Friday
+                at = datetime.combine(paid, time(policy.paydays.local_hour), tzinfo=zone)
+                at = at.astimezone(after.tzinfo)
+                if after < at < until:
+                    found.setdefault(at, f"payday ({rule}), {policy.paydays.local_hour}:00 local")
+        day += timedelta(days=1)
+    return sorted(found.items())
+
+
+def _is_payday(day: date, rule: str) -> bool:
+    if rule.isdigit():
+        return day.day == int(rule)
+    if rule == "last_business_day":
+        month_end = (day.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+        while month_end.weekday() >= 5:
+            month_end -= timedelta(days=1)
+        return day == month_end
+    return day.strftime("%A").lower() == rule
 
 
 def _network_compliant(

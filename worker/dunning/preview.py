@@ -101,6 +101,7 @@ def preview(
             window_ends_at=window_ends_at,
             retries_done=done,
             amount=amount,
+            zone=zone,
         )
         if not isinstance(decision, rules.PlannedRetry):
             if isinstance(decision, rules.DroppedRetry):

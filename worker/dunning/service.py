@@ -300,6 +300,7 @@ def _plan_next_retry(session: Session, case: DunningCase, *, policy: Policy, now
         mode=case.retries_mode,
         card=card_history(session, invoice, now=now),
         amount=invoice.amount_due,
+        zone=rules.customer_zone(_customer_timezone(session, case), policy),
     )
     if isinstance(decision, rules.PlannedRetry):
         plan_retry(session, case, due_at=decision.at, reason=decision.reason, now=now)
