@@ -23,7 +23,7 @@ services: ## start PostgreSQL and Redis on this machine if they are not running
 	@scripts/services
 
 lint: venv ## ruff (lint + format check)
-	$(BIN)/ruff check worker tests migrations
+	$(BIN)/ruff check worker tests bench migrations
 	$(BIN)/ruff format --check worker/dunning worker/webhooks worker/ledger
 
 typecheck: venv ## mypy on the package
