@@ -116,3 +116,35 @@ def test_semantic_problems_name_the_line(
     line = int(problem.split(":")[1])
     text = path.read_text().splitlines()[line - 1]
     assert key.rsplit(".", maxsplit=1)[-1] in text or text.startswith("[")
+
+
+def test_the_first_matching_segment_wins() -> None:
+    from worker.config import Policy, SegmentFacts
+
+    policy = Policy.model_validate(
+        {
+            "segments": [
+                {"name": "big euro", "currency": "eur", "amount_min": 10000, "window_days": 21},
+                {
+                    "name": "any euro",
+                    "currency": "eur",
+                    "window_days": 7,
+                    "final_action": "leave_past_due",
+                },
+            ]
+        }
+    )
+    big = policy.for_segment(SegmentFacts(currency="EUR", amount=25000))
+    small = policy.for_segment(SegmentFacts(currency="eur", amount=900))
+    dollars = policy.for_segment(SegmentFacts(currency="usd", amount=25000))
+    assert (big.retries.window_days, big.final_action.action) == (21, "cancel_subscription")
+    assert (small.retries.window_days, small.final_action.action) == (7, "leave_past_due")
+    assert dollars is policy
+
+
+def test_a_segment_schedule_must_fit_its_window(tmp_path: Path) -> None:
+    path = _broken(tmp_path, "window_days = 21\n", "window_days = 7\n")
+    with pytest.raises(ConfigError) as err:
+        load_policy(path)
+    assert "annual plans" in err.value.problems[0]
+    assert "7-day window" in err.value.problems[0]

@@ -255,6 +255,7 @@ def policy_preview(
     result = preview(
         loaded,
         decline,
+        currency=currency,
         failed_at=when,
         timezone=timezone,
         amount=amount,

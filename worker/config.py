@@ -11,9 +11,10 @@ import itertools
 import json
 import re
 import tomllib
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -146,6 +147,43 @@ class FinalAction(_Strict):
     )
 
 
+@dataclass(frozen=True)
+class SegmentFacts:
+    """What a segment can match on, taken from the failed invoice and its subscription."""
+
+    currency: str | None = None
+    amount: int | None = None  # minor units
+    interval: str | None = None  # day | week | month | year
+    plan: str | None = None  # the Stripe price id
+
+
+class Segment(_Strict):
+    """Overrides for some cases. Conditions left out match anything."""
+
+    name: str
+    currency: str | None = None
+    interval: Literal["day", "week", "month", "year"] | None = None
+    plan: str | None = None
+    amount_min: int | None = Field(None, ge=0)
+    amount_max: int | None = Field(None, ge=0)
+    window_days: int | None = Field(None, ge=1, le=60)
+    max_retries: int | None = Field(None, ge=0, le=8)
+    offsets_hours: dict[Literal["soon", "funds", "soft"], list[Hours]] | None = None
+    final_action: Literal["cancel_subscription", "mark_uncollectible", "leave_past_due"] | None = (
+        None
+    )
+
+    def matches(self, facts: SegmentFacts) -> bool:
+        amount = facts.amount
+        return (
+            (self.currency is None or (facts.currency or "").lower() == self.currency.lower())
+            and (self.interval is None or facts.interval == self.interval)
+            and (self.plan is None or facts.plan == self.plan)
+            and (self.amount_min is None or (amount is not None and amount >= self.amount_min))
+            and (self.amount_max is None or (amount is not None and amount <= self.amount_max))
+        )
+
+
 class Policy(_Strict):
     retries: Retries = Retries()
     paydays: Paydays = Paydays()
@@ -153,6 +191,40 @@ class Policy(_Strict):
     classes: Classes = Classes()
     emails: Emails = Emails()
     final_action: FinalAction = FinalAction()
+    # The FIRST segment (in file order) whose conditions all match applies; it replaces only
+    # the settings it names. No match: the settings above.
+    segments: list[Segment] = []
+
+    def for_segment(self, facts: SegmentFacts) -> Policy:
+        segment = next((s for s in self.segments if s.matches(facts)), None)
+        if segment is None:
+            return self
+        retries: dict[str, Any] = {}
+        if segment.window_days is not None:
+            retries["window_days"] = segment.window_days
+        if segment.max_retries is not None:
+            retries["max_retries"] = segment.max_retries
+        if segment.offsets_hours:
+            retries["offsets_hours"] = self.retries.offsets_hours.model_copy(
+                update={str(name): hours for name, hours in segment.offsets_hours.items()}
+            )
+        update: dict[str, Any] = {"retries": self.retries.model_copy(update=retries)}
+        if segment.final_action is not None:
+            update["final_action"] = FinalAction(action=segment.final_action)
+        return self.model_copy(update=update)
+
+    @model_validator(mode="after")
+    def _segments_fit(self) -> Policy:
+        for segment in self.segments:
+            window = segment.window_days or self.retries.window_days
+            for name, offsets in (segment.offsets_hours or {}).items():
+                if offsets != sorted(set(offsets)) or (offsets and offsets[-1] > window * 24):
+                    msg = (
+                        f"segments: {segment.name!r}: offsets_hours.{name} must increase "
+                        f"and stay inside its {window}-day window"
+                    )
+                    raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _fits_window(self) -> Policy:

@@ -328,3 +328,19 @@ def test_open_cases_keep_the_policy_they_started_with(
     new_case = session.scalars(select(DunningCase).order_by(DunningCase.id.desc())).first()
     assert new_case is not None
     assert new_case.policy_version == changed.version
+
+
+def test_a_segment_changes_the_plan_for_matching_cases(session: Session, policy: Policy) -> None:
+    annual = ev.subscription(sub_id="sub_year", interval="year", unit_amount=49000, at=START)
+    deliver(session, policy, ev.envelope("customer.subscription.created", annual, at=START))
+    yearly = failed("in_year")
+    yearly["data"]["object"]["subscription"] = "sub_year"
+    deliver(session, policy, yearly)
+    deliver(session, policy, failed("in_month"))  # on sub_test: monthly, no subscription row
+    cases = {c.invoice_id: c for c in session.scalars(select(DunningCase))}
+    windows = sorted((c.window_ends_at - c.opened_at).days for c in cases.values())
+    assert windows == [14, 21]  # the annual-plans segment in config/dunning.toml
+    retries = session.scalars(
+        select(Action).where(Action.kind == ActionKind.RETRY_PAYMENT).order_by(Action.due_at)
+    ).all()
+    assert all(a.due_at == START + timedelta(hours=24) for a in retries)

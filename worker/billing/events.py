@@ -92,7 +92,7 @@ def _payment_failed(session: Session, event: NormalisedEvent, ctx: Context) -> N
     dunning.apply(
         session,
         case,
-        failure_event(event.kind, decline, ctx.policy),
+        failure_event(event.kind, decline, dunning.policy_of(session, case, ctx.policy)),
         policy=ctx.policy,
         now=ctx.now,
         decline=decline,

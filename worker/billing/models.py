@@ -56,6 +56,8 @@ class Subscription(Base):
     status: Mapped[str] = mapped_column(Text)
     currency: Mapped[str | None] = mapped_column(Text)
     mrr: Mapped[int] = mapped_column(default=0)  # monthly-normalised, minor units
+    interval: Mapped[str | None] = mapped_column(Text)  # of the first item: for segments
+    plan: Mapped[str | None] = mapped_column(Text)  # the first item's price id: for segments
     cancellation_reason: Mapped[str | None] = mapped_column(Text)
     ended_at: Mapped[datetime | None]
     as_of: Mapped[datetime]  # provider time of the newest event applied (late events lose)

@@ -112,6 +112,9 @@ def upsert_subscription(
     sub.status = facts.status
     sub.currency = facts.currency or sub.currency
     sub.mrr = monthly_amount(facts)
+    first = facts.items[0] if facts.items else None
+    sub.interval = first.interval if first else sub.interval
+    sub.plan = first.price_id if first else sub.plan
     sub.cancellation_reason = facts.cancellation_reason
     sub.ended_at = facts.ended_at
     sub.as_of = at

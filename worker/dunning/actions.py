@@ -92,7 +92,7 @@ def record_retry_result(
     if action.status not in _RUNNABLE:
         return  # a redelivered twin recorded it first
     now = clock.now()
-    policy = runtime.policy
+    policy = dunning.policy_of(session, case, runtime.policy)
     invoice = session.get_one(Invoice, case.invoice_id)
     if case.state not in TERMINAL:
         dunning.apply(

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from worker.billing.domain import Decline
-from worker.config import DeclineClass, Policy
+from worker.config import DeclineClass, Policy, SegmentFacts
 from worker.dunning import policy as rules
 
 
@@ -57,10 +57,12 @@ def preview(
     failed_at: datetime,
     timezone: str | None,
     amount: int | None = None,
+    currency: str | None = None,
     prior_declines: int = 0,
 ) -> Preview:
     """``prior_declines`` are placed evenly over the 30 days before ``failed_at`` (the
     networks count them whoever made them); every planned retry then fails like the first."""
+    policy = policy.for_segment(SegmentFacts(currency=currency, amount=amount))
     cls = rules.classify(decline, policy)
     zone = rules.customer_zone(timezone, policy)
     window_ends_at = failed_at + timedelta(days=policy.retries.window_days)

@@ -17,8 +17,14 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from worker.billing.domain import Decline
-from worker.billing.models import AttemptOutcome, Customer, Invoice, PaymentAttempt
-from worker.config import DeclineClass, Policy
+from worker.billing.models import (
+    AttemptOutcome,
+    Customer,
+    Invoice,
+    PaymentAttempt,
+    Subscription,
+)
+from worker.config import DeclineClass, Policy, SegmentFacts
 from worker.dunning import policy as rules
 from worker.dunning.models import (
     ActionKind,
@@ -70,6 +76,7 @@ def open_case(session: Session, invoice: Invoice, *, policy: Policy, now: dateti
     case = case_for_invoice(session, invoice)
     if case is None:
         _remember(session, policy, now=now)
+        effective = policy.for_segment(segment_facts(session, invoice))
         case = DunningCase(
             invoice_id=invoice.id,
             customer_id=invoice.customer_id,
@@ -77,12 +84,22 @@ def open_case(session: Session, invoice: Invoice, *, policy: Policy, now: dateti
             retries_mode=policy.retries.mode,
             policy_version=policy.version,
             opened_at=now,
-            window_ends_at=now + timedelta(days=policy.retries.window_days),
+            window_ends_at=now + timedelta(days=effective.retries.window_days),
             updated_at=now,
         )
         session.add(case)
         session.flush()  # the id keys the actions planned below
     return case
+
+
+def segment_facts(session: Session, invoice: Invoice) -> SegmentFacts:
+    sub = session.get(Subscription, invoice.subscription_id) if invoice.subscription_id else None
+    return SegmentFacts(
+        currency=invoice.currency,
+        amount=invoice.amount_due,
+        interval=sub.interval if sub else None,
+        plan=sub.plan if sub else None,
+    )
 
 
 _POLICIES: dict[str, Policy] = {}  # by digest; a version never changes
@@ -99,7 +116,13 @@ def _remember(session: Session, policy: Policy, *, now: datetime) -> None:
 
 
 def policy_of(session: Session, case: DunningCase, current: Policy) -> Policy:
-    """The policy ``case`` was opened under (``current`` if it is that one)."""
+    """The policy ``case`` was opened under (``current`` if it is that one), with the
+    segment that matches its invoice applied."""
+    invoice = session.get_one(Invoice, case.invoice_id)
+    return _version_of(session, case, current).for_segment(segment_facts(session, invoice))
+
+
+def _version_of(session: Session, case: DunningCase, current: Policy) -> Policy:
     if case.policy_version == current.version:
         return current
     if case.policy_version not in _POLICIES:
