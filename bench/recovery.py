@@ -125,7 +125,10 @@ def _next_payday(rng: random.Random, after: datetime, zone: ZoneInfo) -> datetim
             or (kind == "semimonthly" and day.day in {1, 15})
             or (kind == "month_end" and (day + timedelta(days=1)).day == 1)
         ):
-            return datetime(day.year, day.month, day.day, 6, tzinfo=zone).astimezone(UTC)
+            paid = day - timedelta(days=max(day.weekday() - 4, 0))  # weekend: Friday before
+            at = datetime(paid.year, paid.month, paid.day, 6, tzinfo=zone).astimezone(UTC)
+            if at > after:
+                return at
     return after + timedelta(days=7)
 
 

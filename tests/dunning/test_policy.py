@@ -52,7 +52,8 @@ def test_next_retry_walks_the_class_offsets_and_stops_at_the_window(policy: Poli
             break
         seen.append((planned.at - opened) / timedelta(hours=1))
         now = planned.at
-    assert seen == [24, 72, 120, 262]  # then the first payday: Friday 13 March, 10:00
+    # +1, +3, +5 days, and the paydays in between and after: Fridays 6 and 13 March, 10:00.
+    assert seen == [24, 72, 94, 120, 262]
 
 
 def test_no_blind_retry_for_hard_classes(policy: Policy) -> None:
@@ -234,11 +235,16 @@ def test_funds_retries_land_on_paydays_in_the_customer_zone(policy: Policy) -> N
             break
         seen.append((planned.at.astimezone(zone).strftime("%a %d %H:%M"), planned.reason))
         now = planned.at
-    assert [when for when, _ in seen[3:]] == ["Tue 30 10:00", "Wed 01 10:00", "Fri 03 10:00"]
-    assert [why for _, why in seen[3:]] == [
-        "payday (last_business_day), 10:00 local",
-        "payday (1), 10:00 local",
-        "payday (friday), 10:00 local",
+    paydays = [(when, why) for when, why in seen if why.startswith("payday")]
+    assert paydays == [  # at most three, at 10:00 Chicago time, between and after the offsets
+        ("Fri 26 10:00", "payday (friday), 10:00 local"),
+        ("Tue 30 10:00", "payday (last_business_day), 10:00 local"),
+        ("Wed 01 10:00", "payday (1), 10:00 local"),
+    ]
+    assert [when for when, why in seen if not why.startswith("payday")] == [
+        "Tue 23 07:00",
+        "Thu 25 07:00",
+        "Sat 27 07:00",
     ]
 
 

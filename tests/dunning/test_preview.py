@@ -151,7 +151,7 @@ def test_preview_matches_the_pipeline(
 @pytest.mark.parametrize(
     ("code", "retries"),
     [
-        ("insufficient_funds", 4),  # 3 offsets, then Friday 13 March
+        ("insufficient_funds", 5),  # 3 offsets and Fridays 6 and 13 March
         ("do_not_honor", 4),
         ("processing_error", 4),
         ("expired_card", 0),

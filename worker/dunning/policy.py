@@ -135,14 +135,19 @@ def _schedule(
         for h in offsets
     ]
     if cls is DeclineClass.FUNDS:
-        after = times[-1][0] if times else opened_at
-        days = payday_times(
-            policy,
-            after=after,
-            until=window_ends_at,
-            zone=zone or ZoneInfo(policy.emails.default_timezone),
-        )
-        times += days[: policy.paydays.max_retries]
+        # Likely paydays anywhere in the window (a payday between two offsets is the best
+        # moment of all), except within 12 h of an offset, which already tries then.
+        days = [
+            (at, why)
+            for at, why in payday_times(
+                policy,
+                after=opened_at,
+                until=window_ends_at,
+                zone=zone or ZoneInfo(policy.emails.default_timezone),
+            )
+            if all(abs(at - fixed) >= timedelta(hours=12) for fixed, _ in times)
+        ]
+        times = sorted(times + days[: policy.paydays.max_retries])
     return times
 
 
