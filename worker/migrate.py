@@ -8,14 +8,12 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection
 
-import worker
+from worker.resources import bundled
 
 
 def migrations_dir() -> Path:
     """The repository's ``migrations/`` or, in a wheel, the copy packaged inside ``worker``."""
-    package = Path(worker.__file__).resolve().parent
-    repo = package.parent / "migrations"
-    return repo if repo.is_dir() else package / "_migrations"
+    return bundled("migrations", "env.py")
 
 
 def alembic_config(database_url: str, connection: Connection | None = None) -> Config:

@@ -79,11 +79,9 @@ def default_config_path() -> Path:
     local = Path(DEFAULT_CONFIG)
     if local.is_file():
         return local
-    import worker
+    from worker.resources import bundled
 
-    package = Path(worker.__file__).resolve().parent
-    repo = package.parent / DEFAULT_CONFIG
-    return repo if repo.is_file() else package / "_config" / "dunning.toml"
+    return bundled("config", "dunning.toml") / "dunning.toml"
 
 
 def _url(name: str, value: str, schemes: set[str]) -> str:

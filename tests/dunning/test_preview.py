@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -148,6 +149,21 @@ def test_preview_matches_the_pipeline(
         assert retries[0] >= START + timedelta(days=4)
 
 
+def preview_cli(tmp_path: Path, code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    config = str(REPO / "config" / "dunning.toml")
+    return dunning(
+        clean_env(),
+        tmp_path,
+        "policy",
+        "preview",
+        "--decline-code",
+        code,
+        "--config",
+        config,
+        *args,
+    )
+
+
 @pytest.mark.parametrize(
     ("code", "retries"),
     [
@@ -161,19 +177,13 @@ def test_preview_matches_the_pipeline(
     ],
 )
 def test_preview_command_json(tmp_path: Path, code: str, retries: int) -> None:
-    result = dunning(
-        clean_env(),
+    result = preview_cli(
         tmp_path,
-        "policy",
-        "preview",
-        "--decline-code",
         code,
         "--failed-at",
         "2026-03-02T15:00:00Z",
         "--timezone",
         "America/New_York",
-        "--config",
-        str(REPO / "config" / "dunning.toml"),
         "--json",
     )
     assert result.returncode == 0, result.stderr
@@ -198,16 +208,6 @@ def test_preview_command_json(tmp_path: Path, code: str, retries: int) -> None:
     ],
 )
 def test_preview_rejects_bad_input(tmp_path: Path, args: list[str], message: str) -> None:
-    result = dunning(
-        clean_env(),
-        tmp_path,
-        "policy",
-        "preview",
-        "--decline-code",
-        "do_not_honor",
-        "--config",
-        str(REPO / "config" / "dunning.toml"),
-        *args,
-    )
+    result = preview_cli(tmp_path, "do_not_honor", *args)
     assert result.returncode == 2
     assert message in result.stderr

@@ -27,7 +27,7 @@ from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_time, get_datetime_format
 from babel.numbers import format_currency
 
-import worker
+from worker.resources import bundled
 
 FALLBACK_LOCALE = "en_US"
 FALLBACK_TIMEZONE = "UTC"
@@ -69,12 +69,7 @@ class RenderedEmail:
 
 def default_templates_dir() -> Path:
     """The repository's ``templates/``, or the copy a wheel build puts in ``worker/_templates``."""
-    checkout = Path(worker.__file__).resolve().parents[1] / "templates"
-    # Look for templates/email, not just templates/: in site-packages the parent directory is
-    # shared with every other installed distribution.
-    if (checkout / "email").is_dir():
-        return checkout
-    return Path(worker.__file__).parent / "_templates"
+    return bundled("templates", "email")
 
 
 def make_environment(templates_dir: Path) -> jinja2.Environment:
