@@ -2,7 +2,7 @@
 population of failed invoices. A model, not a measurement: see bench/README.md for every
 assumption and where it comes from.
 
-    python bench/recovery.py [--invoices 20000] [--seed 7] [--json]
+    python bench/recovery.py [--invoices 20000] [--seed 7] [--config PATH] [--json]
 
 The policy side calls the production engine (worker.dunning.policy: classify, next_retry
 with the per-card network history, paydays, MAC waits); the baselines ignore decline reasons.
@@ -63,6 +63,7 @@ class Invoice:
     soft_p: float = 0.0  # chance that any one blind retry succeeds
     issuer_cleared_at: datetime | None = None  # opaque: the customer called the bank
     card_fixed_at: datetime | None = None  # network updater / customer adds a card
+    new_card_ok: bool = False  # ... and whether that card then pays (one fact, not a lottery)
     customer_pays_at: datetime | None = None  # customer pays herself (3DS, after an email)
     attempts: list[datetime] = field(default_factory=list)
 
@@ -108,6 +109,10 @@ def make_population(n: int, seed: int, policy: Policy) -> list[Invoice]:
                 inv.issuer_cleared_at = failed_at + timedelta(hours=rng.uniform(24, 144))
         if inv.cls is DeclineClass.HARD and rng.random() < 0.55:
             inv.card_fixed_at = failed_at + timedelta(hours=rng.uniform(6, 240))
+        elif inv.cls in {DeclineClass.FUNDS, DeclineClass.SOFT} and rng.random() < 0.10:
+            # the email's "update your card" link, read in the days after the first failure
+            inv.card_fixed_at = failed_at + timedelta(hours=rng.uniform(2, 120))
+        inv.new_card_ok = rng.random() < 0.9
         if inv.cls in {DeclineClass.NEEDS_CUSTOMER, DeclineClass.HARD} and rng.random() < 0.25:
             inv.customer_pays_at = failed_at + timedelta(hours=rng.uniform(2, 200))
         out.append(inv)
@@ -134,7 +139,7 @@ def _next_payday(rng: random.Random, after: datetime, zone: ZoneInfo) -> datetim
 
 def succeeds(inv: Invoice, at: datetime, rng: random.Random) -> bool:
     if inv.card_fixed_at and at >= inv.card_fixed_at:
-        return rng.random() < 0.9
+        return inv.new_card_ok
     match inv.cls:
         case DeclineClass.FUNDS:
             return bool(inv.funds_back and inv.spend_by and inv.funds_back <= at <= inv.spend_by)
@@ -194,6 +199,7 @@ class Result:
     retries: int = 0
     violations: int = 0
     days_to_recover: list[float] = field(default_factory=list)
+    by_class: dict[str, list[int]] = field(default_factory=dict)  # class: [invoices, recovered]
 
 
 def run(
@@ -226,7 +232,10 @@ def run(
             result.violations += _violates(inv, at)
             if succeeds(inv, at, rng):
                 paid_at = at
+        tally = result.by_class.setdefault(inv.cls.value, [0, 0])
+        tally[0] += 1
         if paid_at is not None:
+            tally[1] += 1
             result.recovered += 1
             result.recovered_amount += inv.amount
             result.days_to_recover.append((paid_at - inv.failed_at) / timedelta(days=1))
@@ -250,8 +259,14 @@ def main() -> None:
     parser.add_argument("--invoices", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", action="store_true", help="print only the JSON")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "config" / "dunning.toml",
+        help="the policy file to run as 'dunning-worker policy' (default: the shipped one)",
+    )
     args = parser.parse_args()
-    policy = load_policy(Path(__file__).resolve().parents[1] / "config" / "dunning.toml")
+    policy = load_policy(args.config)
     began = time.monotonic()
     population = make_population(args.invoices, args.seed, policy)
     strategies = {
@@ -270,6 +285,9 @@ def main() -> None:
             "median_days_to_recover": (
                 round(statistics.median(r.days_to_recover), 2) if r.days_to_recover else None
             ),
+            "recovery_rate_by_class": {
+                cls: round(won / total, 4) for cls, (total, won) in sorted(r.by_class.items())
+            },
         }
     report = {
         "invoices": len(population),

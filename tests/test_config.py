@@ -92,7 +92,7 @@ def test_config_check_command(tmp_path: Path) -> None:
     [
         ('"invalid_pin",', "", "classes", "no class for invalid_pin"),
         (
-            "soon = [1, 4, 24, 72]",
+            "soon = [1, 4, 24, 72, 168, 288]",
             "soon = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]",
             "retries.offsets_hours.soon",
             "Mastercard allows 10 declines per card per day",

@@ -7,7 +7,7 @@ after its Stripe call. End-to-end runs with the peer and a worker live in tests/
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -35,7 +35,8 @@ def test_soft_decline_opens_a_retrying_case_with_a_plan(session: Session, policy
     assert case.decline_class == "funds"
     assert case.policy_version == policy.version
     (retry,) = planned(session, ActionKind.RETRY_PAYMENT)
-    assert retry.due_at == START + timedelta(hours=24)
+    # +1 day, at the funds retry hour (10:00 in the default timezone, UTC)
+    assert retry.due_at == datetime(2026, 3, 3, 10, tzinfo=UTC)
     assert retry.idempotency_key == "dunning:in_1:retry:1"
     emails = [a.template for a in planned(session, ActionKind.SEND_EMAIL)]
     assert emails == ["payment_failed", "reminder", "reminder", "final_notice"]
@@ -126,7 +127,7 @@ def test_our_retry_then_the_same_charge_by_webhook_counts_once(
     assert len(failures) == 2  # the first failure and our retry's decline, not three
     (next_retry,) = planned(session, ActionKind.RETRY_PAYMENT)
     assert next_retry.idempotency_key == "dunning:in_1:retry:2"
-    assert next_retry.due_at == START + timedelta(hours=72)
+    assert next_retry.due_at == datetime(2026, 3, 5, 10, tzinfo=UTC)  # +3 days, 10:00
 
 
 def test_final_action_churns_and_books_involuntary_churn(session: Session, policy: Policy) -> None:
@@ -322,7 +323,7 @@ def test_open_cases_keep_the_policy_they_started_with(
     decline = Decline(code="card_declined", decline_code="insufficient_funds", charge_id="ch_x")
     dunning_record(session, changed, retry.id, PaymentResult(succeeded=False, decline=decline))
     (old_next,) = planned(session, ActionKind.RETRY_PAYMENT)
-    assert old_next.due_at == START + timedelta(hours=72)  # the old schedule, not +4 h
+    assert old_next.due_at == datetime(2026, 3, 5, 10, tzinfo=UTC)  # the old +3 days
     # A case opened now gets the new policy.
     deliver(session, changed, failed("in_new"), now=retry.due_at)
     new_case = session.scalars(select(DunningCase).order_by(DunningCase.id.desc())).first()
@@ -343,4 +344,4 @@ def test_a_segment_changes_the_plan_for_matching_cases(session: Session, policy:
     retries = session.scalars(
         select(Action).where(Action.kind == ActionKind.RETRY_PAYMENT).order_by(Action.due_at)
     ).all()
-    assert all(a.due_at == START + timedelta(hours=24) for a in retries)
+    assert all(a.due_at == datetime(2026, 3, 3, 10, tzinfo=UTC) for a in retries)

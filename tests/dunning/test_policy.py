@@ -52,8 +52,9 @@ def test_next_retry_walks_the_class_offsets_and_stops_at_the_window(policy: Poli
             break
         seen.append((planned.at - opened) / timedelta(hours=1))
         now = planned.at
-    # +1, +3, +5 days, and the paydays in between and after: Fridays 6 and 13 March, 10:00.
-    assert seen == [24, 72, 94, 120, 262]
+    # +1, +3, +5 days at 10:00 (UTC, the default zone), and the paydays in between and
+    # after: Fridays 6 and 13 March, 10:00.
+    assert seen == [22, 70, 94, 118, 262]
 
 
 def test_no_blind_retry_for_hard_classes(policy: Policy) -> None:
@@ -242,9 +243,9 @@ def test_funds_retries_land_on_paydays_in_the_customer_zone(policy: Policy) -> N
         ("Wed 01 10:00", "payday (1), 10:00 local"),
     ]
     assert [when for when, why in seen if not why.startswith("payday")] == [
-        "Tue 23 07:00",
-        "Thu 25 07:00",
-        "Sat 27 07:00",
+        "Tue 23 10:00",  # +1, +3, +5 days, on the funds retry hour too
+        "Thu 25 10:00",
+        "Sat 27 10:00",
     ]
 
 

@@ -168,8 +168,8 @@ def preview_cli(tmp_path: Path, code: str, *args: str) -> subprocess.CompletedPr
     ("code", "retries"),
     [
         ("insufficient_funds", 5),  # 3 offsets and Fridays 6 and 13 March
-        ("do_not_honor", 4),
-        ("processing_error", 4),
+        ("do_not_honor", 6),
+        ("processing_error", 6),
         ("expired_card", 0),
         ("stolen_card", 0),
         ("revocation_of_authorization", 0),

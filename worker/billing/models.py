@@ -103,6 +103,7 @@ class PaymentAttempt(Base):
     __table_args__ = (
         UniqueConstraint("provider", "charge_id"),
         Index(None, "card_fingerprint", "occurred_at"),
+        Index(None, "payment_method_id", "occurred_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -125,6 +126,9 @@ class PaymentAttempt(Base):
     outcome_reason: Mapped[str | None] = mapped_column(Text)
     card_brand: Mapped[str | None] = mapped_column(Text)
     card_fingerprint: Mapped[str | None] = mapped_column(Text)
+    # The provider's payment method: it keeps its id when the network updates the card's
+    # number (a new fingerprint), so the network budget can follow the card.
+    payment_method_id: Mapped[str | None] = mapped_column(Text)
     # True once this attempt has moved a dunning case: the same charge reported again (our
     # 402, invoice.payment_failed, charge.failed) never counts as a second failure.
     counted: Mapped[bool] = mapped_column(default=False)

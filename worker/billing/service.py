@@ -209,6 +209,7 @@ def record_attempt(
         outcome_reason=decline.outcome_reason if decline else None,
         card_brand=card.brand if card else None,
         card_fingerprint=card.fingerprint if card else None,
+        payment_method_id=card.payment_method_id if card else None,
     )
     session.add(attempt)
     session.flush()

@@ -63,7 +63,8 @@ class DroppedRetry:
 
 @dataclass(frozen=True)
 class CardHistory:
-    """What the networks count for one card (fingerprint), whoever made the attempts."""
+    """What the networks count for one card (its fingerprints, old and new when the network
+    updated the number), whoever made the attempts."""
 
     brand: str | None = None
     declines: tuple[tuple[datetime, int | None], ...] = ()  # (when, amount), any invoice
@@ -121,6 +122,26 @@ def next_retry(
     return None
 
 
+def prompt_retry(
+    policy: Policy,
+    *,
+    now: datetime,
+    window_ends_at: datetime,
+    card: CardHistory,
+    amount: int | None = None,
+) -> PlannedRetry | DroppedRetry:
+    """The one prompt retry a card update earns: now, unless the card's network budget, a
+    MAC wait or the minimum gap says later (or, past the window, not at all)."""
+    return _network_compliant(
+        policy,
+        now,
+        "card updated: one prompt retry",
+        card,
+        amount=amount,
+        window_ends_at=window_ends_at,
+    )
+
+
 def _schedule(
     policy: Policy,
     cls: DeclineClass,
@@ -130,25 +151,37 @@ def _schedule(
 ) -> list[tuple[datetime, str]]:
     """Every retry time the class's schedule names, in order, with the rule behind it."""
     offsets = getattr(policy.retries.offsets_hours, cls.value)
-    times = [
-        (opened_at + timedelta(hours=h), f"{cls.value} schedule: +{h:g} h after first failure")
-        for h in offsets
-    ]
-    if cls is DeclineClass.FUNDS:
-        # Likely paydays anywhere in the window (a payday between two offsets is the best
-        # moment of all), except within 12 h of an offset, which already tries then.
-        days = [
-            (at, why)
-            for at, why in payday_times(
-                policy,
-                after=opened_at,
-                until=window_ends_at,
-                zone=zone or ZoneInfo(policy.emails.default_timezone),
-            )
-            if all(abs(at - fixed) >= timedelta(hours=12) for fixed, _ in times)
+    if cls is not DeclineClass.FUNDS:
+        return [
+            (opened_at + timedelta(hours=h), f"{cls.value} schedule: +{h:g} h after first failure")
+            for h in offsets
         ]
-        times = sorted(times + days[: policy.paydays.max_retries])
-    return times
+    # Funds come back in the morning of a payday: every funds retry runs at the local hour,
+    # on the local day each offset falls on, and likely paydays anywhere in the
+    # window (the best moment of all) on days no offset already takes.
+    zone = zone or ZoneInfo(policy.emails.default_timezone)
+    hour = policy.paydays.local_hour
+    times: dict[datetime, str] = {}
+    for h in offsets:
+        at = _on_local_day_at(opened_at + timedelta(hours=h), hour, zone, after=opened_at)
+        times.setdefault(at, f"funds schedule: +{h:g} h after first failure, at {hour}:00 local")
+    paydays = [
+        (at, why)
+        for at, why in payday_times(policy, after=opened_at, until=window_ends_at, zone=zone)
+        if at not in times
+    ]
+    times.update(paydays[: policy.paydays.max_retries])
+    return sorted(times.items())
+
+
+def _on_local_day_at(at: datetime, hour: int, zone: ZoneInfo, *, after: datetime) -> datetime:
+    """``hour``:00 in ``zone`` on the local day of ``at``, or of the next day if that is not
+    later than ``after``."""
+    day = at.astimezone(zone).date()
+    moved = datetime.combine(day, time(hour), tzinfo=zone)
+    if moved <= after:
+        moved = datetime.combine(day + timedelta(days=1), time(hour), tzinfo=zone)
+    return moved.astimezone(at.tzinfo)
 
 
 def payday_times(
@@ -230,14 +263,8 @@ def _budget_move(
         ]
     else:
         visa = policy.networks.visa.max_declines_30d
-        rules_ = [
-            (
-                _MONTH,
-                visa,
-                None,
-                f"{(card.brand or 'card').title()}: Visa rule, {visa} declines / 30 days",
-            )
-        ]
+        applies_to = "" if card.brand == "visa" else f" (for {card.brand or 'an unknown brand'})"
+        rules_ = [(_MONTH, visa, None, f"Visa{applies_to} {visa} declines / 30 days")]
     for span, limit, same_amount, label in rules_:
         counted = sorted(
             t

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from worker.billing.domain import Decline
@@ -22,6 +22,7 @@ from worker.billing.models import (
     Customer,
     Invoice,
     PaymentAttempt,
+    PaymentMethod,
     Subscription,
 )
 from worker.config import DeclineClass, Policy, SegmentFacts
@@ -212,14 +213,15 @@ def _effects(
         if new is S.RETRYING:
             _plan_next_retry(session, case, policy=policy, now=now)
     elif event is E.PAYMENT_METHOD_UPDATED and new is S.RETRYING and case.retries_mode == "own":
-        _plan_card_update_retry(session, case, now=now, source=source)
+        _plan_card_update_retry(session, case, policy=policy, now=now, source=source)
 
 
 def _plan_card_update_retry(
-    session: Session, case: DunningCase, *, now: datetime, source: str | None
+    session: Session, case: DunningCase, *, policy: Policy, now: datetime, source: str | None
 ) -> None:
-    """Exactly one prompt retry per card update. A retry already planned or running for an
-    earlier update covers this one too: the charge uses the default card when it runs."""
+    """Exactly one prompt retry per card update, within the new card's network budget. A
+    retry already planned or running for an earlier update covers this one too: the charge
+    uses the default card when it runs."""
     pending = session.scalars(
         select(ScheduledAction).where(
             ScheduledAction.case_id == case.id,
@@ -231,16 +233,19 @@ def _plan_card_update_retry(
     if pending is not None:
         return
     _cancel(session, case, note="a card update replaces it", kinds=(ActionKind.RETRY_PAYMENT,))
-    invoice_ref = session.scalar(select(Invoice.provider_id).where(Invoice.id == case.invoice_id))
-    plan(
-        session,
-        case,
-        ActionKind.RETRY_PAYMENT,
-        due_at=now,
-        now=now,
-        key=f"dunning:{invoice_ref}:card-update:{source or now.isoformat()}",
-        reason="card updated: one prompt retry",
+    invoice = session.get_one(Invoice, case.invoice_id)
+    default_card = session.scalar(
+        select(Customer.default_payment_method_id).where(Customer.id == case.customer_id)
     )
+    decision = rules.prompt_retry(
+        policy,
+        now=now,
+        window_ends_at=case.window_ends_at,
+        card=card_history(session, invoice, now=now, payment_method_id=default_card),
+        amount=invoice.amount_due,
+    )
+    key = f"dunning:{invoice.provider_id}:card-update:{source or now.isoformat()}"
+    _plan_decision(session, case, decision, now=now, key=key, dropped_key=key)
 
 
 def _enter_terminal(
@@ -325,48 +330,110 @@ def _plan_next_retry(session: Session, case: DunningCase, *, policy: Policy, now
         amount=invoice.amount_due,
         zone=rules.customer_zone(_customer_timezone(session, case), policy),
     )
+    dropped_key = f"dunning:{invoice.provider_id}:retry-dropped:{_retry_count(session, case) + 1}"
+    _plan_decision(session, case, decision, now=now, dropped_key=dropped_key)
+
+
+def _plan_decision(
+    session: Session,
+    case: DunningCase,
+    decision: rules.PlannedRetry | rules.DroppedRetry | None,
+    *,
+    now: datetime,
+    dropped_key: str,
+    key: str | None = None,
+) -> None:
+    """Plan the retry the policy placed, under ``key`` or, without one, the next numbered key
+    (:func:`plan_retry`); keep a dropped one in the timeline, cancelled, never run."""
     if isinstance(decision, rules.PlannedRetry):
-        plan_retry(session, case, due_at=decision.at, reason=decision.reason, now=now)
-    elif isinstance(decision, rules.DroppedRetry):  # kept in the timeline, never run
-        seq = _retry_count(session, case) + 1
+        if key is not None:
+            plan(
+                session,
+                case,
+                ActionKind.RETRY_PAYMENT,
+                due_at=decision.at,
+                now=now,
+                key=key,
+                reason=decision.reason,
+            )
+        else:
+            plan_retry(session, case, due_at=decision.at, reason=decision.reason, now=now)
+    elif isinstance(decision, rules.DroppedRetry):
         action = plan(
             session,
             case,
             ActionKind.RETRY_PAYMENT,
             due_at=now,
             now=now,
-            key=f"dunning:{invoice.provider_id}:retry-dropped:{seq}",
+            key=dropped_key,
             reason=decision.reason,
         )
         action.status, action.note = ActionStatus.CANCELLED, "network rule"
 
 
-def card_history(session: Session, invoice: Invoice, *, now: datetime) -> rules.CardHistory:
-    """Every attempt the networks count against the card this invoice was last tried on:
-    ours, the provider's and the customer's, on any invoice, over the last 30 days."""
-    on_invoice = select(PaymentAttempt).where(PaymentAttempt.invoice_id == invoice.id)
+def card_history(
+    session: Session, invoice: Invoice, *, now: datetime, payment_method_id: str | None = None
+) -> rules.CardHistory:
+    """Every attempt the networks count against the card the next charge will use (the given
+    payment method, else the one this invoice was last tried on): ours, the provider's and
+    the customer's, on any invoice, over the last 30 days. The card's history includes its
+    old numbers: a payment method keeps its id when the network updates the card."""
     newest = (PaymentAttempt.occurred_at.desc(), PaymentAttempt.id.desc())
-    last_decline = session.scalars(
-        on_invoice.where(PaymentAttempt.outcome != AttemptOutcome.SUCCEEDED).order_by(*newest)
-    ).first()
-    card = session.scalars(
-        on_invoice.where(PaymentAttempt.card_fingerprint.is_not(None)).order_by(*newest)
-    ).first()
-    attempts = (
-        session.scalars(
-            select(PaymentAttempt).where(
-                PaymentAttempt.card_fingerprint == card.card_fingerprint,
-                PaymentAttempt.occurred_at > now - timedelta(days=30),
+    fingerprints: set[str | None] = set()
+    if payment_method_id is None:
+        last_tried = session.scalars(
+            select(PaymentAttempt)
+            .where(
+                PaymentAttempt.invoice_id == invoice.id,
+                or_(
+                    PaymentAttempt.card_fingerprint.is_not(None),
+                    PaymentAttempt.payment_method_id.is_not(None),
+                ),
             )
-        ).all()
-        if card is not None
-        else []
-    )
+            .order_by(*newest)
+        ).first()
+        if last_tried is not None:
+            fingerprints.add(last_tried.card_fingerprint)
+            payment_method_id = last_tried.payment_method_id
+    if payment_method_id is not None:
+        fingerprints.update(
+            session.scalars(
+                select(PaymentAttempt.card_fingerprint)
+                .where(PaymentAttempt.payment_method_id == payment_method_id)
+                .distinct()
+            )
+        )
+        fingerprints.add(
+            session.scalar(
+                select(PaymentMethod.fingerprint).where(
+                    PaymentMethod.provider_id == payment_method_id
+                )
+            )
+        )
+    fingerprints.discard(None)
+    same_card: list[ColumnElement[bool]] = [PaymentAttempt.card_fingerprint.in_(fingerprints)]
+    if payment_method_id is not None:
+        same_card.append(PaymentAttempt.payment_method_id == payment_method_id)
+    attempts = session.scalars(
+        select(PaymentAttempt)
+        .where(or_(*same_card), PaymentAttempt.occurred_at > now - timedelta(days=30))
+        .order_by(*newest)
+    ).all()
+    declines = [a for a in attempts if a.outcome is not AttemptOutcome.SUCCEEDED]
+    if fingerprints or payment_method_id is not None:
+        last_decline = next(iter(declines), None)
+    else:  # no card facts at all: the invoice's own latest decline still carries its advice
+        last_decline = session.scalars(
+            select(PaymentAttempt)
+            .where(
+                PaymentAttempt.invoice_id == invoice.id,
+                PaymentAttempt.outcome != AttemptOutcome.SUCCEEDED,
+            )
+            .order_by(*newest)
+        ).first()
     return rules.CardHistory(
-        brand=card.card_brand if card else None,
-        declines=tuple(
-            (a.occurred_at, a.amount) for a in attempts if a.outcome is not AttemptOutcome.SUCCEEDED
-        ),
+        brand=next((a.card_brand for a in attempts if a.card_brand), None),
+        declines=tuple((a.occurred_at, a.amount) for a in declines),
         last_attempt_at=max((a.occurred_at for a in attempts), default=None),
         network_advice_code=last_decline.network_advice_code if last_decline else None,
         last_declined_at=last_decline.occurred_at if last_decline else None,

@@ -1,0 +1,124 @@
+"""The network budget belongs to the card: it follows a number the network updated, and the
+one prompt retry a card update earns stays inside it (issue #3, items 4 and 5)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tests.conftest import START
+from tests.support import stripe_events as ev
+from tests.support.pipeline import deliver, failed
+from worker.config import Policy
+from worker.dunning.models import ActionKind, ActionStatus
+from worker.dunning.models import ScheduledAction as Action
+
+
+def _card(pm_id: str, fingerprint: str, *, brand: str = "visa") -> dict[str, Any]:
+    return {
+        "id": pm_id,
+        "object": "payment_method",
+        "customer": "cus_test",
+        "type": "card",
+        "card": {
+            "brand": brand,
+            "last4": "4444",
+            "exp_month": 1,
+            "exp_year": 2030,
+            "fingerprint": fingerprint,
+        },
+    }
+
+
+def _retries(session: Session, invoice_ref: str) -> list[Action]:
+    return list(
+        session.scalars(
+            select(Action)
+            .where(
+                Action.kind == ActionKind.RETRY_PAYMENT,
+                Action.idempotency_key.startswith(f"dunning:{invoice_ref}:"),
+            )
+            .order_by(Action.id)
+        )
+    )
+
+
+def _declines_before(session: Session, policy: Policy, count: int, card: dict[str, Any]) -> None:
+    """``count`` declines on ``card`` (other invoices), from 25 days before START, 12 h apart."""
+    for i in range(count):
+        at = START - timedelta(days=25) + timedelta(hours=12 * i)
+        deliver(session, policy, failed(f"in_prior_{i}", "do_not_honor", at=at, card=card), now=at)
+
+
+def test_the_budget_follows_a_card_the_network_renumbered(
+    session: Session, policy: Policy
+) -> None:
+    _declines_before(session, policy, 15, _card("pm_1", "fp_old"))  # Visa: 15 in 30 days
+    renumbered = ev.envelope(
+        "payment_method.automatically_updated", _card("pm_1", "fp_new"), at=START
+    )
+    deliver(session, policy, renumbered)
+    # The same payment method, its new number: the old number's declines still count.
+    deliver(session, policy, failed("in_now", "do_not_honor", card=_card("pm_1", "fp_new")))
+    (retry,) = _retries(session, "in_now")
+    assert retry.status is ActionStatus.PLANNED
+    assert "moved: Visa" in retry.reason
+    assert "15 declines / 30 days" in retry.reason
+    # Sixteen declines: the retry waits until the two oldest are 30 days old.
+    assert retry.due_at == START + timedelta(days=5, hours=12)
+    # A different card with no history retries on the plain schedule.
+    deliver(session, policy, failed("in_other", "do_not_honor", card=_card("pm_2", "fp_2")))
+    (plain,) = _retries(session, "in_other")
+    assert plain.due_at == START + timedelta(hours=24)
+    assert "moved" not in plain.reason
+
+
+def test_a_card_update_retry_waits_for_room_in_the_new_cards_budget(
+    session: Session, policy: Policy
+) -> None:
+    mastercard = _card("pm_mc", "fp_mc", brand="mastercard")
+    for i in range(10):  # Mastercard: 10 declines in 24 h on this card already
+        at = START - timedelta(hours=10) + timedelta(minutes=30 * i)
+        deliver(session, policy, failed(f"in_busy_{i}", "do_not_honor", at=at, card=mastercard))
+    deliver(session, policy, failed("in_1", "expired_card", code="expired_card"))
+    new_default = ev.envelope(
+        "customer.updated",
+        {
+            "id": "cus_test",
+            "object": "customer",
+            "email": "jane.doe@example.com",
+            "invoice_settings": {"default_payment_method": "pm_mc"},
+        },
+        previous={"invoice_settings": {"default_payment_method": "pm_expired"}},
+        at=START,
+    )
+    deliver(session, policy, new_default)
+    (retry,) = [a for a in _retries(session, "in_1") if a.status is ActionStatus.PLANNED]
+    assert ":card-update:" in retry.idempotency_key
+    assert retry.reason.startswith("card updated: one prompt retry; moved:")
+    assert "Mastercard 10 declines / 24 h" in retry.reason
+    # The oldest of the ten ages out of the 24 hours: 14 h after START, not at once.
+    assert retry.due_at == START + timedelta(hours=14)
+
+
+def test_a_card_update_retry_on_a_fresh_card_goes_at_once(session: Session, policy: Policy) -> None:
+    deliver(session, policy, failed("in_1", "expired_card", code="expired_card"))
+    update = ev.envelope("payment_method.automatically_updated", _card("pm_x", "fp_x"), at=START)
+    customer = ev.envelope(
+        "customer.updated",
+        {
+            "id": "cus_test",
+            "object": "customer",
+            "email": "jane.doe@example.com",
+            "invoice_settings": {"default_payment_method": "pm_x"},
+        },
+        at=START,
+    )
+    deliver(session, policy, customer)
+    deliver(session, policy, update, now=START + timedelta(hours=3))
+    (retry,) = _retries(session, "in_1")
+    assert retry.due_at == START + timedelta(hours=3)
+    assert retry.reason == "card updated: one prompt retry"
