@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: help venv demo check lint typecheck test services compose
+.PHONY: help venv demo check lint typecheck test services compose browser
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -22,14 +22,18 @@ demo: venv ## run the simulated month on embedded defaults
 services: ## start PostgreSQL and Redis on this machine if they are not running
 	@scripts/services
 
+browser: ## Debian's chromium for the HTML report test (no-op when installed)
+	@scripts/browser
+
 lint: venv ## ruff (lint + format check)
 	$(BIN)/ruff check worker tests bench migrations
-	$(BIN)/ruff format --check worker/dunning worker/webhooks worker/ledger
+	$(BIN)/ruff format --check worker/dunning worker/webhooks worker/ledger worker/reports \
+		worker/billing/mrr.py tests/reports bench/reports.py
 
 typecheck: venv ## mypy on the package
 	$(BIN)/mypy
 
-test: venv services ## the test suite (T=path for one file)
+test: venv services browser ## the test suite (T=path for one file)
 	$(BIN)/python -m pytest $(T)
 
 compose: ## validate docker-compose.yml (docker compose v2, else docker-compose v1)

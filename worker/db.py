@@ -100,7 +100,29 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the lock up front; a read-only transaction takes a WAL snapshot.
+        read_only = conn.get_execution_options().get(_READ_ONLY)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+_READ_ONLY = "dunning_read_only"
+
+
+@contextmanager
+def read_only_session(engine: Engine) -> Iterator[Session]:
+    """One read-only transaction with a stable snapshot (REPEATABLE READ READ ONLY on
+    PostgreSQL, a deferred WAL read on SQLite), always rolled back: reports never write."""
+    options: dict[str, Any] = {_READ_ONLY: True}
+    if engine.dialect.name == "postgresql":
+        options |= {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+    with engine.connect().execution_options(**options) as connection:
+        transaction = connection.begin()
+        session = Session(bind=connection, expire_on_commit=False)
+        try:
+            yield session
+        finally:
+            session.close()
+            transaction.rollback()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

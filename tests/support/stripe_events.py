@@ -129,6 +129,9 @@ def subscription(
     interval: str = "month",
     status: str = "active",
     cancellation_reason: str | None = None,
+    quantity: int = 1,
+    price_id: str = "price_1",
+    start: datetime | None = None,
     at: datetime,
 ) -> dict[str, Any]:
     ts = int(at.timestamp())
@@ -136,6 +139,7 @@ def subscription(
         "id": sub_id,
         "object": "subscription",
         "customer": customer_id,
+        "start_date": int((start or at).timestamp()),
         "status": status,
         "currency": currency,
         "cancel_at_period_end": False,
@@ -149,10 +153,10 @@ def subscription(
                 {
                     "id": "si_1",
                     "object": "subscription_item",
-                    "quantity": 1,
+                    "quantity": quantity,
                     "current_period_end": ts + 30 * 86400,
                     "price": {
-                        "id": "price_1",
+                        "id": price_id,
                         "object": "price",
                         "unit_amount": unit_amount,
                         "currency": currency,

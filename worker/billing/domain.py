@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 
 
@@ -108,6 +109,19 @@ class SubscriptionItemFacts:
     quantity: int
     interval: str | None  # day | week | month | year
     interval_count: int
+    usage_type: str = "licensed"  # metered items bill usage: not in MRR by default
+
+
+@dataclass(frozen=True, slots=True)
+class DiscountFacts:
+    """A coupon applied to a subscription. ``duration`` is forever | repeating | once; a
+    repeating one stops at ``end``."""
+
+    percent_off: Decimal | None
+    amount_off: int | None  # minor units per billing period
+    currency: str | None
+    duration: str
+    end: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +138,10 @@ class SubscriptionFacts:
     cancellation_reason: str | None
     current_period_end: datetime | None
     default_payment_method_id: str | None
+    start_date: datetime | None = None
+    discounts: tuple[DiscountFacts, ...] = ()
+    # ``discounts`` held ids only (webhooks do not expand them): their effect is unknown
+    discounts_unexpanded: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from worker.dunning import service as dunning
 from worker.dunning.models import ActionKind, DunningCase
 from worker.dunning.state import TERMINAL, DunningEvent
 from worker.email import service as email
+from worker.ledger import history
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,16 @@ def _subscription_changed(session: Session, event: NormalisedEvent, ctx: Context
     if facts is None:
         return
     sub = billing.upsert_subscription(session, facts, at=event.occurred_at)
+    history.record_state(
+        session,
+        sub,
+        facts,
+        effective_at=history.effective_time(
+            facts, event_type=event.event_type, occurred_at=event.occurred_at
+        ),
+        source=event.event_id,
+        now=ctx.now,
+    )
     if event.kind is not EventKind.SUBSCRIPTION_DELETED:
         return
     open_cases = session.scalars(

@@ -16,12 +16,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import fields
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Final
 
 from worker.billing.domain import (
     Card,
     CustomerFacts,
     Decline,
+    DiscountFacts,
     EventKind,
     EventParseError,
     InvoiceFacts,
@@ -149,6 +151,15 @@ class _Node:
     def integer(self, key: str) -> int | None:
         return None if self.raw.get(key) is None else self.need_integer(key)
 
+    def number(self, key: str) -> Decimal | None:
+        """An optional JSON number (integer or decimal), exactly."""
+        value = self.raw.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self._wrong(key, "a number", value)
+        return Decimal(str(value))
+
     def flag(self, key: str) -> bool:
         value = self.raw.get(key)
         if value is not None and not isinstance(value, bool):
@@ -268,6 +279,34 @@ def parse_stripe_object(
             return _linked_decline(node.child("payment"))
         case _:
             return None
+
+
+def customer_facts(obj: Mapping[str, Any]) -> CustomerFacts:
+    """One Customer object as the API returns it (a list entry, a retrieve)."""
+    node = _Node(obj, "customer")
+    node.expect_object(frozenset({"customer"}))
+    return _customer(node)
+
+
+def subscription_facts(obj: Mapping[str, Any]) -> SubscriptionFacts:
+    """One Subscription object as the API returns it. Expand ``discounts`` (from API
+    2025-09-30 on, ``discounts.source.coupon``): ids alone are flagged unexpanded, and a
+    discount without its coupon is an error."""
+    node = _Node(obj, "subscription")
+    node.expect_object(frozenset({"subscription"}))
+    return _subscription(node)
+
+
+def subscription_trial_end(obj: Mapping[str, Any]) -> datetime | None:
+    """When a Subscription object's trial ends or ended; None when it had no trial."""
+    return _Node(obj, "subscription").time("trial_end")
+
+
+def invoice_facts(obj: Mapping[str, Any]) -> InvoiceFacts:
+    """One Invoice object as the API returns it, in either API shape."""
+    node = _Node(obj, "invoice")
+    node.expect_object(frozenset({"invoice"}))
+    return _invoice(node)
 
 
 def decline_from_payment_intent(pi: Mapping[str, Any]) -> Decline:
@@ -408,6 +447,7 @@ def _parent_ref(parent: _Node, details_key: str) -> str | None:
 
 
 def _subscription(sub: _Node) -> SubscriptionFacts:
+    discounts, unexpanded = _subscription_discounts(sub)
     holders = sub.listing("items")
     item_ends = [end for item in holders if (end := item.time("current_period_end"))]
     if not holders and _pricing(sub):
@@ -424,6 +464,41 @@ def _subscription(sub: _Node) -> SubscriptionFacts:
         cancellation_reason=sub.child("cancellation_details").text("reason"),
         current_period_end=sub.time("current_period_end") or max(item_ends, default=None),
         default_payment_method_id=sub.ref("default_payment_method") or sub.ref("default_source"),
+        start_date=sub.time("start_date") or sub.time("created"),
+        discounts=tuple(_discount(found) for found in discounts),
+        discounts_unexpanded=unexpanded,
+    )
+
+
+def _subscription_discounts(sub: _Node) -> tuple[list[_Node], bool]:
+    """The subscription's discounts: ``discounts`` when expanded, else the legacy single
+    ``discount``. Ids alone (what webhooks carry) say nothing of the amount: flagged."""
+    raw = sub.raw.get("discounts")
+    if isinstance(raw, list) and raw:
+        nodes = [
+            _Node(entry, f"{sub.path}.discounts[{i}]")
+            for i, entry in enumerate(raw)
+            if isinstance(entry, Mapping)
+        ]
+        if len(nodes) == len(raw):
+            return nodes, False
+        legacy = sub.expanded("discount")
+        return ([legacy] if legacy else []), True
+    legacy = sub.expanded("discount")
+    return ([legacy] if legacy else []), False
+
+
+def _discount(discount: _Node) -> DiscountFacts:
+    # API 2025-09-30 moved the coupon under ``source``; older versions have it at the top.
+    coupon = discount.expanded("coupon") or discount.child("source").expanded("coupon")
+    if coupon is None:
+        raise EventParseError(f"{discount.path}.coupon: required, missing")
+    return DiscountFacts(
+        percent_off=coupon.number("percent_off"),
+        amount_off=coupon.integer("amount_off"),
+        currency=_lower(coupon.text("currency")),
+        duration=coupon.text("duration") or "once",
+        end=discount.time("end"),
     )
 
 
@@ -443,6 +518,7 @@ def _subscription_item(holder: _Node) -> SubscriptionItemFacts:
         quantity=_default(holder.integer("quantity"), 1),  # metered items have none
         interval=cadence.text("interval"),
         interval_count=_default(cadence.integer("interval_count"), 1),
+        usage_type=cadence.text("usage_type") or "licensed",
     )
 
 

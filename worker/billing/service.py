@@ -9,7 +9,6 @@ and never commit.
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,15 +23,10 @@ from worker.billing.models import (
     PaymentMethod,
     Subscription,
 )
+from worker.billing.mrr import monthly_amount
 
 FINAL_INVOICE_STATUSES = frozenset({"paid", "void", "uncollectible"})
 # Monthly normalisation factors (metrics.md: MRR is the monthly equivalent of recurring price).
-_PER_MONTH = {
-    "day": Decimal(365) / 12,
-    "week": Decimal(52) / 12,
-    "month": Decimal(1),
-    "year": Decimal(1) / 12,
-}
 
 
 def get_or_create_customer(session: Session, provider_id: str, *, at: datetime) -> Customer:
@@ -84,17 +78,6 @@ def card_details(session: Session, payment_method_id: str | None) -> tuple[objec
         return None
     pm = session.scalar(select(PaymentMethod).where(PaymentMethod.provider_id == payment_method_id))
     return (pm.fingerprint, pm.last4, pm.exp_month, pm.exp_year) if pm else None
-
-
-def monthly_amount(facts: SubscriptionFacts) -> int:
-    """MRR of a subscription in minor units, rounded half-even once, at the end."""
-    total = Decimal(0)
-    for item in facts.items:
-        if item.unit_amount is None or item.interval not in _PER_MONTH:
-            continue
-        per_month = _PER_MONTH[item.interval] / max(item.interval_count, 1)
-        total += Decimal(item.unit_amount) * item.quantity * per_month
-    return int(total.quantize(Decimal(1), rounding="ROUND_HALF_EVEN"))
 
 
 def upsert_subscription(

@@ -24,6 +24,7 @@ from worker.dunning.models import ActionKind, ActionStatus, DunningCase, Schedul
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
 from worker.email import service as email
 from worker.email.sender import PermanentEmailError
+from worker.ledger import history
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,7 @@ def run_final_action(runtime: Runtime, action_id: int) -> None:
         key = action.idempotency_key
         what = dunning.policy_of(session, case, runtime.policy).final_action.action
         invoice_ref, sub_ref = invoice.provider_id, sub.provider_id if sub else None
+        sub_id = sub.id if sub else None
         if invoice.status in billing.FINAL_INVOICE_STATUSES:
             _finish(action, ActionStatus.CANCELLED, f"invoice already {invoice.status}")
             return  # its webhook settles the case
@@ -225,6 +227,14 @@ def run_final_action(runtime: Runtime, action_id: int) -> None:
             source=key,
             reason=f"window ended: {outcome}",
         )
+        if outcome == "cancel_subscription" and sub_id is not None:
+            history.record_final_action_end(
+                session,
+                session.get_one(Subscription, sub_id),
+                at=clock.now(),
+                source=key,
+                now=clock.now(),
+            )
 
 
 def _take_final_action(

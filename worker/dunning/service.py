@@ -196,7 +196,7 @@ def _effects(
         if old not in TERMINAL:
             _enter_terminal(session, case, new, now=now, at=at, method=method)
         elif old is S.CHURNED and event is E.PAYMENT_SUCCEEDED:
-            ledger.record_reactivation(session, case, at=at)
+            ledger.record_reactivation(session, case, at=at, now=now)
         return
     if event is E.OPS_PAUSE and old is not S.PAUSED:
         _cancel(session, case, note="paused", kinds=tuple(ActionKind))
@@ -261,7 +261,7 @@ def _enter_terminal(
     _cancel(session, case, note=f"case {new.value}", kinds=tuple(ActionKind))
     if new is S.RECOVERED:
         case.recovered_method = method or "provider"
-        ledger.record_recovery(session, case, method=case.recovered_method, at=at)
+        ledger.record_recovery(session, case, method=case.recovered_method, at=at, now=now)
         if now - at > RECOVERED_EMAIL_MAX_AGE:
             return  # old news (a replay, a very late webhook): no "thank you" days later
         # The confirmation goes out immediately, quiet hours or not.
@@ -276,7 +276,7 @@ def _enter_terminal(
             reason="payment recovered",
         )
     elif new is S.CHURNED:
-        ledger.record_involuntary_churn(session, case, at=at)
+        ledger.record_involuntary_churn(session, case, at=at, now=now)
 
 
 def _plan_cadence(

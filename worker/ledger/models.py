@@ -1,7 +1,6 @@
-"""Revenue ledger rows written by dunning: recoveries, involuntary churn, reactivations.
-
-MRR movements from subscription history and the finance reports build on this table later.
-"""
+"""The revenue ledger: what dunning booked (recoveries, involuntary churn, reactivations) and
+every subscription's MRR over time, from which the reports derive new, expansion,
+contraction and churn movements (worker/reports)."""
 
 from __future__ import annotations
 
@@ -35,3 +34,72 @@ class LedgerMovement(Base):
     method: Mapped[str | None] = mapped_column(Text)  # recoveries: retry | card_update | ...
     occurred_at: Mapped[datetime]  # when it happened (provider / clock time)
     recorded_at: Mapped[datetime]  # when we wrote it (restatements are visible)
+
+
+class EndCause(StrEnum):
+    INVOLUNTARY = "involuntary"  # non-payment: provider reason payment_failed,
+    # incomplete_expired, or our final action after the dunning window
+    VOLUNTARY = "voluntary"  # everything else
+
+
+class MrrChange(Base):
+    """A subscription's MRR from ``effective_at`` on (provider time), append-only.
+
+    MRR of a subscription at *t*, as known at *T*: the row with the latest ``effective_at`` <=
+    *t* (ties: the later row) among rows with ``recorded_at`` <= *T*. Late and out-of-order
+    events simply land in the past; nothing is updated, so any earlier view can be rebuilt
+    exactly (``--as-of``). One row per subscription and source (an event id, a backfill, our
+    final action): a duplicate delivery adds nothing.
+    """
+
+    __tablename__ = "mrr_changes"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "source"),
+        Index(None, "customer_id", "currency", "subscription_id", "effective_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id"))
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    currency: Mapped[str] = mapped_column(Text)
+    effective_at: Mapped[datetime]
+    mrr: Mapped[int]  # minor units, net of discounts active at effective_at
+    # A repeating discount that runs out changes MRR with no event: when, and to what.
+    discount_ends_at: Mapped[datetime | None]
+    mrr_after_discount: Mapped[int | None]
+    ended: Mapped[bool] = mapped_column(default=False)
+    end_cause: Mapped[EndCause | None]
+    plan: Mapped[str | None] = mapped_column(Text)  # segment attributes of this state
+    interval: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[datetime]  # our clock when written: what --as-of filters on
+
+
+class MrrMovementKind(StrEnum):
+    NEW = "new"
+    REACTIVATION = "reactivation"
+    EXPANSION = "expansion"
+    CONTRACTION_VOLUNTARY = "contraction_voluntary"
+    CONTRACTION_INVOLUNTARY = "contraction_involuntary"
+    CHURN_VOLUNTARY = "churn_voluntary"
+    CHURN_INVOLUNTARY = "churn_involuntary"
+
+
+class MrrMovement(Base):
+    """A customer's MRR movement in one calendar month (UTC), per currency: the monthly
+    ledger the retention report sums. Derived from ``mrr_changes`` by the same engine the
+    report uses, append-only: when late facts change a month, a correcting row (a delta,
+    possibly negative) is added with the time it was learned, so ``recorded_at`` <= *T*
+    gives the ledger exactly as it stood at *T*."""
+
+    __tablename__ = "mrr_movements"
+    __table_args__ = (Index(None, "customer_id", "month"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    currency: Mapped[str] = mapped_column(Text)
+    month: Mapped[datetime]  # first instant of the month, UTC
+    kind: Mapped[MrrMovementKind]
+    cohort: Mapped[str] = mapped_column(Text)  # YYYY-MM of the customer's first MRR
+    amount: Mapped[int]  # minor units; a correction may be negative
+    recorded_at: Mapped[datetime]

@@ -1,6 +1,8 @@
 """Ledger rows written when a dunning case ends (or a churned one pays after all).
 
 Each row has a deterministic dedupe key, so a replayed transition never books twice.
+``occurred_at`` is when it happened; ``recorded_at`` is our clock when we booked it, which is
+what a report ``--as-of`` an earlier time filters on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def _book(
     amount: int,
     currency: str,
     at: datetime,
+    now: datetime,
     subscription_id: int | None,
     method: str | None = None,
 ) -> None:
@@ -40,12 +43,14 @@ def _book(
             currency=currency,
             method=method,
             occurred_at=at,
-            recorded_at=at,
+            recorded_at=now,
         )
     )
 
 
-def record_recovery(session: Session, case: DunningCase, *, method: str, at: datetime) -> None:
+def record_recovery(
+    session: Session, case: DunningCase, *, method: str, at: datetime, now: datetime
+) -> None:
     invoice = session.get_one(Invoice, case.invoice_id)
     _book(
         session,
@@ -55,12 +60,15 @@ def record_recovery(session: Session, case: DunningCase, *, method: str, at: dat
         amount=invoice.amount_due,
         currency=invoice.currency,
         at=at,
+        now=now,
         subscription_id=invoice.subscription_id,
         method=method,
     )
 
 
-def record_involuntary_churn(session: Session, case: DunningCase, *, at: datetime) -> None:
+def record_involuntary_churn(
+    session: Session, case: DunningCase, *, at: datetime, now: datetime
+) -> None:
     """The subscription's MRR leaves as involuntary churn (invoice amount if we know no MRR)."""
     invoice = session.get_one(Invoice, case.invoice_id)
     sub = session.get(Subscription, invoice.subscription_id) if invoice.subscription_id else None
@@ -74,11 +82,14 @@ def record_involuntary_churn(session: Session, case: DunningCase, *, at: datetim
         amount=amount,
         currency=currency,
         at=at,
+        now=now,
         subscription_id=invoice.subscription_id,
     )
 
 
-def record_reactivation(session: Session, case: DunningCase, *, at: datetime) -> None:
+def record_reactivation(
+    session: Session, case: DunningCase, *, at: datetime, now: datetime
+) -> None:
     invoice = session.get_one(Invoice, case.invoice_id)
     sub = session.get(Subscription, invoice.subscription_id) if invoice.subscription_id else None
     amount = sub.mrr if sub is not None and sub.mrr else invoice.amount_due
@@ -90,5 +101,6 @@ def record_reactivation(session: Session, case: DunningCase, *, at: datetime) ->
         amount=amount,
         currency=invoice.currency,
         at=at,
+        now=now,
         subscription_id=invoice.subscription_id,
     )

@@ -1,0 +1,146 @@
+"""Recording each subscription's MRR over time (``mrr_changes``), from provider events, a
+backfill, or our own final action. Append-only and idempotent per (subscription, source);
+each new row brings the customer's monthly ledger up to date (:mod:`worker.ledger.monthly`)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker.billing import mrr
+from worker.billing.domain import SubscriptionFacts
+from worker.billing.models import Invoice, Subscription
+from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
+from worker.dunning.state import DunningState
+from worker.ledger import monthly
+from worker.ledger.models import EndCause, MrrChange
+
+log = logging.getLogger(__name__)
+
+# metrics.md: involuntary = ended for non-payment. Stripe's reason, or its status.
+INVOLUNTARY_REASONS = frozenset({"payment_failed"})
+INVOLUNTARY_STATUSES = frozenset({"incomplete_expired"})
+
+
+def effective_time(facts: SubscriptionFacts, *, event_type: str, occurred_at: datetime) -> datetime:
+    """When the state in ``facts`` took effect, from the provider's object where it says so
+    (the end, the start) and the event's own time otherwise: never when we processed it."""
+    if mrr.is_ended(facts, occurred_at):
+        return min(facts.ended_at or occurred_at, occurred_at)
+    if event_type.endswith(".created") and facts.start_date is not None:
+        return min(facts.start_date, occurred_at)
+    return occurred_at
+
+
+def record_state(
+    session: Session,
+    sub: Subscription,
+    facts: SubscriptionFacts,
+    *,
+    effective_at: datetime,
+    source: str,
+    now: datetime,
+) -> MrrChange | None:
+    """The subscription's MRR from ``effective_at`` on, as ``facts`` describe it. None when
+    this source was already recorded, or the subscription has no currency to count in."""
+    currency = facts.currency or sub.currency
+    if currency is None:
+        log.warning("subscription %s: no currency, not in MRR", facts.id)
+        return None
+    state = mrr.state_at(facts, effective_at)
+    if facts.discounts_unexpanded and state.mrr:
+        log.info("subscription %s: discounts not expanded, MRR at list price", facts.id)
+    first = facts.items[0] if facts.items else None
+    return append(
+        session,
+        MrrChange(
+            subscription_id=sub.id,
+            customer_id=sub.customer_id,
+            currency=currency,
+            effective_at=effective_at,
+            mrr=state.mrr,
+            discount_ends_at=state.discount_ends_at,
+            mrr_after_discount=state.mrr_after_discount,
+            ended=state.ended,
+            end_cause=end_cause(session, sub, facts) if state.ended else None,
+            plan=first.price_id if first else sub.plan,
+            interval=first.interval if first else sub.interval,
+            source=source,
+            recorded_at=now,
+        ),
+    )
+
+
+def record_final_action_end(
+    session: Session, sub: Subscription, *, at: datetime, source: str, now: datetime
+) -> MrrChange | None:
+    """Our final action cancelled the subscription: its MRR ends here, involuntarily, whether
+    or not the provider's ``customer.subscription.deleted`` ever reaches us."""
+    last = session.scalars(
+        select(MrrChange)
+        .where(MrrChange.subscription_id == sub.id)
+        .order_by(MrrChange.effective_at.desc(), MrrChange.id.desc())
+    ).first()
+    currency = sub.currency or (last.currency if last else None)
+    if currency is None:
+        return None
+    return append(
+        session,
+        MrrChange(
+            subscription_id=sub.id,
+            customer_id=sub.customer_id,
+            currency=currency,
+            effective_at=at,
+            mrr=0,
+            ended=True,
+            end_cause=EndCause.INVOLUNTARY,
+            plan=last.plan if last else sub.plan,
+            interval=last.interval if last else sub.interval,
+            source=source,
+            recorded_at=now,
+        ),
+    )
+
+
+def end_cause(session: Session, sub: Subscription, facts: SubscriptionFacts) -> EndCause:
+    """Involuntary when the provider says non-payment, or when our dunning ended it: a case
+    on this subscription churned, or its final action is running (the provider reports our
+    own cancellation as ``cancellation_requested``)."""
+    if facts.cancellation_reason in INVOLUNTARY_REASONS or facts.status in INVOLUNTARY_STATUSES:
+        return EndCause.INVOLUNTARY
+    on_this_sub = (
+        select(DunningCase.id)
+        .join(Invoice, Invoice.id == DunningCase.invoice_id)
+        .where(Invoice.subscription_id == sub.id)
+    )
+    churned = session.scalar(on_this_sub.where(DunningCase.state == DunningState.CHURNED).limit(1))
+    final_action_running = session.scalar(
+        select(ScheduledAction.id)
+        .where(
+            ScheduledAction.case_id.in_(on_this_sub),
+            ScheduledAction.kind == ActionKind.FINAL_ACTION,
+            ScheduledAction.status.in_([ActionStatus.CLAIMED, ActionStatus.DONE]),
+        )
+        .limit(1)
+    )
+    if churned is not None or final_action_running is not None:
+        return EndCause.INVOLUNTARY
+    return EndCause.VOLUNTARY
+
+
+def append(session: Session, row: MrrChange) -> MrrChange | None:
+    """Add ``row`` unless its (subscription, source) is known; then refresh the monthly ledger."""
+    known = session.scalar(
+        select(MrrChange.id).where(
+            MrrChange.subscription_id == row.subscription_id, MrrChange.source == row.source
+        )
+    )
+    if known is not None:
+        return None
+    session.add(row)
+    session.flush()
+    monthly.refresh_customer(session, row.customer_id, now=row.recorded_at)
+    return row

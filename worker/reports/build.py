@@ -1,0 +1,53 @@
+"""The one query path behind every report format: a read-only transaction, the ledger as of
+one instant, rows per period x segment x currency (:class:`~worker.reports.model.Report`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from worker.billing.mrr import MRR_RULE
+from worker.db import read_only_session
+from worker.reports.model import SEGMENTS, Report
+from worker.reports.periods import parse_month, periods
+from worker.reports.recovery import recovery_rows
+from worker.reports.retention import changes_as_of, monthly_rows, retention_rows
+
+KINDS = ("retention", "recovery")
+
+
+def build_report(
+    engine: Engine,
+    kind: str,
+    *,
+    first: str,
+    last: str,
+    by: str = "month",
+    segment: str | None = None,
+    as_of: datetime,
+) -> Report:
+    """``kind`` over months ``first`` .. ``last`` (YYYY-MM, inclusive) as the ledger stood at
+    ``as_of``. Raises ValueError for bad input (the CLI turns it into exit status 2)."""
+    if kind not in KINDS:
+        msg = f"unknown report {kind!r}: expected one of {', '.join(KINDS)}"
+        raise ValueError(msg)
+    if segment is not None and segment not in SEGMENTS:
+        msg = f"--segment {segment!r}: expected one of {', '.join(SEGMENTS)}"
+        raise ValueError(msg)
+    if as_of.tzinfo is None:
+        msg = "--as-of needs a timezone (e.g. 2026-03-01T00:00:00Z)"
+        raise ValueError(msg)
+    spans = periods(parse_month(first), parse_month(last), by)
+    with read_only_session(engine) as session:
+        if kind == "retention" and by == "month" and segment in {None, "currency", "cohort"}:
+            rows: list[Any] = monthly_rows(session, spans, segment, as_of)
+            notes = [f"MRR rule: {MRR_RULE}; periods are UTC calendar months"]
+        elif kind == "retention":
+            rows = retention_rows(changes_as_of(session, as_of), spans, segment)
+            notes = [f"MRR rule: {MRR_RULE}; periods are UTC calendar months"]
+        else:
+            rows = recovery_rows(session, spans, segment, as_of)
+            notes = ["cases grouped by the period they opened in"]
+    return Report(kind, as_of, by, segment, first, last, rows, notes)
