@@ -470,6 +470,38 @@ def report_recovery(**options: Any) -> None:
     _run_report("recovery", **options)
 
 
+@main.command()
+@click.option(
+    "--since", default=None, metavar="YYYY-MM-DD", help="Only history from this date (UTC) on."
+)
+@_errors
+def backfill(since: str | None) -> None:
+    """Mirror the provider's customers, subscriptions and invoices (resumable)."""
+    from datetime import UTC, datetime
+
+    from worker import clock
+    from worker.backfill import run_backfill
+    from worker.billing.stripe_client import ProviderError, TransientProviderError
+
+    try:
+        start = datetime.strptime(since, "%Y-%m-%d").replace(tzinfo=UTC) if since else None
+    except ValueError:
+        raise BadInput(f"--since {since!r}: expected a date as YYYY-MM-DD") from None
+    from worker.runtime import Runtime
+
+    runtime = Runtime(_settings())  # no policy: a backfill plans nothing
+    try:
+        summary = run_backfill(runtime, since=start, now=clock.now())
+    except SettingError as exc:
+        raise BadInput(str(exc)) from None
+    except (ProviderError, TransientProviderError, KeyboardInterrupt) as exc:
+        raise Fail(
+            f"stopped ({exc or 'interrupted'}); run the same command again to resume"
+        ) from None
+    for line in summary.lines():
+        click.echo(line)
+
+
 # ---- demo ----
 
 

@@ -1,5 +1,6 @@
 """Imports every table so that ``Base.metadata`` is complete (Alembic, tests)."""
 
+from worker import backfill_state as backfill
 from worker.billing import models as billing
 from worker.db import Base
 from worker.dunning import models as dunning
@@ -7,4 +8,4 @@ from worker.email import models as email
 from worker.ledger import models as ledger
 from worker.webhooks import models as webhooks
 
-__all__ = ["Base", "billing", "dunning", "email", "ledger", "webhooks"]
+__all__ = ["Base", "backfill", "billing", "dunning", "email", "ledger", "webhooks"]

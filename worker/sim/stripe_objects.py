@@ -3,12 +3,13 @@
 This module owns everything about *what Stripe objects look like* and *how Stripe's v1 wire
 format is read and written*; it holds no state. `worker.sim.stripe_peer` owns the state machine.
 
-* Builders (`customer`, `payment_method`, `subscription`, `invoice`, `payment_intent`, `charge`,
-  `invoice_payment`, `portal_session`, `event`) return plain dicts in a *superset* shape that
-  carries the fields of both API shapes. `view(obj, shape)` renders a deep copy in one shape:
-  "basil" (2025-03-31.basil: invoice.parent, no invoice.payment_intent/charge/paid) or "acacia"
-  (2024-06-20: invoice.payment_intent/charge/subscription/paid, no parent). Keys that start with
-  "_" are internal to the peer and never rendered.
+* Builders (`customer`, `payment_method`, `coupon`, `discount`, `subscription`, `invoice`,
+  `payment_intent`, `charge`, `invoice_payment`, `portal_session`, `event`) return plain dicts
+  in a *superset* shape that carries the fields of both API shapes. `view(obj, shape)` renders
+  a deep copy in one shape: "basil" (2025-03-31.basil: invoice.parent, no
+  invoice.payment_intent/charge/paid) or "acacia" (2024-06-20: invoice.payment_intent/charge/
+  subscription/paid, no parent). Keys that start with "_" are internal to the peer and never
+  rendered.
 * Field names follow the fixtures in /work/shared/fixtures/stripe (stripe/openapi fixtures3,
   dj-stripe and pay-rails payloads).
 * `decode_params` reads form/query bodies in Stripe's bracket notation (`a[b][0]=x`, `expand[]`).
@@ -259,13 +260,21 @@ def _expand(
     if not isinstance(node, dict) or head not in node:
         raise invalid_request(f"This property cannot be expanded ({path}).", param="expand")
     value = node[head]
-    if isinstance(value, str):
-        target = lookup(value)
-        if target is None:
-            raise invalid_request(f"This property cannot be expanded ({path}).", param="expand")
-        node[head] = value = target
+    if isinstance(value, list):  # a list of ids, e.g. subscription.discounts
+        node[head] = value = [_resolve(v, lookup, path) for v in value]
+    elif isinstance(value, str):
+        node[head] = value = _resolve(value, lookup, path)
     if rest and value is not None:
         _expand(value, rest, lookup, path)
+
+
+def _resolve(value: Any, lookup: Callable[[str], dict[str, Any] | None], path: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    target = lookup(value)
+    if target is None:
+        raise invalid_request(f"This property cannot be expanded ({path}).", param="expand")
+    return target
 
 
 def view(obj: Any, shape: Shape) -> Any:
@@ -467,6 +476,63 @@ def price_and_plan(
         "usage_type": "licensed",
     }
     return price, plan
+
+
+def coupon(
+    *,
+    coupon_id: str,
+    percent_off: float | None,
+    amount_off: int | None,
+    currency: str | None,
+    duration: str,
+    duration_in_months: int | None,
+    created: int,
+) -> dict[str, Any]:
+    return {
+        "id": coupon_id,
+        "object": "coupon",
+        "amount_off": amount_off,
+        "created": created,
+        "currency": currency if amount_off is not None else None,
+        "duration": duration,
+        "duration_in_months": duration_in_months,
+        "livemode": False,
+        "max_redemptions": None,
+        "metadata": {},
+        "name": None,
+        "percent_off": percent_off,
+        "redeem_by": None,
+        "times_redeemed": 1,
+        "valid": True,
+    }
+
+
+def discount(
+    *,
+    di_id: str,
+    cpn: dict[str, Any],
+    customer_id: str,
+    sub_id: str,
+    start: int,
+    end: int | None,
+) -> dict[str, Any]:
+    """Both shapes: `coupon` embedded (before 2025-09-30) and `source.coupon`, an id that
+    `expand[]=...source.coupon` resolves (2025-09-30.clover on)."""
+    return {
+        "id": di_id,
+        "object": "discount",
+        "checkout_session": None,
+        "coupon": cpn,
+        "customer": customer_id,
+        "end": end,
+        "invoice": None,
+        "invoice_item": None,
+        "promotion_code": None,
+        "source": {"coupon": cpn["id"], "type": "coupon"},
+        "start": start,
+        "subscription": sub_id,
+        "subscription_item": None,
+    }
 
 
 def subscription(

@@ -4,8 +4,9 @@
 outcomes, subscriptions, invoices, payment intents, charges, invoice payments and portal sessions.
 It serves the part of Stripe's v1 HTTP API the worker uses (reach it with the official `stripe`
 library through `serve()`), with Stripe's wire behaviour where it matters: form-encoded bodies,
-`expand[]`, 402 `card_error` bodies, `Idempotency-Key` replay, Bearer auth, `resource_missing`,
-injected faults with `Stripe-Should-Retry`, and webhook deliveries signed like Stripe's.
+`expand[]`, list pagination with `starting_after` and `created` filters, 402 `card_error` bodies,
+`Idempotency-Key` replay, Bearer auth, `resource_missing`, injected faults with
+`Stripe-Should-Retry` and `Retry-After`, and webhook deliveries signed like Stripe's.
 
 The control API (`create_customer`, `bill`, `update_card`, ...) drives the account in-process.
 Every timestamp comes from the injected `clock`, except webhook signature times, which use the
@@ -36,6 +37,7 @@ import base64
 import hmac
 import json
 import logging
+import operator
 import threading
 import time
 from collections import Counter, OrderedDict, defaultdict
@@ -136,6 +138,16 @@ class CardSpec:
 
 
 @dataclass
+class CouponSpec:
+    """A coupon applied when the subscription is created (Stripe's duration semantics)."""
+
+    percent_off: float | None = None
+    amount_off: int | None = None  # minor units per billing period, in the price's currency
+    duration: Literal["forever", "repeating", "once"] = "forever"
+    duration_in_months: int | None = None  # repeating only
+
+
+@dataclass
 class RecordedRequest:
     method: str
     path: str
@@ -145,6 +157,7 @@ class RecordedRequest:
     stripe_version: str | None = None
     replayed: bool = False
     request_id: str = ""
+    at: float = field(default_factory=time.monotonic)  # when answered (monotonic seconds)
 
 
 @dataclass
@@ -168,6 +181,8 @@ class _Fault:
     remaining: int
     should_retry: bool | None
     body: dict[str, Any] | None
+    after: int = 0  # matching requests still to let through first
+    retry_after: float | None = None
 
 
 @dataclass
@@ -305,7 +320,11 @@ class StripePeer:
         interval: str = "month",
         quantity: int = 1,
         product_name: str = "Pro",
+        trial_days: int = 0,
+        coupon: CouponSpec | None = None,
     ) -> str:
+        """A new subscription, `trialing` for `trial_days` first when given (its first period is
+        the trial; bill() then starts the paid periods and makes it active)."""
         with self._lock:
             self._require("customer", customer_id)
             now = self._now()
@@ -321,19 +340,29 @@ class StripePeer:
                 created=now,
             )
             self._store(price)
+            trial_end = now + trial_days * 86400 if trial_days else None
             sub = self._store(
                 so.subscription(
                     sub_id=so.new_id("sub"),
                     item_id=so.new_id("si", 14),
                     customer_id=customer_id,
                     created=now,
-                    end=so.add_interval(now, interval, 1),
+                    end=trial_end or so.add_interval(now, interval, 1),
                     price=price,
                     plan=plan,
                     quantity=quantity,
                 )
             )
-            sub["_periods"], sub["_product_name"] = 1, product_name
+            if trial_end is not None:
+                sub.update(
+                    status="trialing",
+                    trial_start=now,
+                    trial_end=trial_end,
+                    billing_cycle_anchor=trial_end,
+                )
+            if coupon is not None:
+                sub["discounts"] = [self._new_discount(coupon, sub, currency)["id"]]
+            sub["_periods"], sub["_product_name"] = 0 if trial_end else 1, product_name
             self._emit("customer.subscription.created", sub)
         self._after_control()
         return sub["id"]
@@ -365,6 +394,8 @@ class StripePeer:
             before = self._view(sub)
             so.set_subscription_period(sub, *new)
             sub["latest_invoice"] = inv["id"]
+            if sub["status"] == "trialing":  # the trial is over: the first paid period starts
+                sub["status"] = "active"
             self._emit_update("customer.subscription.updated", sub, before)
             self._emit("invoice.created", inv)
             self._finalize(inv, cust)
@@ -424,14 +455,26 @@ class StripePeer:
         times: int = 1,
         should_retry: bool | None = None,
         body: dict[str, Any] | None = None,
+        after: int = 0,
+        retry_after: float | None = None,
     ) -> None:
         """The next `times` requests with this method whose path starts with `path_prefix`
-        answer `status` and have no effect (not saved for idempotency either, so a retry with
-        the same key then runs for real). `body` is the whole body or just its error object;
-        by default 429 gets Stripe's rate_limit error and other statuses an api_error."""
+        (once `after` such requests went through normally) answer `status` and have no effect
+        (not saved for idempotency either, so a retry with the same key then runs for real).
+        `body` is the whole body or just its error object; by default 429 gets Stripe's
+        rate_limit error and other statuses an api_error. `retry_after` sets that header."""
         with self._lock:
             self._faults.append(
-                _Fault(method.upper(), path_prefix, status, times, should_retry, body)
+                _Fault(
+                    method.upper(),
+                    path_prefix,
+                    status,
+                    times,
+                    should_retry,
+                    body,
+                    after,
+                    retry_after,
+                )
             )
 
     def invoice(self, invoice_id: str) -> dict[str, Any]:
@@ -672,6 +715,9 @@ class StripePeer:
     def _take_fault(self, ctx: _Ctx) -> _Reply | None:
         for fault in self._faults:
             if fault.method == ctx.method and ctx.path.startswith(fault.path_prefix):
+                if fault.after > 0:
+                    fault.after -= 1
+                    continue
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     self._faults.remove(fault)
@@ -683,6 +729,8 @@ class StripePeer:
                     if fault.should_retry is None
                     else {"Stripe-Should-Retry": "true" if fault.should_retry else "false"}
                 )
+                if fault.retry_after is not None:
+                    extra["Retry-After"] = f"{fault.retry_after:g}"
                 return self._respond(ctx, fault.status, _dumps(body), extra=extra)
         return None
 
@@ -724,6 +772,7 @@ class StripePeer:
     def _route_table(self) -> list[tuple[str, str, Handler]]:
         r = self._retrieve
         return [
+            ("GET", "/v1/customers", self._list("customer", _matcher("email"))),
             ("GET", "/v1/customers/*", r("customer")),
             ("GET", "/v1/payment_methods/*", r("payment_method")),
             ("GET", "/v1/products/*", r("product")),
@@ -778,7 +827,7 @@ class StripePeer:
                 raise ApiError(404, so.unrecognized_url(ctx.method, ctx.path), save=False)
             params = ctx.params
             items = [self._objs[i] for i in reversed(self._by_type[kind])]
-            items = [o for o in items if keep(o, params)]
+            items = [o for o in items if keep(o, params) and _created_in(o, params.get("created"))]
             ids = [o["id"] for o in items]
             if params.get("starting_after") in ids:
                 items = items[ids.index(params["starting_after"]) + 1 :]
@@ -1144,6 +1193,31 @@ class StripePeer:
         self._scripts[pm_id] = _script(spec)
         return pm
 
+    def _new_discount(self, spec: CouponSpec, sub: dict[str, Any], currency: str) -> dict[str, Any]:
+        now = self._now()
+        cpn = self._store(
+            so.coupon(
+                coupon_id=so.new_id("cpn", 8),
+                percent_off=spec.percent_off,
+                amount_off=spec.amount_off,
+                currency=currency,
+                duration=spec.duration,
+                duration_in_months=spec.duration_in_months,
+                created=now,
+            )
+        )
+        months = spec.duration_in_months if spec.duration == "repeating" else None
+        return self._store(
+            so.discount(
+                di_id=so.new_id("di"),
+                cpn=cpn,
+                customer_id=sub["customer"],
+                sub_id=sub["id"],
+                start=now,
+                end=so.add_interval(now, "month", months) if months else None,
+            )
+        )
+
     def _refresh_card(self, pm: dict[str, Any], spec: CardSpec) -> dict[str, Any]:
         before = self._view(pm)
         card = pm["card"]
@@ -1341,6 +1415,16 @@ def _script(spec: CardSpec) -> _CardScript:
         if not isinstance(outcome, Decline) and outcome != SUCCEED:
             raise ValueError(f"card outcome must be a Decline or SUCCEED, not {outcome!r}")
     return _CardScript(list(spec.outcomes))
+
+
+def _created_in(obj: dict[str, Any], bounds: Any) -> bool:
+    """Stripe's `created` list filter: a timestamp, or `created[gt|gte|lt|lte]`."""
+    if bounds is None:
+        return True
+    if not isinstance(bounds, dict):
+        return bool(obj["created"] == int(bounds))
+    tests = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
+    return all(tests[op](obj["created"], int(v)) for op, v in bounds.items() if op in tests)
 
 
 def _matcher(*names: str) -> Callable[[dict[str, Any], dict[str, Any]], bool]:
