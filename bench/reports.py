@@ -59,7 +59,7 @@ def generate(customers: int, months: int, seed: int) -> tuple[list[Change], int]
     sub_id = 0
     for customer in range(1, customers + 1):
         currency = rng.choices(["usd", "eur", "gbp"], weights=[70, 20, 10])[0]
-        joined = START + timedelta(days=rng.uniform(-365, months * 30.4))
+        joined = START + timedelta(days=rng.uniform(-730, months * 30.4))
         for _ in range(1 if rng.random() < 0.8 else 2):
             sub_id += 1
             changes.extend(
@@ -95,9 +95,9 @@ def _subscription(
         if at >= end:
             return out
         roll = rng.random()
-        if roll < 0.02:
+        if roll < 0.01:
             emit(at, 0, ended=True, end_cause=EndCause.VOLUNTARY)
-        elif roll < 0.03:
+        elif roll < 0.015:
             emit(at, 0, ended=True, end_cause=EndCause.INVOLUNTARY)
         elif roll < 0.5:
             seats = max(1, seats + rng.choice([-2, -1, 1, 1, 2, 3]))

@@ -23,6 +23,7 @@ from celery.contrib.testing.worker import start_worker
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy import Engine
 
 from worker import clock
 from worker.app import DunningCelery, create_app
@@ -30,6 +31,8 @@ from worker.config import load_policy
 from worker.dunning.views import RecoverySummary, recovery_summary
 from worker.httpserver import serve_in_thread
 from worker.migrate import upgrade
+from worker.reports.build import build_report
+from worker.reports.render import render
 from worker.runtime import Runtime
 from worker.settings import EMBEDDED_BROKER_URL, Secret, Settings, default_config_path
 from worker.sim.driver import next_due, settle
@@ -97,9 +100,13 @@ def run_demo(*, customers: int, seed: int, out: Path) -> None:
                     _simulate(app, peer, manual, make_population(customers, seed=seed), start)
             with app.runtime.session() as session:
                 summary = recovery_summary(session)
+            reports = _reports(app.runtime.engine, start, manual.now(), out)
             app.runtime.close()
         peer.close()
     _print_summary(summary, out, time.monotonic() - began)
+    for text in reports:
+        console.print(text, end="", highlight=False, markup=False)
+    console.print(f"The same as one HTML page: {out / 'report.html'}", soft_wrap=True)
 
 
 def _simulate(
@@ -182,6 +189,16 @@ def _move(peer: StripePeer, kind: str, cus: str, invoice_id: str) -> Callable[[]
                 peer.update_card(cus, card, via="customer")
 
     return act
+
+
+def _reports(engine: Engine, start: datetime, end: datetime, out: Path) -> list[str]:
+    """The finance reports over the simulated weeks, as ``dunning report`` prints them; the
+    retention report also written as HTML."""
+    first, last = f"{start:%Y-%m}", f"{end:%Y-%m}"
+    retention = build_report(engine, "retention", first=first, last=last, as_of=end)
+    recovery = build_report(engine, "recovery", first=first, last=last, as_of=end)
+    (out / "report.html").write_text(render(retention, "html"), encoding="utf-8")
+    return [render(retention, "table"), render(recovery, "table")]
 
 
 def _amounts(by_currency: dict[str, int]) -> str:

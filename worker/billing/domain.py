@@ -122,6 +122,7 @@ class DiscountFacts:
     currency: str | None
     duration: str
     end: datetime | None
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +142,9 @@ class SubscriptionFacts:
     start_date: datetime | None = None
     discounts: tuple[DiscountFacts, ...] = ()
     # ``discounts`` held ids only (webhooks do not expand them): their effect is unknown
+    # until fetched (worker.webhooks.service does, before the transaction)
     discounts_unexpanded: bool = False
+    discount_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

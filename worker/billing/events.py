@@ -8,14 +8,14 @@ expected: every handler is safe to run twice and safe to run late.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from worker.billing import service as billing
-from worker.billing.domain import Decline, EventKind, NormalisedEvent
+from worker.billing.domain import Decline, DiscountFacts, EventKind, NormalisedEvent
 from worker.billing.models import AttemptOutcome, AttemptSource, Invoice
 from worker.billing.normalise import merge_declines
 from worker.config import DeclineClass, Policy
@@ -41,6 +41,8 @@ class Context:
     # The provider's decline details for this event, fetched before the transaction began
     # (see worker.webhooks.service.process_stored_event); handlers make no network calls.
     fetched_decline: Decline | None = None
+    # A subscription event's discounts, fetched with their coupons (the event has ids only)
+    fetched_discounts: tuple[DiscountFacts, ...] | None = None
 
 
 def handle(session: Session, event: NormalisedEvent, ctx: Context) -> None:
@@ -129,6 +131,12 @@ def _recorded_decline(session: Session, event: NormalisedEvent) -> Decline:
     return merge_declines(carried, billing.decline_of(known)) if known else carried
 
 
+def discounts_to_fetch(event: NormalisedEvent) -> str | None:
+    """The subscription whose discounts this event names by id only: MRR is net of them."""
+    facts = event.subscription
+    return facts.id if facts is not None and facts.discounts_unexpanded else None
+
+
 def decline_to_fetch(session: Session, event: NormalisedEvent) -> bool:
     """True when only the provider can say why this payment failed (retry-rules §1.1)."""
     return (
@@ -196,6 +204,10 @@ def _subscription_changed(session: Session, event: NormalisedEvent, ctx: Context
     facts = event.subscription
     if facts is None:
         return
+    if facts.discounts_unexpanded and ctx.fetched_discounts is not None:
+        # Today's discounts, kept only where this event names them (one may have gone since).
+        named = tuple(d for d in ctx.fetched_discounts if d.id in facts.discount_ids)
+        facts = replace(facts, discounts=named, discounts_unexpanded=False)
     sub = billing.upsert_subscription(session, facts, at=event.occurred_at)
     history.record_state(
         session,

@@ -467,6 +467,11 @@ def _subscription(sub: _Node) -> SubscriptionFacts:
         start_date=sub.time("start_date") or sub.time("created"),
         discounts=tuple(_discount(found) for found in discounts),
         discounts_unexpanded=unexpanded,
+        discount_ids=tuple(
+            entry if isinstance(entry, str) else str(entry.get("id"))
+            for entry in sub.raw.get("discounts") or []
+            if isinstance(entry, str | Mapping)
+        ),
     )
 
 
@@ -499,6 +504,7 @@ def _discount(discount: _Node) -> DiscountFacts:
         currency=_lower(coupon.text("currency")),
         duration=coupon.text("duration") or "once",
         end=discount.time("end"),
+        id=discount.text("id"),
     )
 
 

@@ -26,12 +26,13 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from worker.billing.domain import Decline
+from worker.billing.domain import Decline, DiscountFacts
 from worker.billing.normalise import (
     decline_from_card_error,
     decline_from_charge,
     decline_from_payment_intent,
     merge_declines,
+    subscription_facts,
 )
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,15 @@ class StripeGateway:
         self._call(lambda: self._client.v1.invoices.mark_uncollectible(invoice_id, options=options))
 
     # ---- reads ----
+
+    def fetch_discounts(self, subscription_id: str) -> tuple[DiscountFacts, ...]:
+        """A subscription's discounts with their coupons (webhooks carry only their ids)."""
+        found = self._call(
+            lambda: self._client.v1.subscriptions.retrieve(
+                subscription_id, {"expand": ["discounts.source.coupon"]}
+            )
+        )
+        return subscription_facts(_as_dict(found)).discounts
 
     def fetch_decline(
         self, *, invoice_id: str, payment_intent_id: str | None, charge_id: str | None

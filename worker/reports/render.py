@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 
 from rich.console import Console
 from rich.table import Table
@@ -47,7 +48,9 @@ def to_csv(report: Report) -> str:
 
 
 def to_table(report: Report) -> str:
-    console = Console(record=True, width=160, file=io.StringIO())
+    """A rich table as text, as wide as the terminal (160 columns when not on one)."""
+    width = shutil.get_terminal_size((160, 40)).columns
+    console = Console(record=True, width=width, file=io.StringIO())
     per = f", per {report.segment}" if report.segment else ""
     title = (
         f"{report.kind} report {report.first} .. {report.last} by {report.by}{per}, "

@@ -16,7 +16,13 @@ from sqlalchemy.orm import Session
 
 from worker import clock
 from worker.billing.domain import Decline, EventKind, EventParseError, NormalisedEvent
-from worker.billing.events import Context, MissingFactsError, decline_to_fetch, handle
+from worker.billing.events import (
+    Context,
+    MissingFactsError,
+    decline_to_fetch,
+    discounts_to_fetch,
+    handle,
+)
 from worker.billing.normalise import normalise_stripe_event
 from worker.billing.stripe_client import ProviderError
 from worker.dunning.scheduler import SWEEP_AFTER
@@ -101,15 +107,21 @@ def process_event(session: Session, inbox_id: int, ctx: Context) -> InboxStatus 
 
 
 def process_stored_event(runtime: Runtime, inbox_id: int) -> InboxStatus | None:
-    """Process an inbox event in two short transactions around the one provider call it may
-    need (the decline details an invoice event does not carry), so no row or database lock
-    is held while Stripe answers."""
-    fetched = None
+    """Process an inbox event in two short transactions around the provider call it may need
+    (the decline details an invoice event does not carry, the discounts a subscription event
+    names by id only), so no row or database lock is held while Stripe answers."""
+    fetched, discounts = None, None
     gateway = runtime.gateway
     if gateway is not None:
         with runtime.session() as session:
             event = _peek(session, inbox_id)
             ask = event is not None and decline_to_fetch(session, event)
+        subscription_id = discounts_to_fetch(event) if event is not None else None
+        if subscription_id is not None:
+            try:
+                discounts = gateway.fetch_discounts(subscription_id)
+            except ProviderError as exc:  # MRR falls back to list price, logged
+                log.warning("discounts unavailable for %s: %s", subscription_id, exc)
         if ask and event is not None and event.invoice is not None:
             carried = event.decline or Decline()
             try:
@@ -121,7 +133,9 @@ def process_stored_event(runtime: Runtime, inbox_id: int) -> InboxStatus | None:
             except ProviderError as exc:  # e.g. a restricted key: go on without the details
                 log.warning("decline details unavailable for %s: %s", event.event_id, exc)
     with runtime.session() as session:
-        ctx = Context(runtime.policy, clock.now(), fetched_decline=fetched)
+        ctx = Context(
+            runtime.policy, clock.now(), fetched_decline=fetched, fetched_discounts=discounts
+        )
         return process_event(session, inbox_id, ctx)
 
 
