@@ -27,8 +27,7 @@ browser: ## Debian's chromium for the HTML report test (no-op when installed)
 
 lint: venv ## ruff (lint + format check)
 	$(BIN)/ruff check worker tests bench migrations
-	$(BIN)/ruff format --check worker/dunning worker/webhooks worker/ledger worker/reports \
-		worker/billing/mrr.py tests/reports bench/reports.py
+	$(BIN)/ruff format --check worker tests bench migrations
 
 typecheck: venv ## mypy on the package
 	$(BIN)/mypy

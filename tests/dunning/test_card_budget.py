@@ -53,9 +53,7 @@ def _declines_before(session: Session, policy: Policy, count: int, card: dict[st
         deliver(session, policy, failed(f"in_prior_{i}", "do_not_honor", at=at, card=card), now=at)
 
 
-def test_the_budget_follows_a_card_the_network_renumbered(
-    session: Session, policy: Policy
-) -> None:
+def test_the_budget_follows_a_card_the_network_renumbered(session: Session, policy: Policy) -> None:
     _declines_before(session, policy, 15, _card("pm_1", "fp_old"))  # Visa: 15 in 30 days
     renumbered = ev.envelope(
         "payment_method.automatically_updated", _card("pm_1", "fp_new"), at=START

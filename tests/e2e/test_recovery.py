@@ -15,7 +15,7 @@ from worker.dunning.models import CaseTransition
 from worker.dunning.service import retry_now
 from worker.dunning.state import DunningState
 from worker.dunning.views import show_case
-from worker.ledger.models import LedgerMovement
+from worker.ledger.models import EndCause, LedgerMovement, MrrChange
 from worker.sim.driver import in_flight, next_due, settle
 from worker.sim.stripe_peer import DO_NOT_HONOR, INSUFFICIENT_FUNDS, SUCCEED, CardSpec
 
@@ -137,6 +137,14 @@ def test_unrecovered_case_churns_at_the_window_end(
         assert 8 <= local.hour < 21
     # Stripe's customer.subscription.deleted for our own cancellation changed nothing.
     assert detail["transitions"][-1]["event"] == "window_expired"
+    # The MRR history ends there, involuntarily: once from our final action itself, once from
+    # Stripe's deletion event (which calls it "cancellation_requested").
+    with stack.app.runtime.session() as session:
+        ends = session.scalars(select(MrrChange).where(MrrChange.ended)).all()
+    assert sorted((c.source.startswith("evt_"), c.end_cause, c.mrr) for c in ends) == [
+        (False, EndCause.INVOLUNTARY, 0),
+        (True, EndCause.INVOLUNTARY, 0),
+    ]
 
 
 def test_the_older_api_shape_end_to_end(stack: Stack, manual_clock: clock.ManualClock) -> None:

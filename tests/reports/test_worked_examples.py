@@ -18,11 +18,13 @@ from worker.billing.models import Invoice
 from worker.billing.stripe_client import PaymentResult
 from worker.clock import ManualClock
 from worker.config import Policy
-from worker.dunning import service as dunning
+from worker.dunning.actions import run_final_action
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase
 from worker.dunning.models import ScheduledAction as Action
 from worker.reports.build import build_report
 from worker.reports.model import Report
+from worker.runtime import Runtime
+from worker.settings import Settings
 
 FEB = datetime(2026, 2, 2, 9, tzinfo=UTC)
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
@@ -100,7 +102,18 @@ def example_3(session: Session, policy: Policy, clock: ManualClock) -> None:
     deliver(session, policy, invoice_failed("in_D", "cus_D", "sub_D", 40_000, march(2)), march(2))
     case_d = case_of(session, "in_D")
     end = case_d.window_ends_at
-    dunning.apply(session, case_d, dunning.E.WINDOW_EXPIRED, policy=policy, now=end)
+    final = session.scalars(
+        select(Action).where(Action.case_id == case_d.id, Action.kind == ActionKind.FINAL_ACTION)
+    ).one()
+    final.status, final.claimed_at = ActionStatus.CLAIMED, end  # the scheduler's claim
+    session.commit()
+    clock.set(end)
+    url = session.get_bind().url.render_as_string(hide_password=False)  # type: ignore[union-attr]
+    runtime = Runtime(Settings(database_url=url), policy=policy)
+    try:  # the real task; with no Stripe key it cannot cancel, Stripe's deletion follows below
+        run_final_action(runtime, final.id)
+    finally:
+        runtime.close()
     d_gone = subscription_event(
         "deleted",
         "cus_D",

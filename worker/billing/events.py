@@ -15,8 +15,14 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from worker.billing import service as billing
-from worker.billing.domain import Decline, DiscountFacts, EventKind, NormalisedEvent
-from worker.billing.models import AttemptOutcome, AttemptSource, Invoice
+from worker.billing.domain import (
+    Decline,
+    DiscountFacts,
+    EventKind,
+    NormalisedEvent,
+    SubscriptionFacts,
+)
+from worker.billing.models import AttemptOutcome, AttemptSource, Invoice, Subscription
 from worker.billing.normalise import merge_declines
 from worker.config import DeclineClass, Policy
 from worker.dunning import policy as rules
@@ -209,6 +215,10 @@ def _subscription_changed(session: Session, event: NormalisedEvent, ctx: Context
         named = tuple(d for d in ctx.fetched_discounts if d.id in facts.discount_ids)
         facts = replace(facts, discounts=named, discounts_unexpanded=False)
     sub = billing.upsert_subscription(session, facts, at=event.occurred_at)
+    if event.kind is EventKind.SUBSCRIPTION_DELETED:
+        _close_cases_of(session, sub, facts, event, ctx)
+    # Last: the cases settled first tell an end's cause, and locks go case, then customer,
+    # the order our final action takes them in.
     history.record_state(
         session,
         sub,
@@ -219,8 +229,15 @@ def _subscription_changed(session: Session, event: NormalisedEvent, ctx: Context
         source=event.event_id,
         now=ctx.now,
     )
-    if event.kind is not EventKind.SUBSCRIPTION_DELETED:
-        return
+
+
+def _close_cases_of(
+    session: Session,
+    sub: Subscription,
+    facts: SubscriptionFacts,
+    event: NormalisedEvent,
+    ctx: Context,
+) -> None:
     open_cases = session.scalars(
         select(DunningCase)
         .join(Invoice, Invoice.id == DunningCase.invoice_id)

@@ -14,7 +14,6 @@ from worker.billing import mrr
 from worker.billing.domain import SubscriptionFacts
 from worker.billing.models import Invoice, Subscription
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
-from worker.dunning.state import DunningState
 from worker.ledger import monthly
 from worker.ledger.models import EndCause, MrrChange
 
@@ -106,29 +105,26 @@ def record_final_action_end(
 
 
 def end_cause(session: Session, sub: Subscription, facts: SubscriptionFacts) -> EndCause:
-    """Involuntary when the provider says non-payment, or when our dunning ended it: a case
-    on this subscription churned, or its final action is running (the provider reports our
-    own cancellation as ``cancellation_requested``)."""
+    """metrics.md: involuntary when the provider says non-payment (``payment_failed``,
+    ``incomplete_expired``) or our final action ended it after the dunning window (running
+    or done: the provider reports our own cancellation as ``cancellation_requested``)."""
     if facts.cancellation_reason in INVOLUNTARY_REASONS or facts.status in INVOLUNTARY_STATUSES:
         return EndCause.INVOLUNTARY
-    on_this_sub = (
+    cases_of_sub = (
         select(DunningCase.id)
         .join(Invoice, Invoice.id == DunningCase.invoice_id)
         .where(Invoice.subscription_id == sub.id)
     )
-    churned = session.scalar(on_this_sub.where(DunningCase.state == DunningState.CHURNED).limit(1))
-    final_action_running = session.scalar(
+    our_final_action = session.scalar(
         select(ScheduledAction.id)
         .where(
-            ScheduledAction.case_id.in_(on_this_sub),
+            ScheduledAction.case_id.in_(cases_of_sub),
             ScheduledAction.kind == ActionKind.FINAL_ACTION,
             ScheduledAction.status.in_([ActionStatus.CLAIMED, ActionStatus.DONE]),
         )
         .limit(1)
     )
-    if churned is not None or final_action_running is not None:
-        return EndCause.INVOLUNTARY
-    return EndCause.VOLUNTARY
+    return EndCause.VOLUNTARY if our_final_action is None else EndCause.INVOLUNTARY
 
 
 def append(session: Session, row: MrrChange) -> MrrChange | None:
