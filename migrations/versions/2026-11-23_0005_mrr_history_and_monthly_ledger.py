@@ -47,7 +47,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("cohort", sa.Text(), nullable=False),
-        sa.Column("amount", sa.Integer(), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
         sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["customer_id"],
@@ -74,9 +74,9 @@ def upgrade() -> None:
         ),
         sa.Column("currency", sa.Text(), nullable=False),
         sa.Column("effective_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("mrr", sa.Integer(), nullable=False),
+        sa.Column("mrr", sa.BigInteger(), nullable=False),
         sa.Column("discount_ends_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("mrr_after_discount", sa.Integer(), nullable=True),
+        sa.Column("mrr_after_discount", sa.BigInteger(), nullable=True),
         sa.Column("ended", sa.Boolean(), nullable=False),
         sa.Column(
             "end_cause",

@@ -60,6 +60,7 @@ def percent(p: str, duration: str = "forever", end: datetime | None = None) -> D
         (facts(item(5_000), item(20, usage_type="metered")), 5_000),  # usage is not MRR
         (facts(item(5_000), status="trialing"), 0),
         (facts(item(5_000), status="incomplete"), 0),
+        (facts(item(5_000), status="paused"), 0),
         (facts(item(5_000), status="past_due"), 5_000),  # counts until it ends
         (facts(item(5_000), status="unpaid"), 5_000),
         (facts(item(5_000), status="canceled"), 0),

@@ -24,9 +24,11 @@ from worker.dunning.models import ScheduledAction as Action
 from worker.reports.build import build_report
 from worker.reports.model import Report
 from worker.runtime import Runtime
-from worker.settings import Settings
+from worker.settings import Secret, Settings
+from worker.sim.stripe_peer import INSUFFICIENT_FUNDS, CardSpec, StripePeer
 
 FEB = datetime(2026, 2, 2, 9, tzinfo=UTC)
+PEER_KEY = "sk_test_examples"
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
 
 
@@ -71,12 +73,20 @@ def report(session: Session, kind: str, first: str, last: str, **kw: Any) -> Rep
 
 
 def example_3(session: Session, policy: Policy, clock: ManualClock) -> None:
-    """Customers A-G of the worked example, as events in February and March 2026."""
+    """Customers A-G of the worked example, as events in February and March 2026. D's
+    subscription also lives in a Stripe-compatible peer, which our final action cancels."""
+    clock.set(FEB)
+    peer = StripePeer(api_key=PEER_KEY, webhook_secret="whsec_example", clock=clock.now)
+    card = CardSpec(outcomes=[INSUFFICIENT_FUNDS])
+    sub_d = peer.create_subscription(
+        customer_id=peer.create_customer(email="d@example.test", name="D", card=card),
+        unit_amount=40_000,
+    )
     for customer, sub_id, amount, quantity in [
         ("cus_A", "sub_A", 10_000, 1),
         ("cus_B", "sub_B", 5_000, 4),
         ("cus_C", "sub_C", 30_000, 1),
-        ("cus_D", "sub_D", 40_000, 1),
+        ("cus_D", sub_d, 40_000, 1),
         ("cus_F", "sub_F", 25_000, 1),
         ("cus_G", "sub_G1", 20_000, 1),
         ("cus_G", "sub_G2", 15_000, 1),
@@ -99,7 +109,7 @@ def example_3(session: Session, policy: Policy, clock: ManualClock) -> None:
     deliver(session, policy, c_gone)
     # D: card declined, the dunning window ran out, our final action cancelled it. Stripe
     # reports a cancellation made through the API as "cancellation_requested".
-    deliver(session, policy, invoice_failed("in_D", "cus_D", "sub_D", 40_000, march(2)), march(2))
+    deliver(session, policy, invoice_failed("in_D", "cus_D", sub_d, 40_000, march(2)), march(2))
     case_d = case_of(session, "in_D")
     end = case_d.window_ends_at
     final = session.scalars(
@@ -109,15 +119,20 @@ def example_3(session: Session, policy: Policy, clock: ManualClock) -> None:
     session.commit()
     clock.set(end)
     url = session.get_bind().url.render_as_string(hide_password=False)  # type: ignore[union-attr]
-    runtime = Runtime(Settings(database_url=url), policy=policy)
-    try:  # the real task; with no Stripe key it cannot cancel, Stripe's deletion follows below
-        run_final_action(runtime, final.id)
-    finally:
-        runtime.close()
-    d_gone = subscription_event(
+    with peer.serve() as api_base:
+        settings = Settings(
+            database_url=url, stripe_api_key=Secret(PEER_KEY), stripe_api_base=api_base
+        )
+        runtime = Runtime(settings, policy=policy)
+        try:  # the real task: it cancels D's subscription at the peer
+            run_final_action(runtime, final.id)
+        finally:
+            runtime.close()
+    assert peer.get(sub_d)["status"] == "canceled"
+    d_gone = subscription_event(  # and Stripe's own deletion event follows
         "deleted",
         "cus_D",
-        "sub_D",
+        sub_d,
         40_000,
         at=end + timedelta(minutes=1),
         status="canceled",

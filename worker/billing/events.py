@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 _NEEDS_CUSTOMER = frozenset(
     {DeclineClass.NEEDS_CUSTOMER, DeclineClass.HARD, DeclineClass.STOP, DeclineClass.FRAUD}
 )
-_INVOLUNTARY_REASONS = frozenset({"payment_failed", "payment_disputed"})
 
 
 @dataclass(frozen=True)
@@ -246,7 +245,7 @@ def _close_cases_of(
     for found in list(open_cases):
         case = dunning.lock_case(session, found.id)
         ours = dunning.in_flight(session, case, ActionKind.FINAL_ACTION)
-        involuntary = ours is not None or facts.cancellation_reason in _INVOLUNTARY_REASONS
+        involuntary = ours is not None or facts.cancellation_reason in history.INVOLUNTARY_REASONS
         dunning.apply(
             session,
             case,

@@ -9,7 +9,8 @@ end. The rules:
 * net of the discounts active at the instant: ``forever``, or ``repeating`` before its end;
   ``once`` coupons are ignored; percentages apply first, then fixed amounts (a fixed amount
   is per billing period, so it is normalised like the items); never below zero;
-* 0 while trialing or incomplete (nothing has been paid yet) and once ended;
+* 0 while trialing or incomplete (nothing paid yet), paused (a trial ended without a
+  payment method: nothing is billed) and once ended;
 * ``past_due`` and ``unpaid`` still count: a subscription counts until it *ends*.
 """
 
@@ -28,7 +29,7 @@ PER_MONTH = {
     "year": Decimal(1) / 12,
 }
 ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
-NOT_YET_PAYING = frozenset({"trialing", "incomplete"})
+NOT_PAYING = frozenset({"trialing", "incomplete", "paused"})
 MRR_RULE = "past_due and unpaid subscriptions count until they end"
 
 
@@ -72,7 +73,7 @@ def state_at(facts: SubscriptionFacts, at: datetime) -> MrrState:
     """The subscription's MRR at ``at`` given its facts then."""
     if is_ended(facts, at):
         return MrrState(0, ended=True)
-    if facts.status in NOT_YET_PAYING:
+    if facts.status in NOT_PAYING:
         return MrrState(0)
     now = _net(facts, at)
     ends = sorted(

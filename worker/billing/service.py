@@ -26,7 +26,6 @@ from worker.billing.models import (
 from worker.billing.mrr import monthly_amount
 
 FINAL_INVOICE_STATUSES = frozenset({"paid", "void", "uncollectible"})
-# Monthly normalisation factors (metrics.md: MRR is the monthly equivalent of recurring price).
 
 
 def get_or_create_customer(session: Session, provider_id: str, *, at: datetime) -> Customer:

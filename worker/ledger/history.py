@@ -106,29 +106,39 @@ def record_final_action_end(
 
 def end_cause(session: Session, sub: Subscription, facts: SubscriptionFacts) -> EndCause:
     """metrics.md: involuntary when the provider says non-payment (``payment_failed``,
-    ``incomplete_expired``) or our final action ended it after the dunning window (running
-    or done: the provider reports our own cancellation as ``cancellation_requested``)."""
+    ``incomplete_expired``) or our final action ended it after the dunning window: one is
+    cancelling it right now, or one did (its own end row is there). The provider reports our
+    cancellation as ``cancellation_requested``; a final action that only marked an invoice
+    uncollectible, or was refused, ended nothing."""
     if facts.cancellation_reason in INVOLUNTARY_REASONS or facts.status in INVOLUNTARY_STATUSES:
         return EndCause.INVOLUNTARY
-    cases_of_sub = (
-        select(DunningCase.id)
+    final_actions = (
+        select(ScheduledAction)
+        .join(DunningCase, DunningCase.id == ScheduledAction.case_id)
         .join(Invoice, Invoice.id == DunningCase.invoice_id)
-        .where(Invoice.subscription_id == sub.id)
+        .where(Invoice.subscription_id == sub.id, ScheduledAction.kind == ActionKind.FINAL_ACTION)
     )
-    our_final_action = session.scalar(
-        select(ScheduledAction.id)
+    running = session.scalar(
+        final_actions.where(ScheduledAction.status == ActionStatus.CLAIMED).limit(1)
+    )
+    ours = session.scalar(
+        select(MrrChange.id)
         .where(
-            ScheduledAction.case_id.in_(cases_of_sub),
-            ScheduledAction.kind == ActionKind.FINAL_ACTION,
-            ScheduledAction.status.in_([ActionStatus.CLAIMED, ActionStatus.DONE]),
+            MrrChange.subscription_id == sub.id,
+            MrrChange.ended,
+            MrrChange.source.in_(final_actions.with_only_columns(ScheduledAction.idempotency_key)),
         )
         .limit(1)
     )
-    return EndCause.VOLUNTARY if our_final_action is None else EndCause.INVOLUNTARY
+    return EndCause.VOLUNTARY if running is None and ours is None else EndCause.INVOLUNTARY
 
 
 def append(session: Session, row: MrrChange) -> MrrChange | None:
-    """Add ``row`` unless its (subscription, source) is known; then refresh the monthly ledger."""
+    """Add ``row`` unless its (subscription, source) is known; then bring the customer's
+    monthly ledger up to date. Holds the customer's lock from before the insert, and stamps
+    the row no earlier than anything already recorded for the customer, so that for every
+    instant the ledger and the history it derives from agree (``--as-of``)."""
+    monthly.lock_customer(session, row.customer_id)
     known = session.scalar(
         select(MrrChange.id).where(
             MrrChange.subscription_id == row.subscription_id, MrrChange.source == row.source
@@ -136,6 +146,7 @@ def append(session: Session, row: MrrChange) -> MrrChange | None:
     )
     if known is not None:
         return None
+    row.recorded_at = max(row.recorded_at, monthly.last_recorded(session, row.customer_id))
     session.add(row)
     session.flush()
     monthly.refresh_customer(session, row.customer_id, now=row.recorded_at)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from worker.db import Base, BigIntPK
@@ -63,10 +63,11 @@ class MrrChange(Base):
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
     currency: Mapped[str] = mapped_column(Text)
     effective_at: Mapped[datetime]
-    mrr: Mapped[int]  # minor units, net of discounts active at effective_at
+    # minor units, net of discounts active at effective_at (BIGINT: 21M IDR overflows INT)
+    mrr: Mapped[int] = mapped_column(BigInteger)
     # A repeating discount that runs out changes MRR with no event: when, and to what.
     discount_ends_at: Mapped[datetime | None]
-    mrr_after_discount: Mapped[int | None]
+    mrr_after_discount: Mapped[int | None] = mapped_column(BigInteger)
     ended: Mapped[bool] = mapped_column(default=False)
     end_cause: Mapped[EndCause | None]
     plan: Mapped[str | None] = mapped_column(Text)  # segment attributes of this state
@@ -101,5 +102,5 @@ class MrrMovement(Base):
     month: Mapped[datetime]  # first instant of the month, UTC
     kind: Mapped[MrrMovementKind]
     cohort: Mapped[str] = mapped_column(Text)  # YYYY-MM of the customer's first MRR
-    amount: Mapped[int]  # minor units; a correction may be negative
+    amount: Mapped[int] = mapped_column(BigInteger)  # minor units; a correction may be < 0
     recorded_at: Mapped[datetime]

@@ -9,7 +9,7 @@ customer's row lock so two events for one customer cannot both append the same c
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -18,11 +18,32 @@ from worker.billing.models import Customer
 from worker.ledger.models import MrrChange, MrrMovement, MrrMovementKind
 from worker.reports.retention import COLUMNS, Change, customer_months
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def lock_customer(session: Session, customer_id: int) -> None:
+    """Serialise ledger writes per customer. ``FOR NO KEY UPDATE``: it does not conflict
+    with the key-share locks that inserting rows referencing the customer take, so two
+    writers queue here instead of deadlocking."""
+    session.scalar(
+        select(Customer.id).where(Customer.id == customer_id).with_for_update(key_share=True)
+    )
+
+
+def last_recorded(session: Session, customer_id: int) -> datetime:
+    """The latest ``recorded_at`` of the customer's history and ledger rows (or the epoch)."""
+    found = [
+        session.scalar(select(func.max(table.recorded_at)).where(table.customer_id == customer_id))
+        for table in (MrrChange, MrrMovement)
+    ]
+    return max((t for t in found if t is not None), default=_EPOCH)
+
 
 def refresh_customer(session: Session, customer_id: int, *, now: datetime) -> int:
     """Append the corrections that make the customer's monthly ledger match their MRR
-    history; returns how many rows that took."""
-    session.scalar(select(Customer.id).where(Customer.id == customer_id).with_for_update())
+    history, stamped ``now``; returns how many rows that took. The caller holds the
+    customer's lock (:func:`lock_customer`) and passes a ``now`` no earlier than anything
+    recorded for the customer (:func:`last_recorded`)."""
     changes = [
         Change(*row)
         for row in session.execute(

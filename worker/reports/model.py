@@ -9,9 +9,13 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
+from worker.ledger.models import MrrMovementKind
+
 SEGMENTS = ("plan", "currency", "interval", "cohort")
 
 # The CSV columns, in order (README, "Reports"): fixed, whatever the data.
+MOVEMENTS = tuple(kind.value for kind in MrrMovementKind)  # new .. churn_involuntary
+RATIOS = ("nrr", "grr", "involuntary_churn_rate", "nrr_without_involuntary")
 RETENTION_COLUMNS = (
     "period",
     "period_start",
@@ -19,18 +23,9 @@ RETENTION_COLUMNS = (
     "segment",
     "currency",
     "starting_mrr",
-    "new",
-    "reactivation",
-    "expansion",
-    "contraction_voluntary",
-    "contraction_involuntary",
-    "churn_voluntary",
-    "churn_involuntary",
+    *MOVEMENTS,
     "ending_mrr",
-    "nrr",
-    "grr",
-    "involuntary_churn_rate",
-    "nrr_without_involuntary",
+    *RATIOS,
 )
 RECOVERY_METHODS = ("retry", "card_update", "provider", "customer")
 RECOVERY_COLUMNS = (

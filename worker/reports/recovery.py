@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from fractions import Fraction
+from itertools import groupby
 from typing import Any
 
+from sqlalchemy import case as when
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker.billing.models import Invoice, Subscription
+from worker.billing.models import Invoice
 from worker.dunning.models import DunningCase
-from worker.ledger.models import LedgerMovement, MovementKind, MrrChange
+from worker.ledger.models import EndCause, LedgerMovement, MovementKind, MrrChange
 from worker.reports.model import RecoveryRow
 from worker.reports.periods import Period
+from worker.reports.retention import TICK, SubscriptionHistory, changes_as_of
 
 _DAY_SECONDS = 86_400
 
@@ -38,12 +41,8 @@ def recovery_rows(
             Invoice.amount_due,
             Invoice.currency,
             Invoice.subscription_id,
-            Subscription.plan,
-            Subscription.interval,
-            Subscription.mrr,
         )
         .join(Invoice, Invoice.id == DunningCase.invoice_id)
-        .outerjoin(Subscription, Subscription.id == Invoice.subscription_id)
         .where(
             DunningCase.opened_at >= first,
             DunningCase.opened_at < last,
@@ -52,16 +51,14 @@ def recovery_rows(
         .order_by(DunningCase.opened_at, DunningCase.id)
     ).all()
     booked = _booked(session, [c.id for c in cases], as_of)
+    histories = _histories(session, {c.subscription_id for c in cases}, as_of)
     cohorts = _cohorts(session, as_of) if segment == "cohort" else {}
     totals: dict[tuple[Period, str | None, str], RecoveryRow] = {}
     for case in cases:
-        value = _segment_value(case, segment, cohorts)
+        history = histories.get(case.subscription_id)
+        value = _segment_value(case, segment, cohorts, history)
         recovery = booked.get((case.id, MovementKind.RECOVERY))
-        churn = booked.get((case.id, MovementKind.CHURN_INVOLUNTARY))
-        saved = 0
-        if recovery is not None and case.subscription_id is not None:
-            at_recovery = _mrr_at(session, case.subscription_id, recovery.occurred_at, as_of)
-            saved = case.mrr if at_recovery is None else at_recovery
+        churned = booked.get((case.id, MovementKind.CHURN_INVOLUNTARY)) is not None
         for period in periods:
             if not period.start <= case.opened_at < period.end:
                 continue
@@ -79,23 +76,54 @@ def recovery_rows(
                 tally = row.by_method.setdefault(recovery.method or "customer", [0, 0])
                 tally[0] += 1
                 tally[1] += recovery.amount
-                row.mrr_saved += saved or 0
+                row.mrr_saved += history.mrr_at(recovery.occurred_at) if history else 0
                 waited = recovery.occurred_at - case.opened_at
                 row.days_to_recover.append(Fraction(round(waited.total_seconds()), _DAY_SECONDS))
-            if churn is not None:
+            if churned:
                 row.churned_count += 1
-                row.churned_mrr += churn.amount
+                row.churned_mrr += _lost_at_end(history, case.opened_at)
     return sorted(
         totals.values(), key=lambda r: (r.period_start, r.period_end, r.segment or "", r.currency)
     )
 
 
-def _segment_value(case: Any, segment: str | None, cohorts: dict[int, str]) -> str | None:
+def _histories(
+    session: Session, subscription_ids: set[int | None], as_of: datetime
+) -> dict[int, SubscriptionHistory]:
+    """The MRR history, as known at ``as_of``, of the cases' subscriptions."""
+    wanted = sorted(i for i in subscription_ids if i is not None)
+    found: dict[int, SubscriptionHistory] = {}
+    for start in range(0, len(wanted), 5_000):
+        changes = changes_as_of(session, as_of, wanted[start : start + 5_000])
+        for sub_id, group in groupby(changes, key=lambda c: c.subscription_id):
+            found[sub_id] = SubscriptionHistory(list(group))
+    return found
+
+
+def _lost_at_end(history: SubscriptionHistory | None, since: datetime) -> int:
+    """The MRR a churned case's subscription had when it ended for non-payment (after the
+    case opened); 0 when it has not ended (``leave_past_due``, a refused cancellation):
+    it still counts in MRR, so nothing was lost yet."""
+    if history is None:
+        return 0
+    ends = [
+        c.effective_at
+        for c in history.rows
+        if c.ended and c.end_cause is EndCause.INVOLUNTARY and c.effective_at >= since
+    ]
+    return history.mrr_at(min(ends) - TICK) if ends else 0
+
+
+def _segment_value(
+    case: Any, segment: str | None, cohorts: dict[int, str], history: SubscriptionHistory | None
+) -> str | None:
+    """The case's segment, from its subscription's state when the case opened."""
+    state = history.at(case.opened_at) if history else None
     match segment:
         case "plan":
-            return str(case.plan or "(no plan)")
+            return state.plan if state and state.plan else "(no plan)"
         case "interval":
-            return str(case.interval or "(none)")
+            return state.interval if state and state.interval else "(none)"
         case "currency":
             return str(case.currency)
         case "cohort":
@@ -121,28 +149,16 @@ def _booked(
     return found
 
 
-def _mrr_at(session: Session, subscription_id: int, at: datetime, as_of: datetime) -> int | None:
-    change = session.scalars(
-        select(MrrChange)
-        .where(
-            MrrChange.subscription_id == subscription_id,
-            MrrChange.effective_at <= at,
-            MrrChange.recorded_at <= as_of,
-        )
-        .order_by(MrrChange.effective_at.desc(), MrrChange.id.desc())
-        .limit(1)
-    ).first()
-    if change is None:
-        return None
-    ended = change.discount_ends_at is not None and at >= change.discount_ends_at
-    return (change.mrr_after_discount or 0) if ended else change.mrr
-
-
 def _cohorts(session: Session, as_of: datetime) -> dict[int, str]:
-    """Each customer's signup cohort: the month of their first MRR."""
+    """Each customer's signup cohort: the month of their first MRR (as the retention engine
+    counts it: a fully discounted start counts from when the discount runs out)."""
+    first_paid = when(
+        (MrrChange.mrr > 0, MrrChange.effective_at),
+        (MrrChange.mrr_after_discount > 0, MrrChange.discount_ends_at),
+    )
     rows = session.execute(
-        select(MrrChange.customer_id, func.min(MrrChange.effective_at))
-        .where(MrrChange.mrr > 0, MrrChange.recorded_at <= as_of)
+        select(MrrChange.customer_id, func.min(first_paid))
+        .where(MrrChange.recorded_at <= as_of, first_paid.is_not(None))
         .group_by(MrrChange.customer_id)
     )
     return {customer: f"{first:%Y-%m}" for customer, first in rows}

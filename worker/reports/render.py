@@ -11,7 +11,14 @@ import shutil
 from rich.console import Console
 from rich.table import Table
 
-from worker.reports.model import RECOVERY_COLUMNS, RETENTION_COLUMNS, RecoveryRow, Report
+from worker.reports.model import (
+    MOVEMENTS,
+    RATIOS,
+    RECOVERY_COLUMNS,
+    RETENTION_COLUMNS,
+    RecoveryRow,
+    Report,
+)
 from worker.terminal import money
 
 FORMATS = ("table", "csv", "json", "html")
@@ -99,24 +106,8 @@ def to_table(report: Report) -> str:
             cells = [
                 d["period"],
                 d["segment"] or "",
-                money(d["starting_mrr"], c),
-                *(
-                    money(d[k], c)
-                    for k in (
-                        "new",
-                        "reactivation",
-                        "expansion",
-                        "contraction_voluntary",
-                        "contraction_involuntary",
-                        "churn_voluntary",
-                        "churn_involuntary",
-                        "ending_mrr",
-                    )
-                ),
-                *(
-                    d[k] or "-"
-                    for k in ("nrr", "grr", "involuntary_churn_rate", "nrr_without_involuntary")
-                ),
+                *(money(d[k], c) for k in ("starting_mrr", *MOVEMENTS, "ending_mrr")),
+                *(d[k] or "-" for k in RATIOS),
             ]
         else:
             cells = [

@@ -23,7 +23,7 @@ from worker.ledger.models import EndCause, MrrChange, MrrMovement, MrrMovementKi
 from worker.reports.model import RetentionRow
 from worker.reports.periods import Period, periods
 
-_TICK = timedelta(microseconds=1)
+TICK = timedelta(microseconds=1)  # just before an instant: periods are half-open
 COLUMNS = (
     MrrChange.customer_id,
     MrrChange.subscription_id,
@@ -68,19 +68,20 @@ class Change:
         return None
 
 
-def changes_as_of(session: Session, as_of: datetime) -> Iterator[Change]:
-    """Every change recorded by ``as_of``, by customer, subscription, effective time."""
-    query = (
-        select(*COLUMNS)
-        .where(MrrChange.recorded_at <= as_of)
-        .order_by(
-            MrrChange.customer_id,
-            MrrChange.subscription_id,
-            MrrChange.effective_at,
-            MrrChange.id,
-        )
-        .execution_options(yield_per=10_000)
-    )
+def changes_as_of(
+    session: Session, as_of: datetime, subscription_ids: list[int] | None = None
+) -> Iterator[Change]:
+    """Every change recorded by ``as_of`` (of these subscriptions only, if given), by
+    customer, subscription, effective time."""
+    known = select(*COLUMNS).where(MrrChange.recorded_at <= as_of)
+    if subscription_ids is not None:
+        known = known.where(MrrChange.subscription_id.in_(subscription_ids))
+    query = known.order_by(
+        MrrChange.customer_id,
+        MrrChange.subscription_id,
+        MrrChange.effective_at,
+        MrrChange.id,
+    ).execution_options(yield_per=10_000)
     for row in session.execute(query):
         yield Change(*row)
 
@@ -120,7 +121,7 @@ def retention_rows(
     )
 
 
-class _Subscription:
+class SubscriptionHistory:
     """A subscription's rows, answering "what at time t" by bisection."""
 
     __slots__ = ("rows", "times")
@@ -133,9 +134,13 @@ class _Subscription:
         index = bisect.bisect_right(self.times, t)
         return self.rows[index - 1] if index else None
 
+    def mrr_at(self, t: datetime) -> int:
+        change = self.at(t)
+        return 0 if change is None else change.mrr_at(t)
+
     def ended_involuntarily_in(self, t0: datetime, t1: datetime) -> bool:
         """Ended for non-payment inside [t0, t1) and still ended at t1."""
-        last = self.at(t1 - _TICK)
+        last = self.at(t1 - TICK)
         if last is None or not last.ended:
             return False
         return any(
@@ -151,7 +156,8 @@ def _add_customer(
     segment: str | None,
 ) -> None:
     subs = [
-        _Subscription(list(group)) for _, group in groupby(rows, key=lambda c: c.subscription_id)
+        SubscriptionHistory(list(group))
+        for _, group in groupby(rows, key=lambda c: c.subscription_id)
     ]
     firsts = [t for r in rows if (t := r.positive_from()) is not None]
     if not firsts:
@@ -184,14 +190,14 @@ def _add_customer(
         for sub in subs:
             # Half-open periods: MRR0 is just before t0, MRR1 just before t1, so a change at
             # exactly t1 belongs to the next period (whose MRR0 is this one's MRR1).
-            then = sub.at(period.start - _TICK)
-            if then is not None and (value := then.mrr_at(period.start - _TICK)) > 0:
+            then = sub.at(period.start - TICK)
+            if then is not None and (value := then.mrr_at(period.start - TICK)) > 0:
                 key = unit(then)
                 before[key] = before.get(key, 0) + value
                 if sub.ended_involuntarily_in(period.start, period.end):
                     involuntary[key] = involuntary.get(key, 0) + value
-            now = sub.at(period.end - _TICK)
-            if now is not None and (value := now.mrr_at(period.end - _TICK)) > 0:
+            now = sub.at(period.end - TICK)
+            if now is not None and (value := now.mrr_at(period.end - TICK)) > 0:
                 key = unit(now)
                 after[key] = after.get(key, 0) + value
         for key in before.keys() | after.keys():
