@@ -82,17 +82,7 @@ def test_a_card_update_retry_waits_for_room_in_the_new_cards_budget(
         at = START - timedelta(hours=10) + timedelta(minutes=30 * i)
         deliver(session, policy, failed(f"in_busy_{i}", "do_not_honor", at=at, card=mastercard))
     deliver(session, policy, failed("in_1", "expired_card", code="expired_card"))
-    new_default = ev.envelope(
-        "customer.updated",
-        {
-            "id": "cus_test",
-            "object": "customer",
-            "email": "jane.doe@example.com",
-            "invoice_settings": {"default_payment_method": "pm_mc"},
-        },
-        previous={"invoice_settings": {"default_payment_method": "pm_expired"}},
-        at=START,
-    )
+    new_default = ev.customer_updated("pm_mc", was="pm_expired", at=START)
     deliver(session, policy, new_default)
     (retry,) = [a for a in _retries(session, "in_1") if a.status is ActionStatus.PLANNED]
     assert ":card-update:" in retry.idempotency_key
@@ -105,16 +95,7 @@ def test_a_card_update_retry_waits_for_room_in_the_new_cards_budget(
 def test_a_card_update_retry_on_a_fresh_card_goes_at_once(session: Session, policy: Policy) -> None:
     deliver(session, policy, failed("in_1", "expired_card", code="expired_card"))
     update = ev.envelope("payment_method.automatically_updated", _card("pm_x", "fp_x"), at=START)
-    customer = ev.envelope(
-        "customer.updated",
-        {
-            "id": "cus_test",
-            "object": "customer",
-            "email": "jane.doe@example.com",
-            "invoice_settings": {"default_payment_method": "pm_x"},
-        },
-        at=START,
-    )
+    customer = ev.customer_updated("pm_x", at=START)
     deliver(session, policy, customer)
     deliver(session, policy, update, now=START + timedelta(hours=3))
     (retry,) = _retries(session, "in_1")

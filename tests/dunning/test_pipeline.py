@@ -261,16 +261,7 @@ def test_stripes_webhook_before_our_own_result_counts_once(
 
 def test_only_a_new_card_we_will_charge_prompts_a_retry(session: Session, policy: Policy) -> None:
     deliver(session, policy, failed("in_1", "expired_card", code="expired_card"))
-    customer = ev.envelope(
-        "customer.updated",
-        {
-            "id": "cus_test",
-            "object": "customer",
-            "email": "jane.doe@example.com",
-            "invoice_settings": {"default_payment_method": "pm_default"},
-        },
-        at=START,
-    )
+    customer = ev.customer_updated("pm_default", at=START)
     deliver(session, policy, customer)  # not a change of default: no previous_attributes
     attached = ev.envelope("payment_method.attached", ev.payment_method(pm_id="pm_spare"), at=START)
     deliver(session, policy, attached)
@@ -280,17 +271,7 @@ def test_only_a_new_card_we_will_charge_prompts_a_retry(session: Session, policy
     deliver(session, policy, edited_spare)
     assert planned(session, ActionKind.RETRY_PAYMENT) == []
     assert the_case(session).state is DunningState.AWAITING_CUSTOMER
-    new_default = ev.envelope(
-        "customer.updated",
-        {
-            "id": "cus_test",
-            "object": "customer",
-            "email": "jane.doe@example.com",
-            "invoice_settings": {"default_payment_method": "pm_spare"},
-        },
-        previous={"invoice_settings": {"default_payment_method": "pm_default"}},
-        at=START,
-    )
+    new_default = ev.customer_updated("pm_spare", was="pm_default", at=START)
     deliver(session, policy, new_default)
     (retry,) = planned(session, ActionKind.RETRY_PAYMENT)
     assert ":card-update:" in retry.idempotency_key

@@ -169,6 +169,20 @@ def subscription(
     }
 
 
+def customer_updated(
+    default_pm: str, *, was: str | None = None, customer_id: str = "cus_test", at: datetime
+) -> dict[str, Any]:
+    """``customer.updated``; with ``was``, a change of default payment method from it."""
+    customer = {
+        "id": customer_id,
+        "object": "customer",
+        "email": "jane.doe@example.com",
+        "invoice_settings": {"default_payment_method": default_pm},
+    }
+    previous = None if was is None else {"invoice_settings": {"default_payment_method": was}}
+    return envelope("customer.updated", customer, previous=previous, at=at)
+
+
 def payment_method(
     *,
     pm_id: str = "pm_new",

@@ -67,12 +67,27 @@ def _two_decimals(value: Fraction) -> str:
 
 
 @dataclass
-class RetentionRow:
+class ReportRow:
+    """Where a row belongs: one period x segment x currency."""
+
     period: str
     period_start: datetime
     period_end: datetime
     segment: str | None
     currency: str
+
+    def key_dict(self) -> dict[str, Any]:
+        return {
+            "period": self.period,
+            "period_start": self.period_start.isoformat(),
+            "period_end": self.period_end.isoformat(),
+            "segment": self.segment,
+            "currency": self.currency,
+        }
+
+
+@dataclass
+class RetentionRow(ReportRow):
     starting_mrr: int = 0
     new: int = 0
     reactivation: int = 0
@@ -102,11 +117,7 @@ class RetentionRow:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "period": self.period,
-            "period_start": self.period_start.isoformat(),
-            "period_end": self.period_end.isoformat(),
-            "segment": self.segment,
-            "currency": self.currency,
+            **self.key_dict(),
             "starting_mrr": self.starting_mrr,
             "new": self.new,
             "reactivation": self.reactivation,
@@ -126,12 +137,7 @@ class RetentionRow:
 
 
 @dataclass
-class RecoveryRow:
-    period: str
-    period_start: datetime
-    period_end: datetime
-    segment: str | None
-    currency: str
+class RecoveryRow(ReportRow):
     at_risk_count: int = 0
     at_risk_amount: int = 0
     recovered_count: int = 0
@@ -155,11 +161,7 @@ class RecoveryRow:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "period": self.period,
-            "period_start": self.period_start.isoformat(),
-            "period_end": self.period_end.isoformat(),
-            "segment": self.segment,
-            "currency": self.currency,
+            **self.key_dict(),
             "at_risk_count": self.at_risk_count,
             "at_risk_amount": self.at_risk_amount,
             "recovered_count": self.recovered_count,
