@@ -55,7 +55,9 @@ def test_duplicate_delivery_has_no_second_effect(session: Session, policy: Polic
     assert len(planned(session, ActionKind.RETRY_PAYMENT)) == 1
 
 
-def test_hard_decline_waits_for_the_customer(session: Session, policy: Policy) -> None:
+def test_hard_decline_waits_for_the_customer(
+    session: Session, policy: Policy, manual_clock: ManualClock
+) -> None:
     deliver(session, policy, failed("in_1", "expired_card", code="expired_card"))
     assert the_case(session).state is DunningState.AWAITING_CUSTOMER
     assert planned(session, ActionKind.RETRY_PAYMENT) == []
@@ -67,7 +69,14 @@ def test_hard_decline_waits_for_the_customer(session: Session, policy: Policy) -
     assert case.state is DunningState.RETRYING
     (retry,) = planned(session, ActionKind.RETRY_PAYMENT)
     assert retry.due_at == START + timedelta(hours=2)
-    assert ":card-update:" in retry.idempotency_key
+    assert ":network-update:" in retry.idempotency_key
+    # It goes through: the recovery is booked as the network's card update.
+    retry.status = ActionStatus.CLAIMED
+    manual_clock.set(retry.due_at)
+    dunning_record(session, policy, retry.id, PaymentResult(succeeded=True))
+    assert the_case(session).state is DunningState.RECOVERED
+    (recovery,) = session.scalars(select(LedgerMovement))
+    assert (recovery.kind, recovery.method) == (MovementKind.RECOVERY, "network_update")
 
 
 def test_authentication_required_gets_the_action_email(session: Session, policy: Policy) -> None:

@@ -180,7 +180,7 @@ def recovery_method(session: Session, case: DunningCase, *, now: datetime) -> st
     retry, or the customer. A claim older than a few minutes is a lost one, not the payer."""
     ours = dunning.in_flight(session, case, ActionKind.RETRY_PAYMENT)
     if ours is not None and ours.claimed_at and now - ours.claimed_at < RECENT_CLAIM:
-        return "card_update" if ":card-update:" in ours.idempotency_key else "retry"
+        return dunning.card_update_method(ours.idempotency_key) or "retry"
     if case.retries_mode == "observe":
         return "provider"
     return "customer"

@@ -105,7 +105,7 @@ def record_retry_result(
             source=action.idempotency_key,
             reason=action.reason,
         )
-    method = "card_update" if ":card-update:" in action.idempotency_key else "retry"
+    method = dunning.card_update_method(action.idempotency_key) or "retry"
     if result.already_paid:  # someone else paid first; our call only found out
         method = "provider" if case.retries_mode == "observe" else "customer"
     if result.succeeded:

@@ -53,7 +53,7 @@ class DunningCase(Base):
     opened_at: Mapped[datetime]
     window_ends_at: Mapped[datetime]
     closed_at: Mapped[datetime | None]
-    # retry | card_update | customer | provider
+    # retry | card_update | network_update | customer | provider
     recovered_method: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime]
 

@@ -176,7 +176,14 @@ def apply(
         )
     change = Change(case, old, new, event)
     _effects(
-        session, change, policy=policy, now=now, method=method, source=source, at=occurred_at or now
+        session,
+        change,
+        policy=policy,
+        now=now,
+        method=method,
+        source=source,
+        reason=reason,
+        at=occurred_at or now,
     )
     return change
 
@@ -189,6 +196,7 @@ def _effects(
     now: datetime,
     method: str | None,
     source: str | None,
+    reason: str | None,
     at: datetime,
 ) -> None:
     case, old, new, event = change.case, change.old, change.new, change.event
@@ -213,21 +221,37 @@ def _effects(
         if new is S.RETRYING:
             _plan_next_retry(session, case, policy=policy, now=now)
     elif event is E.PAYMENT_METHOD_UPDATED and new is S.RETRYING and case.retries_mode == "own":
-        _plan_card_update_retry(session, case, policy=policy, now=now, source=source)
+        _plan_card_update_retry(session, case, policy=policy, now=now, source=source, via=reason)
+
+
+# A prompt retry's key says who updated the card, so a recovery can say so too (metrics.md:
+# "customer updated card through our link" vs "card updated by the network then retried").
+_CARD_UPDATES = {"network-update": "network_update", "card-update": "card_update"}
+
+
+def card_update_method(idempotency_key: str) -> str | None:
+    """``network_update`` or ``card_update`` for a prompt retry's key, else None."""
+    return next((m for tag, m in _CARD_UPDATES.items() if f":{tag}:" in idempotency_key), None)
 
 
 def _plan_card_update_retry(
-    session: Session, case: DunningCase, *, policy: Policy, now: datetime, source: str | None
+    session: Session,
+    case: DunningCase,
+    *,
+    policy: Policy,
+    now: datetime,
+    source: str | None,
+    via: str | None,
 ) -> None:
     """Exactly one prompt retry per card update, within the new card's network budget. A
     retry already planned or running for an earlier update covers this one too: the charge
-    uses the default card when it runs."""
+    uses the default card when it runs. ``via`` is the provider event that told us."""
     pending = session.scalars(
         select(ScheduledAction).where(
             ScheduledAction.case_id == case.id,
             ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
             ScheduledAction.status.in_([ActionStatus.PLANNED, ActionStatus.CLAIMED]),
-            ScheduledAction.idempotency_key.contains(":card-update:"),
+            or_(*(ScheduledAction.idempotency_key.contains(f":{tag}:") for tag in _CARD_UPDATES)),
         )
     ).first()
     if pending is not None:
@@ -244,7 +268,8 @@ def _plan_card_update_retry(
         card=card_history(session, invoice, now=now, payment_method_id=default_card),
         amount=invoice.amount_due,
     )
-    key = f"dunning:{invoice.provider_id}:card-update:{source or now.isoformat()}"
+    tag = "network-update" if via == "payment_method.automatically_updated" else "card-update"
+    key = f"dunning:{invoice.provider_id}:{tag}:{source or now.isoformat()}"
     _plan_decision(session, case, decision, now=now, key=key, dropped_key=key)
 
 

@@ -31,7 +31,9 @@ class LedgerMovement(Base):
     case_id: Mapped[int | None] = mapped_column(ForeignKey("dunning_cases.id"))
     amount: Mapped[int]  # minor units
     currency: Mapped[str] = mapped_column(Text)
-    method: Mapped[str | None] = mapped_column(Text)  # recoveries: retry | card_update | ...
+    method: Mapped[str | None] = mapped_column(
+        Text
+    )  # recoveries: retry | card_update | network_update | ...
     occurred_at: Mapped[datetime]  # when it happened (provider / clock time)
     recorded_at: Mapped[datetime]  # when we wrote it (restatements are visible)
 

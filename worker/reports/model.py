@@ -27,7 +27,7 @@ RETENTION_COLUMNS = (
     "ending_mrr",
     *RATIOS,
 )
-RECOVERY_METHODS = ("retry", "card_update", "provider", "customer")
+RECOVERY_METHODS = ("retry", "card_update", "network_update", "provider", "customer")
 RECOVERY_COLUMNS = (
     "period",
     "period_start",
