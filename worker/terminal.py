@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from babel.numbers import format_currency, get_currency_precision
+from babel.numbers import format_currency
 from rich.console import Console
 from rich.table import Table
+
+from worker.money import major_units
 
 if TYPE_CHECKING:
     from worker.dunning.preview import Preview
@@ -17,8 +18,8 @@ console = Console()
 
 
 def money(amount: int, currency: str) -> str:
-    exponent = get_currency_precision(currency.upper())
-    return format_currency(Decimal(amount).scaleb(-exponent), currency.upper(), locale="en_US")
+    """Minor units as ``$49.00`` (en_US, for ops and finance tables)."""
+    return format_currency(major_units(amount, currency), currency.upper(), locale="en_US")
 
 
 def cases_table(rows: list[dict[str, Any]]) -> None:

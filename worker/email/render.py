@@ -17,7 +17,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -27,36 +26,12 @@ from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_time, get_datetime_format
 from babel.numbers import format_currency
 
+from worker.money import major_units
 from worker.resources import bundled
 
 FALLBACK_LOCALE = "en_US"
 FALLBACK_TIMEZONE = "UTC"
 
-# Exponent of Stripe's minor unit, i.e. the scale of every ``amount`` the provider sends.
-# It equals ISO 4217 for these; everything else is two decimals on the wire, including ISK, HUF
-# and TWD, which Stripe keeps two-decimal "for backwards compatibility" although they are
-# displayed without decimals (https://docs.stripe.com/currencies#special-cases).
-_ZERO_DECIMAL = frozenset(
-    {
-        "BIF",
-        "CLP",
-        "DJF",
-        "GNF",
-        "JPY",
-        "KMF",
-        "KRW",
-        "MGA",
-        "PYG",
-        "RWF",
-        "UGX",
-        "VND",
-        "VUV",
-        "XAF",
-        "XOF",
-        "XPF",
-    }
-)
-_THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
 _CURRENCY_CODE = re.compile(r"[A-Za-z]{3}")
 
 
@@ -100,13 +75,6 @@ def render(env: jinja2.Environment, name: str, context: Mapping[str, object]) ->
     return RenderedEmail(subject=subject, text=text.strip() + "\n", html=html.strip() + "\n")
 
 
-def minor_unit_exponent(currency: str) -> int:
-    code = currency.upper()
-    if code in _ZERO_DECIMAL:
-        return 0
-    return 3 if code in _THREE_DECIMAL else 2
-
-
 def format_money(amount_minor: int, currency: str, locale: str | None) -> str:
     """``4900, "eur", "de_DE"`` -> ``"49,00 €"``; Decimal all the way, never a float."""
     if isinstance(amount_minor, bool) or not isinstance(amount_minor, int):
@@ -115,7 +83,7 @@ def format_money(amount_minor: int, currency: str, locale: str | None) -> str:
     if not _CURRENCY_CODE.fullmatch(currency):
         msg = f"not an ISO 4217 currency code: {currency!r}"
         raise ValueError(msg)
-    amount = Decimal(amount_minor).scaleb(-minor_unit_exponent(currency))
+    amount = major_units(amount_minor, currency)
     return format_currency(amount, currency.upper(), locale=resolve_locale(locale))
 
 

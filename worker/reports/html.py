@@ -21,8 +21,9 @@ from math import floor
 from typing import Any
 
 import jinja2
-from babel.numbers import format_compact_currency, get_currency_precision
+from babel.numbers import format_compact_currency
 
+from worker.money import major_units
 from worker.reports.model import (
     RECOVERY_COLUMNS,
     RECOVERY_METHODS,
@@ -276,9 +277,8 @@ def _text(
 
 def _short_money(currency: str) -> Callable[[int], str]:
     """Tick labels: ``€1.2K`` for 123,456 cents."""
-    exponent = get_currency_precision(currency.upper())
     return lambda amount: format_compact_currency(
-        Decimal(amount).scaleb(-exponent), currency.upper(), locale="en_US", fraction_digits=1
+        major_units(amount, currency), currency.upper(), locale="en_US", fraction_digits=1
     )
 
 
