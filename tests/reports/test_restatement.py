@@ -17,10 +17,10 @@ from tests.reports.test_worked_examples import (
     FEB,
     example_3,
     invoice_failed,
+    invoice_paid,
     march,
     subscription_event,
 )
-from tests.support import stripe_events as ev
 from tests.support.pipeline import deliver
 from tests.support.processes import clean_env, dunning
 from worker.clock import ManualClock
@@ -55,15 +55,8 @@ def test_late_facts_restate_march_and_as_of_reproduces_the_earlier_view(
     # 28 March, finally reaches us.
     april_10 = datetime(2026, 4, 10, tzinfo=UTC)
     manual_clock.set(april_10)
-    settled = ev.invoice(
-        invoice_id="in_X",
-        customer_id="cus_X",
-        subscription_id="sub_X",
-        amount_due=9_000,
-        status="paid",
-        at=april_10,
-    )
-    deliver(session, policy, ev.envelope("invoice.paid", settled, at=april_10), now=april_10)
+    paid = invoice_paid("in_X", "cus_X", "sub_X", 9_000, april_10)
+    deliver(session, policy, paid, now=april_10)
     late_cancel = subscription_event(
         "deleted",
         "cus_Y",
