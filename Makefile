@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: help venv demo check lint typecheck test services compose browser
+.PHONY: help venv demo check lint layers typecheck test services compose browser
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ lint: venv ## ruff (lint + format check)
 	$(BIN)/ruff check worker tests bench migrations
 	$(BIN)/ruff format --check worker tests bench migrations
 
+layers: venv ## import-linter: packages import downward only (pyproject.toml)
+	$(BIN)/lint-imports
+
 typecheck: venv ## mypy on the package
 	$(BIN)/mypy
 
@@ -40,4 +43,4 @@ compose: ## validate docker-compose.yml (docker compose v2, else docker-compose 
 	elif command -v docker-compose >/dev/null; then docker-compose config -q; \
 	else echo "compose: no docker compose on this machine, docker-compose.yml not validated"; fi
 
-check: lint typecheck compose test ## everything CI runs: lint, types, compose file, tests
+check: lint layers typecheck compose test ## everything CI runs: lint, layers, types, compose file, tests

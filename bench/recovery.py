@@ -4,7 +4,7 @@ assumption and where it comes from.
 
     python bench/recovery.py [--invoices 20000] [--seed 7] [--config PATH] [--json]
 
-The policy side calls the production engine (worker.dunning.policy: classify, next_retry
+The policy side calls the production engine (worker.dunning.rules: classify, next_retry
 with the per-card network history, paydays, MAC waits); the baselines ignore decline reasons.
 """
 
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker.billing.domain import Decline
 from worker.config import DeclineClass, Policy, load_policy
-from worker.dunning import policy as rules
+from worker.dunning import rules
 
 WINDOW = timedelta(days=14)
 START = datetime(2026, 3, 1, tzinfo=UTC)

@@ -42,10 +42,10 @@ from sqlalchemy import text
 
 from worker.db import make_engine
 from worker.ledger.models import EndCause
+from worker.ledger.movements import Change, customer_months
+from worker.ledger.periods import add_months
 from worker.migrate import upgrade
 from worker.reports.build import build_report
-from worker.reports.periods import add_months
-from worker.reports.retention import Change, customer_months
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
 NOW = datetime(2026, 1, 15, tzinfo=UTC)

@@ -20,10 +20,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from tests.support.processes import clean_env, dunning
-from worker.backfill import BackfillSummary, RateLimiter, backfill_states, run_backfill
-from worker.backfill_state import BackfillCursor, BackfillResource
+from worker.backfill.models import BackfillCursor, BackfillResource
+from worker.backfill.service import BackfillSummary, RateLimiter, backfill_states, run_backfill
 from worker.billing.domain import SubscriptionFacts
-from worker.billing.events import Context, handle
 from worker.billing.models import Customer, Invoice, Subscription
 from worker.billing.normalise import normalise_stripe_event
 from worker.billing.stripe_client import ProviderError
@@ -37,6 +36,7 @@ from worker.models import Base
 from worker.runtime import Runtime
 from worker.settings import Secret, SettingError, Settings
 from worker.sim.stripe_peer import INSUFFICIENT_FUNDS, SUCCEED, CardSpec, CouponSpec, StripePeer
+from worker.webhooks.handlers import Context, handle
 
 API_KEY = "sk_test_backfill"
 T0 = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)  # the account opens

@@ -6,9 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from worker.email.render import format_money
-from worker.money import major_units
-from worker.terminal import money
+from worker.money import format_money, major_units
 
 
 @pytest.mark.parametrize(
@@ -23,5 +21,5 @@ from worker.terminal import money
 )
 def test_one_scale_everywhere(amount: int, currency: str, major: Decimal, shown: str) -> None:
     assert major_units(amount, currency) == major
-    assert money(amount, currency) == shown
+    assert format_money(amount, currency) == shown
     assert format_money(amount, currency, "en_US") == shown

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 
+# The task modules, imported so that creating the app registers their tasks (the worker
+# also imports them by name at boot: TASK_MODULES). They never import this module.
+from worker.dunning import tasks as dunning_tasks
 from worker.runtime import Runtime
 from worker.schedule import beat_schedule
 from worker.settings import EMBEDDED_BROKER_URL, Settings
+from worker.webhooks import tasks as webhooks_tasks
 
 log = logging.getLogger(__name__)
 
-TASK_MODULES = ("worker.webhooks.tasks", "worker.dunning.tasks")
+TASK_MODULES = (webhooks_tasks.__name__, dunning_tasks.__name__)
 QUEUES = ("intake", "payments", "emails", "scheduler")
 ROUTES = {
     "webhooks.*": {"queue": "intake"},
@@ -87,19 +89,4 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> DunningCel
         timezone="UTC",
     )
     app.runtime = runtime or Runtime(settings)
-    for module in TASK_MODULES:  # register the tasks now, not only when a worker boots
-        importlib.import_module(module)
     return app
-
-
-def send_safely(app: Celery, name: str, **kwargs: Any) -> Callable[[], None]:
-    """An after-commit callback that enqueues ``name``; a broker outage is logged, not raised
-    (the sweeper re-enqueues whatever stays pending)."""
-
-    def send() -> None:
-        try:
-            app.send_task(name, kwargs=kwargs, retry=False)
-        except Exception as exc:  # any broker failure: the sweeper catches up
-            log.warning("enqueue of %s failed, sweeper will retry: %s", name, type(exc).__name__)
-
-    return send

@@ -1,7 +1,7 @@
 """The ops policy file (``config/dunning.toml``): schema, loading, and readable errors.
 
 Owns validation only. Problems are reported as ``file:line: key.path: what is wrong`` so ops
-can fix them without reading code. What the policy *means* lives in ``worker.dunning.policy``.
+can fix them without reading code. What the policy *means* lives in ``worker.dunning.rules``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,14 @@ class DeclineClass(StrEnum):
     FRAUD = "fraud"
 
 
+class RetryMode(StrEnum):
+    """Who retries a failed payment: we do (``own``), or the provider's Smart Retries do and we
+    only email and account (``observe``)."""
+
+    OWN = "own"
+    OBSERVE = "observe"
+
+
 RETRYABLE_CLASSES = frozenset({DeclineClass.SOON, DeclineClass.FUNDS, DeclineClass.SOFT})
 
 
@@ -49,7 +57,7 @@ class Offsets(_Strict):
 
 
 class Retries(_Strict):
-    mode: Literal["own", "observe"] = "own"
+    mode: RetryMode = RetryMode.OWN
     window_days: int = Field(14, ge=1, le=60)
     max_retries: int = Field(8, ge=0, le=8)
     min_gap_hours: float = Field(1, ge=0)

@@ -31,6 +31,7 @@ from worker.config import load_policy
 from worker.dunning.views import RecoverySummary, recovery_summary
 from worker.httpserver import serve_in_thread
 from worker.migrate import upgrade
+from worker.money import format_money
 from worker.reports.build import build_report
 from worker.reports.render import render
 from worker.runtime import Runtime
@@ -38,7 +39,6 @@ from worker.settings import EMBEDDED_BROKER_URL, Secret, Settings, default_confi
 from worker.sim.driver import next_due, settle
 from worker.sim.population import Customer, make_population
 from worker.sim.stripe_peer import SUCCEED, CardSpec, StripePeer
-from worker.terminal import money
 from worker.webhooks.intake import build_intake
 
 MONTH = timedelta(days=30)
@@ -202,7 +202,7 @@ def _reports(engine: Engine, start: datetime, end: datetime, out: Path) -> list[
 
 
 def _amounts(by_currency: dict[str, int]) -> str:
-    return ", ".join(money(v, c) for c, v in sorted(by_currency.items())) or "-"
+    return ", ".join(format_money(v, c) for c, v in sorted(by_currency.items())) or "-"
 
 
 def _print_summary(summary: RecoverySummary, out: Path, seconds: float) -> None:

@@ -1,6 +1,6 @@
 """Imports every table so that ``Base.metadata`` is complete (Alembic, tests)."""
 
-from worker import backfill_state as backfill
+from worker.backfill import models as backfill
 from worker.billing import models as billing
 from worker.db import Base
 from worker.dunning import models as dunning

@@ -11,7 +11,7 @@ from tests.conftest import SHARED
 from worker.billing.domain import Decline
 from worker.config import DeclineClass, Policy
 from worker.decline_codes import STRIPE_CARD_DECLINE_CODES
-from worker.dunning import policy as rules
+from worker.dunning import rules
 
 RULES = SHARED / "domain" / "retry-rules.md"
 
@@ -35,7 +35,7 @@ def test_every_domain_code_is_classified(policy: Policy) -> None:
 def test_an_unknown_code_is_opaque_soft_and_logged(
     policy: Policy, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="worker.dunning.policy"):
+    with caplog.at_level(logging.WARNING, logger="worker.dunning.rules"):
         cls = rules.classify(Decline(decline_code="brand_new_code_2027"), policy)
     assert cls is DeclineClass.SOFT
     assert "brand_new_code_2027" in caplog.text

@@ -18,8 +18,8 @@ from tests.support.pipeline import deliver, dunning_record, failed, paid, planne
 from worker.billing.domain import Decline
 from worker.billing.stripe_client import PaymentResult
 from worker.clock import ManualClock
-from worker.config import Policy
-from worker.dunning import service as dunning
+from worker.config import Policy, RetryMode
+from worker.dunning import transitions as dunning
 from worker.dunning.models import ActionKind, ActionStatus, CaseTransition, DunningCase
 from worker.dunning.models import ScheduledAction as Action
 from worker.dunning.state import DunningState
@@ -196,7 +196,7 @@ def test_unparseable_and_unknown_events_are_kept(session: Session, policy: Polic
 
 def test_observe_mode_communicates_and_accounts_only(session: Session, policy: Policy) -> None:
     observe = policy.model_copy(
-        update={"retries": policy.retries.model_copy(update={"mode": "observe"})}
+        update={"retries": policy.retries.model_copy(update={"mode": RetryMode.OBSERVE})}
     )
     deliver(session, observe, failed("in_1"))
     case = the_case(session)

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from worker.billing.domain import Decline
-from worker.config import DeclineClass, Policy
-from worker.dunning import policy as rules
+from worker.config import DeclineClass, Policy, RetryMode
+from worker.dunning import rules
 
 C = DeclineClass
 
@@ -90,7 +90,7 @@ def test_max_retries_is_a_ceiling(policy: Policy) -> None:
 
 def test_observe_mode_never_plans_our_retries(policy: Policy) -> None:
     observe = policy.model_copy(
-        update={"retries": policy.retries.model_copy(update={"mode": "observe"})}
+        update={"retries": policy.retries.model_copy(update={"mode": RetryMode.OBSERVE})}
     )
     opened = datetime(2026, 3, 2, 12, tzinfo=UTC)
     assert (

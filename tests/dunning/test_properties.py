@@ -26,18 +26,19 @@ from tests.support import stripe_events as ev
 from tests.support.pipeline import dunning_record
 from worker import clock
 from worker.billing.domain import Decline
-from worker.billing.events import Context
 from worker.billing.models import Invoice
 from worker.billing.stripe_client import PaymentResult
 from worker.config import Policy
 from worker.db import make_engine, make_sessionmaker
-from worker.dunning import service as dunning
+from worker.dunning import transitions as dunning
 from worker.dunning.models import ActionKind, ActionStatus, CaseTransition, DunningCase
 from worker.dunning.models import ScheduledAction as Action
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
 from worker.ledger.models import LedgerMovement, MovementKind
 from worker.migrate import upgrade
-from worker.webhooks.service import process_event, store_event
+from worker.webhooks.handlers import Context
+from worker.webhooks.inbox import store_event
+from worker.webhooks.service import process_event
 
 _example = itertools.count()
 CODES = [

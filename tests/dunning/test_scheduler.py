@@ -11,9 +11,9 @@ from tests.conftest import START
 from worker.billing.models import Customer, Invoice
 from worker.db import make_engine, make_sessionmaker
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
-from worker.dunning.scheduler import MAX_CLAIMS, RECLAIM_AFTER, claim_due, sweep_inbox
+from worker.dunning.scheduler import MAX_CLAIMS, RECLAIM_AFTER, claim_due
+from worker.webhooks.inbox import store_event, sweep_inbox
 from worker.webhooks.models import InboxEvent, InboxStatus
-from worker.webhooks.service import store_event
 
 
 def _seed(db_url: str, count: int) -> None:

@@ -14,7 +14,6 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 from sqlalchemy import select
 
-import worker.dunning.tasks
 import worker.webhooks.tasks
 from tests.conftest import REPO
 from tests.support.smtp import Recorder, smtp_server
@@ -38,7 +37,7 @@ class Stack:
     mail: Recorder
 
     def tick(self) -> int:
-        return worker.dunning.tasks.tick_once(self.app)
+        return worker.webhooks.tasks.tick_once(self.app)
 
     def cases(self) -> list[DunningCase]:
         with self.app.runtime.session() as session:

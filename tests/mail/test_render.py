@@ -18,7 +18,8 @@ from worker.email.messages import (
     build_message,
     explain_decline,
 )
-from worker.email.render import format_localtime, format_money, make_environment, render
+from worker.email.render import format_localtime, make_environment, render
+from worker.money import format_money
 
 UPDATE_URL = "https://billing.example.com/u/tok_123?source=email&step=1"
 BASE = EmailContext(

@@ -19,6 +19,7 @@ from html.parser import HTMLParser
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Request, sync_playwright
 
+from worker.ledger.periods import Period, parse_month, periods
 from worker.reports.html import MAX_BLOCKS, MAX_DAYS, MISSING, to_html
 from worker.reports.model import (
     RECOVERY_COLUMNS,
@@ -27,7 +28,6 @@ from worker.reports.model import (
     Report,
     RetentionRow,
 )
-from worker.reports.periods import Period, parse_month, periods
 
 AS_OF = datetime(2025, 7, 1, 6, 30, tzinfo=UTC)
 AS_OF_TEXT = "2025-07-01 06:30:00 UTC"
@@ -273,7 +273,7 @@ def test_table_lists_every_row_and_column() -> None:
         assert len(re.findall(r"<th[ >]", html)) == len(columns)
         assert html.count("<tr>") == len(built.rows) + 1
     html = to_html(retention)
-    assert "€10,000.00" in html  # money, via worker.terminal.money
+    assert "€10,000.00" in html  # money, via worker.money.format_money
     assert "92.50%" in html  # GRR of the first EUR month: (1,000,000 - 23,000 - 52,000) / 1M
     assert f'<td class="num">{MISSING}</td>' in html  # the GBP segment's first NRR: no starting MRR
 

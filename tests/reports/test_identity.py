@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.ledger.models import EndCause
-from worker.reports.periods import periods
-from worker.reports.retention import Change, retention_rows
+from worker.ledger.movements import Change
+from worker.ledger.periods import periods
+from worker.reports.retention import retention_rows
 
 ORIGIN = datetime(2025, 1, 1, tzinfo=UTC)
 FIRST, LAST = datetime(2025, 2, 1, tzinfo=UTC), datetime(2025, 12, 1, tzinfo=UTC)

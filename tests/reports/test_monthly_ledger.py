@@ -19,10 +19,11 @@ from worker.billing.models import Customer, Subscription
 from worker.db import make_engine, read_only_session
 from worker.ledger import history
 from worker.ledger.models import EndCause, MrrChange
+from worker.ledger.movements import changes_as_of
+from worker.ledger.periods import periods
 from worker.migrate import upgrade
 from worker.models import Base
-from worker.reports.periods import periods
-from worker.reports.retention import changes_as_of, monthly_rows, retention_rows
+from worker.reports.retention import monthly_rows, retention_rows
 
 ORIGIN = datetime(2025, 1, 1, tzinfo=UTC)
 RECORDED = datetime(2026, 1, 1, tzinfo=UTC)

@@ -17,7 +17,8 @@ from worker.ledger.models import MrrChange
 from worker.runtime import Runtime
 from worker.settings import Secret, Settings
 from worker.sim.stripe_peer import SUCCEED, CardSpec, CouponSpec, StripePeer
-from worker.webhooks.service import process_stored_event, store_event
+from worker.webhooks.inbox import store_event
+from worker.webhooks.service import process_stored_event
 
 AT = datetime(2026, 3, 2, 12, tzinfo=UTC)
 

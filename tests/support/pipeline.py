@@ -15,14 +15,15 @@ from sqlalchemy.orm import Session
 
 from tests.conftest import START
 from tests.support import stripe_events as ev
-from worker.billing.events import Context
 from worker.billing.stripe_client import PaymentResult
 from worker.config import Policy
 from worker.dunning.actions import record_retry_result
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase
 from worker.dunning.models import ScheduledAction as Action
+from worker.webhooks.handlers import Context
+from worker.webhooks.inbox import store_event
 from worker.webhooks.models import InboxStatus
-from worker.webhooks.service import process_event, store_event
+from worker.webhooks.service import process_event
 
 
 def deliver(

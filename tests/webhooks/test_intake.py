@@ -15,7 +15,7 @@ import pytest
 import redis
 from sqlalchemy import select
 
-import worker.dunning.tasks
+import worker.webhooks.tasks
 from tests.conftest import REPO, START
 from tests.support import stripe_events as ev
 from worker import clock
@@ -170,9 +170,9 @@ def test_broker_down_loses_nothing(
     assert row.status is InboxStatus.PENDING
     # The broker is back: the sweeper hands the event over once it is a minute old.
     up = make_app(pg, redis_url, tmp_path)
-    assert worker.dunning.tasks.tick_once(up) == 0  # not yet a minute
+    assert worker.webhooks.tasks.tick_once(up) == 0  # not yet a minute
     manual_clock.advance(timedelta(seconds=61))
-    assert worker.dunning.tasks.tick_once(up) == 1
+    assert worker.webhooks.tasks.tick_once(up) == 1
     assert queued(redis_url) == 1
     (row,) = inbox(up)
     assert row.enqueue_count == 2

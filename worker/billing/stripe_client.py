@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import stripe
 from tenacity import (
@@ -91,6 +91,11 @@ def _wait(state: RetryCallState) -> float:
         if retry_after and retry_after.replace(".", "", 1).isdigit():
             return min(float(retry_after), MAX_RETRY_AFTER_S)
     return max(0.5, _backoff(state))  # Stripe's SDK never waits less than 0.5 s
+
+
+class Page(NamedTuple):
+    objects: list[dict[str, Any]]
+    has_more: bool
 
 
 class StripeGateway:
@@ -197,6 +202,33 @@ class StripeGateway:
             charge = _as_dict(self._call(lambda: self._client.v1.charges.retrieve(ch_id)))
             found.append(decline_from_charge(charge))
         return merge_declines(*found)
+
+    def list_page(
+        self,
+        resource: str,
+        params: Mapping[str, Any],
+        *,
+        before_each_attempt: Callable[[], None] | None = None,
+    ) -> Page:
+        """One page of ``customers``, ``subscriptions`` or ``invoices`` (Stripe's list
+        parameters: ``limit``, ``starting_after``, ``created``, ``expand``...), as plain dicts.
+        ``before_each_attempt`` runs before every attempt, retries included (a rate limiter)."""
+        services: dict[str, Any] = {
+            "customers": self._client.v1.customers,
+            "subscriptions": self._client.v1.subscriptions,
+            "invoices": self._client.v1.invoices,
+        }
+        if resource not in services:
+            msg = f"cannot list {resource!r}: expected one of {', '.join(services)}"
+            raise ValueError(msg)
+
+        def attempt() -> Any:
+            if before_each_attempt is not None:
+                before_each_attempt()
+            return services[resource].list(dict(params))
+
+        listed = self._call(attempt)
+        return Page([obj.to_dict() for obj in listed.data], has_more=bool(listed.has_more))
 
     def portal_url(self, customer_id: str, *, return_url: str) -> str:
         params: Any = {

@@ -15,16 +15,18 @@ from sqlalchemy.orm import Session
 
 from worker import clock
 from worker.billing import service as billing
-from worker.billing.domain import EventKind
-from worker.billing.events import failure_event
 from worker.billing.models import AttemptOutcome, AttemptSource, Invoice, Subscription
 from worker.billing.stripe_client import PaymentResult, ProviderError
-from worker.dunning import service as dunning
+from worker.config import RetryMode
+from worker.dunning import emails, rules
+from worker.dunning.cases import lock_case, policy_of
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
-from worker.email import service as email
+from worker.dunning.transitions import apply
+from worker.email.messages import EmailKind
 from worker.email.sender import PermanentEmailError
 from worker.ledger import history
+from worker.ledger.models import RecoveryMethod
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ def _still_wanted(session: Session, action_id: int) -> ScheduledAction | None:
     case = session.get(DunningCase, action.case_id) if action.case_id else None
     if case is not None and (
         case.state is DunningState.PAUSED
-        or (case.state in TERMINAL and action.template != "payment_recovered")
+        or (case.state in TERMINAL and action.template != EmailKind.PAYMENT_RECOVERED)
     ):
         # "paused" is the note a resume looks for to put the action back.
         note = "paused" if case.state is DunningState.PAUSED else f"case {case.state.value}"
@@ -88,15 +90,15 @@ def record_retry_result(
 ) -> None:
     action = session.get_one(ScheduledAction, action_id)
     assert action.case_id is not None  # noqa: S101 - retries always belong to a case
-    case = dunning.lock_case(session, action.case_id)
+    case = lock_case(session, action.case_id)
     session.refresh(action, with_for_update=True)
     if action.status not in _RUNNABLE:
         return  # a redelivered twin recorded it first
     now = clock.now()
-    policy = dunning.policy_of(session, case, runtime.policy)
+    policy = policy_of(session, case, runtime.policy)
     invoice = session.get_one(Invoice, case.invoice_id)
     if case.state not in TERMINAL:
-        dunning.apply(
+        apply(
             session,
             case,
             DunningEvent.RETRY_DUE,
@@ -105,9 +107,10 @@ def record_retry_result(
             source=action.idempotency_key,
             reason=action.reason,
         )
-    method = dunning.card_update_method(action.idempotency_key) or "retry"
+    method = action.recovery_method or RecoveryMethod.RETRY
     if result.already_paid:  # someone else paid first; our call only found out
-        method = "provider" if case.retries_mode == "observe" else "customer"
+        observed = case.retries_mode is RetryMode.OBSERVE
+        method = RecoveryMethod.PROVIDER if observed else RecoveryMethod.CUSTOMER
     if result.succeeded:
         # Paid now, whatever webhooks still in flight say (a late failure must not count).
         invoice.status, invoice.amount_paid = "paid", invoice.amount_due
@@ -121,7 +124,7 @@ def record_retry_result(
                 decline=None,
                 action_id=action.id,
             ).counted = True
-        dunning.apply(
+        apply(
             session,
             case,
             DunningEvent.PAYMENT_SUCCEEDED,
@@ -148,11 +151,10 @@ def record_retry_result(
     # Finish first: planning the next retry counts finished retries.
     _finish(action, ActionStatus.DONE, f"declined: {decline.reason or 'unknown'}")
     if billing.count_once(attempt):
-        kind = EventKind.ACTION_REQUIRED if result.requires_action else EventKind.PAYMENT_FAILED
-        dunning.apply(
+        apply(
             session,
             case,
-            failure_event(kind, decline, policy),
+            rules.failure_event(decline, policy, requires_action=result.requires_action),
             policy=policy,
             now=now,
             decline=decline,
@@ -167,7 +169,7 @@ def run_email(runtime: Runtime, action_id: int) -> None:
             action = _still_wanted(session, action_id)
             if action is None:
                 return
-            note = email.send_action_email(
+            note = emails.send_action_email(
                 session,
                 action,
                 policy=runtime.policy,
@@ -198,7 +200,7 @@ def run_final_action(runtime: Runtime, action_id: int) -> None:
             session.get(Subscription, invoice.subscription_id) if invoice.subscription_id else None
         )
         key = action.idempotency_key
-        what = dunning.policy_of(session, case, runtime.policy).final_action.action
+        what = policy_of(session, case, runtime.policy).final_action.action
         invoice_ref, sub_ref = invoice.provider_id, sub.provider_id if sub else None
         sub_id = sub.id if sub else None
         if invoice.status in billing.FINAL_INVOICE_STATUSES:
@@ -211,14 +213,14 @@ def run_final_action(runtime: Runtime, action_id: int) -> None:
         )
     with runtime.session() as session:
         action = session.get_one(ScheduledAction, action_id)
-        case = dunning.lock_case(session, case.id)
+        case = lock_case(session, case.id)
         session.refresh(action, with_for_update=True)
         if action.status not in _RUNNABLE:
             return
         _finish(action, ActionStatus.DONE, outcome)
         # The window is over either way: a refused cancellation must not leave the case
         # open with nothing planned. The note says what the provider answered.
-        dunning.apply(
+        apply(
             session,
             case,
             DunningEvent.WINDOW_EXPIRED,

@@ -9,8 +9,10 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from worker.config import DeclineClass, RetryMode
 from worker.db import Base, BigIntPK
 from worker.dunning.state import DunningEvent, DunningState
+from worker.ledger.models import RecoveryMethod
 
 
 class ActionKind(StrEnum):
@@ -47,14 +49,13 @@ class DunningCase(Base):
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
     state: Mapped[DunningState] = mapped_column(default=DunningState.OPEN)
     decline_code: Mapped[str | None] = mapped_column(Text)  # the latest failure's reason
-    decline_class: Mapped[str | None] = mapped_column(Text)
-    retries_mode: Mapped[str] = mapped_column(Text)  # own | observe, fixed when opened
+    decline_class: Mapped[DeclineClass | None]
+    retries_mode: Mapped[RetryMode]  # fixed when opened
     policy_version: Mapped[str] = mapped_column(Text)  # digest of the config it started with
     opened_at: Mapped[datetime]
     window_ends_at: Mapped[datetime]
     closed_at: Mapped[datetime | None]
-    # retry | card_update | network_update | customer | provider
-    recovered_method: Mapped[str | None] = mapped_column(Text)
+    recovered_method: Mapped[RecoveryMethod | None]
     updated_at: Mapped[datetime]
 
 
@@ -90,6 +91,9 @@ class ScheduledAction(Base):
     idempotency_key: Mapped[str] = mapped_column(Text)  # also the provider Idempotency-Key
     template: Mapped[str | None] = mapped_column(Text)  # send_email only
     reason: Mapped[str] = mapped_column(Text)  # the rule that planned it (shown in timelines)
+    # retry_payment only: what its success counts as (our retry, or a prompt retry after a
+    # card update by the customer or the network)
+    recovery_method: Mapped[RecoveryMethod | None]
     note: Mapped[str | None] = mapped_column(Text)  # outcome or why cancelled / failed
     created_at: Mapped[datetime]
     claimed_at: Mapped[datetime | None]

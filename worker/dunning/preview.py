@@ -1,6 +1,6 @@
 """``dunning policy preview``: the timeline a policy gives one failure if nothing succeeds.
 
-Built from the very functions the pipeline plans with (``worker.dunning.policy``), so the
+Built from the very functions the pipeline plans with (``worker.dunning.rules``), so the
 preview is what runs; ``tests/dunning/test_preview.py`` checks the two agree.
 """
 
@@ -11,8 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from worker.billing.domain import Decline
-from worker.config import DeclineClass, Policy, SegmentFacts
-from worker.dunning import policy as rules
+from worker.config import DeclineClass, Policy, RetryMode, SegmentFacts
+from worker.dunning import rules
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class PreviewAction:
 @dataclass(frozen=True)
 class Preview:
     decline_class: DeclineClass
-    mode: str
+    mode: RetryMode
     timezone: str
     window_ends_at: datetime
     actions: list[PreviewAction]
@@ -70,7 +70,9 @@ def preview(
         PreviewAction("email", email.at, email.template, email.reason)
         for email in rules.scheduled_emails(
             policy,
-            first_template=rules.first_template(cls),
+            first_template=rules.first_template(
+                rules.failure_event(decline, policy, requires_action=False)
+            ),
             opened_at=failed_at,
             window_ends_at=window_ends_at,
             now=failed_at,
@@ -112,7 +114,7 @@ def preview(
         actions.append(PreviewAction("retry", decision.at, None, decision.reason))
         declines.append((decision.at, amount))
         now, done = decision.at, done + 1
-    own = policy.retries.mode == "own"
+    own = policy.retries.mode is RetryMode.OWN
     final = (
         {"action": policy.final_action.action, "at": window_ends_at}
         if own

@@ -1,4 +1,4 @@
-"""The scheduler tick: claim due actions and hand them to the broker; sweep the inbox.
+"""Claiming due actions for the scheduler tick, which hands them to the broker.
 
 Long waits live here, in ``scheduled_actions.due_at``, never in Celery eta (the Redis transport
 redelivers long-eta messages after its visibility timeout). Claims use ``FOR UPDATE SKIP
@@ -16,15 +16,12 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from worker.dunning.models import ActionKind, ActionStatus, ScheduledAction
-from worker.webhooks.models import InboxEvent, InboxStatus
 
 BATCH = 500
 # A claimed action not finished after this long was lost between claim and broker (a crash
 # right after commit): it is claimed again. Runners are idempotent, so a slow twin is harmless.
 RECLAIM_AFTER = timedelta(minutes=15)
 MAX_CLAIMS = 8  # an action handed out this often without finishing is marked failed
-SWEEP_AFTER = timedelta(minutes=1)  # an inbox row still pending this long is enqueued again
-MAX_SWEEP_BACKOFF = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -67,24 +64,3 @@ def claim_due(session: Session, *, now: datetime, limit: int = BATCH) -> list[Cl
             .values(status=ActionStatus.CLAIMED, claimed_at=now, claims=ScheduledAction.claims + 1)
         )
     return [Claimed(row.id, row.kind) for row in claimed]
-
-
-def sweep_inbox(session: Session, *, now: datetime, limit: int = BATCH) -> list[int]:
-    """Inbox rows whose processing has not finished: hand them to the broker again.
-
-    A row is swept a minute after intake, then 2, 4, ... minutes after each hand-off (at most
-    an hour apart), and never given up on: Stripe already has its 200, so this row is the
-    only copy. Rows stuck through a long outage show in ``/metrics`` (oldest pending age) and
-    go through once workers, the database and the provider answer again.
-    """
-    rows = session.scalars(
-        select(InboxEvent)
-        .where(InboxEvent.status == InboxStatus.PENDING, InboxEvent.sweep_at <= now)
-        .order_by(InboxEvent.sweep_at, InboxEvent.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
-    for row in rows:
-        row.enqueue_count += 1
-        row.sweep_at = now + min(SWEEP_AFTER * 2 ** (row.enqueue_count - 1), MAX_SWEEP_BACKOFF)
-    return [row.id for row in rows]

@@ -76,7 +76,7 @@ class EmailContext:
     customer_name: str | None
     amount_due: int  # minor units
     currency: str  # ISO 4217, any case
-    locale: str  # unknown -> en_US (see worker.email.render.resolve_locale)
+    locale: str  # unknown -> en_US (see worker.money.resolve_locale)
     update_url: str
     invoice_number: str | None
     product_name: str | None

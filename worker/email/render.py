@@ -13,7 +13,6 @@ an email that never goes out.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,17 +21,12 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
-from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_time, get_datetime_format
-from babel.numbers import format_currency
 
-from worker.money import major_units
+from worker.money import format_money, resolve_locale
 from worker.resources import bundled
 
-FALLBACK_LOCALE = "en_US"
 FALLBACK_TIMEZONE = "UTC"
-
-_CURRENCY_CODE = re.compile(r"[A-Za-z]{3}")
 
 
 @dataclass(frozen=True)
@@ -75,18 +69,6 @@ def render(env: jinja2.Environment, name: str, context: Mapping[str, object]) ->
     return RenderedEmail(subject=subject, text=text.strip() + "\n", html=html.strip() + "\n")
 
 
-def format_money(amount_minor: int, currency: str, locale: str | None) -> str:
-    """``4900, "eur", "de_DE"`` -> ``"49,00 €"``; Decimal all the way, never a float."""
-    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int):
-        msg = f"money needs an int in minor units, got {amount_minor!r}"
-        raise TypeError(msg)
-    if not _CURRENCY_CODE.fullmatch(currency):
-        msg = f"not an ISO 4217 currency code: {currency!r}"
-        raise ValueError(msg)
-    amount = major_units(amount_minor, currency)
-    return format_currency(amount, currency.upper(), locale=resolve_locale(locale))
-
-
 def format_localtime(
     value: datetime, timezone: str | None, locale: str | None, *, date_only: bool = False
 ) -> str:
@@ -103,18 +85,6 @@ def format_localtime(
     # The locale's own way of joining a date and a time ("{1}, {0}", "{1} {0}", ...).
     joined = str(get_datetime_format("long", locale=loc)).replace("'", "")
     return joined.replace("{1}", day).replace("{0}", clock)
-
-
-@lru_cache(maxsize=256)
-def resolve_locale(value: str | None) -> Locale:
-    """``"de-DE"``/``"de_DE"`` -> de_DE; ``"de_XX"`` -> de; unknown or empty -> en_US."""
-    raw = (value or "").replace("-", "_")
-    for candidate in (raw, raw.split("_")[0]):
-        try:
-            return Locale.parse(candidate)
-        except (ValueError, UnknownLocaleError):  # empty, malformed or not in CLDR
-            continue
-    return Locale.parse(FALLBACK_LOCALE)
 
 
 @lru_cache(maxsize=256)

@@ -1,4 +1,4 @@
-"""Deciding and sending customer emails: context from our records, once per dedupe key.
+"""Sending a customer email once per dedupe key, with an outbox row that proves it.
 
 The outbox row (``notifications.dedupe_key`` UNIQUE) is written in the same transaction that
 hands the message to SMTP, and that transaction commits only after the server accepted it. A
@@ -6,6 +6,8 @@ failed hand-off rolls the row back and the task retries; a concurrent duplicate 
 unique key and then finds the row. The one remaining window (killed after the server's 250,
 before our commit) is covered by a deterministic Message-ID derived from the same key, which
 lets receiving servers drop the copy.
+
+Knows no dunning: callers (:mod:`worker.dunning.emails`) choose the email and its facts.
 """
 
 from __future__ import annotations
@@ -15,79 +17,38 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker.billing.domain import Card
-from worker.billing.models import Customer, Invoice
-from worker.config import Policy
-from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
-from worker.dunning.policy import customer_zone, outside_quiet_hours
 from worker.email.messages import EmailContext, EmailKind, build_message
 from worker.email.models import Notification, NotificationStatus
 from worker.email.sender import OutgoingEmail, Sender, mask_email
-from worker.links import update_card_url
-
-
-def plan_card_expiring(
-    session: Session, customer: Customer, card: Card, *, policy: Policy, now: datetime
-) -> None:
-    expiry = f"{card.exp_year}-{card.exp_month}"
-    key = f"customer:{customer.id}:card-expiring:{card.payment_method_id}:{expiry}"
-    if session.scalar(select(ScheduledAction.id).where(ScheduledAction.idempotency_key == key)):
-        return
-    zone = customer_zone(customer.timezone, policy)
-    session.add(
-        ScheduledAction(
-            customer_id=customer.id,
-            case_id=None,
-            kind=ActionKind.SEND_EMAIL,
-            due_at=outside_quiet_hours(now, zone, policy.emails.quiet_hours),
-            idempotency_key=key,
-            template=EmailKind.CARD_EXPIRING.value,
-            reason="card on file expires soon",
-            created_at=now,
-        )
-    )
 
 
 def already_sent(session: Session, key: str) -> bool:
     return session.scalar(select(Notification.id).where(Notification.dedupe_key == key)) is not None
 
 
-def send_action_email(
+def send_once(
     session: Session,
-    action: ScheduledAction,
+    kind: EmailKind,
+    context: EmailContext,
     *,
-    policy: Policy,
+    key: str,
+    to: str,
+    customer_id: int,
+    case_id: int | None,
+    from_address: str,
     sender: Sender,
-    public_url: str,
-    link_secret: str | None,
     now: datetime,
 ) -> str:
-    """Send the email ``action`` names, once; returns a note for the action row."""
-    if already_sent(session, action.idempotency_key):
-        return "already sent"
-    customer = session.get_one(Customer, action.customer_id)
-    if not customer.email:
-        return "skipped: the customer has no email address"
-    kind = EmailKind(action.template or "")
-    message = build_message(
-        kind,
-        _context(
-            session,
-            action,
-            customer,
-            policy=policy,
-            public_url=public_url,
-            link_secret=link_secret,
-            now=now,
-        ),
-    )
+    """Compose ``kind`` from ``context`` and hand it to ``sender``, recorded under ``key``
+    (the caller checked :func:`already_sent`); returns a note saying where it went."""
+    message = build_message(kind, context)
     session.add(
         Notification(
-            dedupe_key=action.idempotency_key,
-            case_id=action.case_id,
-            customer_id=customer.id,
+            dedupe_key=key,
+            case_id=case_id,
+            customer_id=customer_id,
             template=kind.value,
-            to_masked=mask_email(customer.email),
+            to_masked=mask_email(to),
             status=NotificationStatus.SENT,
             created_at=now,
             sent_at=now,
@@ -96,67 +57,12 @@ def send_action_email(
     session.flush()  # claim the unique key before the hand-off, inside this transaction
     sender.send(
         OutgoingEmail(
-            to=customer.email,
-            from_addr=policy.emails.from_address,
+            to=to,
+            from_addr=from_address,
             subject=message.subject,
             text=message.text,
             html=message.html,
-            message_id_key=action.idempotency_key,
+            message_id_key=key,
         )
     )
-    return f"sent to {mask_email(customer.email)}"
-
-
-def _context(
-    session: Session,
-    action: ScheduledAction,
-    customer: Customer,
-    *,
-    policy: Policy,
-    public_url: str,
-    link_secret: str | None,
-    now: datetime,
-) -> EmailContext:
-    case = session.get(DunningCase, action.case_id) if action.case_id else None
-    # The invoice in question, or for a card-expiring notice the customer's latest one (what
-    # the next renewal will likely charge).
-    invoice = (
-        session.get(Invoice, case.invoice_id)
-        if case
-        else session.scalars(
-            select(Invoice).where(Invoice.customer_id == customer.id).order_by(Invoice.id.desc())
-        ).first()
-    )
-    next_retry = None
-    if case is not None:
-        next_retry = session.scalar(
-            select(ScheduledAction.due_at)
-            .where(
-                ScheduledAction.case_id == case.id,
-                ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
-                ScheduledAction.status == ActionStatus.PLANNED,
-            )
-            .order_by(ScheduledAction.due_at)
-        )
-    # A dunning email links to the invoice's hosted page (it also handles 3-D Secure); a
-    # card-expiring notice has no open invoice and links to our signed card-update page.
-    update_url = (
-        invoice.hosted_invoice_url
-        if case and invoice and invoice.hosted_invoice_url
-        else update_card_url(public_url, link_secret, customer.provider_id, now=now)
-    )
-    return EmailContext(
-        customer_name=customer.name,
-        amount_due=invoice.amount_due if invoice else 0,
-        currency=invoice.currency if invoice else "usd",
-        locale=customer.locale or policy.emails.default_locale,
-        update_url=update_url,
-        invoice_number=invoice.number if invoice and case else None,
-        product_name=None,
-        decline_reason=case.decline_code if case else None,
-        next_attempt_at=next_retry,
-        access_ends_at=case.window_ends_at if case else None,
-        timezone=customer.timezone or policy.emails.default_timezone,
-        company_name=policy.emails.company_name,
-        support_email=policy.emails.support_email,
-    )
+    return f"sent to {mask_email(to)}"

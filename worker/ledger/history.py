@@ -12,8 +12,7 @@ from sqlalchemy.orm import Session
 
 from worker.billing import mrr
 from worker.billing.domain import SubscriptionFacts
-from worker.billing.models import Invoice, Subscription
-from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
+from worker.billing.models import Subscription
 from worker.ledger import monthly
 from worker.ledger.models import EndCause, MrrChange
 
@@ -42,9 +41,11 @@ def record_state(
     effective_at: datetime,
     source: str,
     now: datetime,
+    ended_by_us: bool = False,
 ) -> MrrChange | None:
     """The subscription's MRR from ``effective_at`` on, as ``facts`` describe it. None when
-    this source was already recorded, or the subscription has no currency to count in."""
+    this source was already recorded, or the subscription has no currency to count in.
+    ``ended_by_us``: our final action is ending it, or has (the dunning side knows)."""
     currency = facts.currency or sub.currency
     if currency is None:
         log.warning("subscription %s: no currency, not in MRR", facts.id)
@@ -64,7 +65,7 @@ def record_state(
             discount_ends_at=state.discount_ends_at,
             mrr_after_discount=state.mrr_after_discount,
             ended=state.ended,
-            end_cause=end_cause(session, sub, facts) if state.ended else None,
+            end_cause=end_cause(facts, ended_by_us=ended_by_us) if state.ended else None,
             plan=first.price_id if first else sub.plan,
             interval=first.interval if first else sub.interval,
             source=source,
@@ -104,33 +105,15 @@ def record_final_action_end(
     )
 
 
-def end_cause(session: Session, sub: Subscription, facts: SubscriptionFacts) -> EndCause:
+def end_cause(facts: SubscriptionFacts, *, ended_by_us: bool) -> EndCause:
     """metrics.md: involuntary when the provider says non-payment (``payment_failed``,
-    ``incomplete_expired``) or our final action ended it after the dunning window: one is
-    cancelling it right now, or one did (its own end row is there). The provider reports our
-    cancellation as ``cancellation_requested``; a final action that only marked an invoice
-    uncollectible, or was refused, ended nothing."""
+    ``incomplete_expired``) or our final action ended it after the dunning window. The
+    provider reports our cancellation as ``cancellation_requested``, so only the caller can
+    tell (``ended_by_us``); a final action that only marked an invoice uncollectible, or was
+    refused, ended nothing."""
     if facts.cancellation_reason in INVOLUNTARY_REASONS or facts.status in INVOLUNTARY_STATUSES:
         return EndCause.INVOLUNTARY
-    final_actions = (
-        select(ScheduledAction)
-        .join(DunningCase, DunningCase.id == ScheduledAction.case_id)
-        .join(Invoice, Invoice.id == DunningCase.invoice_id)
-        .where(Invoice.subscription_id == sub.id, ScheduledAction.kind == ActionKind.FINAL_ACTION)
-    )
-    running = session.scalar(
-        final_actions.where(ScheduledAction.status == ActionStatus.CLAIMED).limit(1)
-    )
-    ours = session.scalar(
-        select(MrrChange.id)
-        .where(
-            MrrChange.subscription_id == sub.id,
-            MrrChange.ended,
-            MrrChange.source.in_(final_actions.with_only_columns(ScheduledAction.idempotency_key)),
-        )
-        .limit(1)
-    )
-    return EndCause.VOLUNTARY if running is None and ours is None else EndCause.INVOLUNTARY
+    return EndCause.INVOLUNTARY if ended_by_us else EndCause.VOLUNTARY
 
 
 def append(session: Session, row: MrrChange) -> MrrChange | None:

@@ -19,6 +19,16 @@ class MovementKind(StrEnum):
     REACTIVATION = "reactivation"  # paid after churning
 
 
+class RecoveryMethod(StrEnum):
+    """How a recovered invoice got paid (metrics.md, "Recovery")."""
+
+    RETRY = "retry"  # our scheduled retry
+    CARD_UPDATE = "card_update"  # our prompt retry after the customer changed card
+    NETWORK_UPDATE = "network_update"  # our prompt retry after the network updated the card
+    PROVIDER = "provider"  # the provider's own retry (observe mode)
+    CUSTOMER = "customer"  # paid another way, out of band included
+
+
 class LedgerMovement(Base):
     __tablename__ = "ledger_movements"
     __table_args__ = (UniqueConstraint("dedupe_key"), Index(None, "kind", "occurred_at"))
@@ -31,9 +41,7 @@ class LedgerMovement(Base):
     case_id: Mapped[int | None] = mapped_column(ForeignKey("dunning_cases.id"))
     amount: Mapped[int]  # minor units
     currency: Mapped[str] = mapped_column(Text)
-    method: Mapped[str | None] = mapped_column(
-        Text
-    )  # recoveries: retry | card_update | network_update | ...
+    method: Mapped[RecoveryMethod | None]  # recoveries only
     occurred_at: Mapped[datetime]  # when it happened (provider / clock time)
     recorded_at: Mapped[datetime]  # when we wrote it (restatements are visible)
 

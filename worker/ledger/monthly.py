@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from worker.billing.models import Customer
 from worker.ledger.models import MrrChange, MrrMovement, MrrMovementKind
-from worker.reports.retention import COLUMNS, Change, customer_months
+from worker.ledger.movements import COLUMNS, Change, customer_months
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

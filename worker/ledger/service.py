@@ -1,35 +1,45 @@
 """Ledger rows written when a dunning case ends (or a churned one pays after all).
 
-Each row has a deterministic dedupe key, so a replayed transition never books twice.
-``occurred_at`` is when it happened; ``recorded_at`` is our clock when we booked it, which is
-what a report ``--as-of`` an earlier time filters on.
+Callers pass plain values (the case's ids, the method, the times); the amounts come from the
+invoice and its subscription. Each row has a deterministic dedupe key, so a replayed
+transition never books twice. ``occurred_at`` is when it happened; ``recorded_at`` is our clock
+when we booked it, which is what a report ``--as-of`` an earlier time filters on.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.billing.models import Invoice, Subscription
-from worker.dunning.models import DunningCase
-from worker.ledger.models import LedgerMovement, MovementKind
+from worker.ledger.models import LedgerMovement, MovementKind, RecoveryMethod
+
+
+@dataclass(frozen=True)
+class CaseRef:
+    """Which dunning case a row is booked for: its id, customer and invoice (our row ids)."""
+
+    case_id: int
+    customer_id: int
+    invoice_id: int
 
 
 def _book(
     session: Session,
+    case: CaseRef,
     *,
-    key: str,
     kind: MovementKind,
-    case: DunningCase,
     amount: int,
     currency: str,
     at: datetime,
     now: datetime,
     subscription_id: int | None,
-    method: str | None = None,
+    method: RecoveryMethod | None = None,
 ) -> None:
+    key = f"case:{case.case_id}:{_KEY_SUFFIX[kind]}"
     if session.scalar(select(LedgerMovement.id).where(LedgerMovement.dedupe_key == key)):
         return
     session.add(
@@ -38,7 +48,7 @@ def _book(
             kind=kind,
             customer_id=case.customer_id,
             subscription_id=subscription_id,
-            case_id=case.id,
+            case_id=case.case_id,
             amount=amount,
             currency=currency,
             method=method,
@@ -48,15 +58,21 @@ def _book(
     )
 
 
+_KEY_SUFFIX = {
+    MovementKind.RECOVERY: "recovery",
+    MovementKind.CHURN_INVOLUNTARY: "churn",
+    MovementKind.REACTIVATION: "reactivation",
+}
+
+
 def record_recovery(
-    session: Session, case: DunningCase, *, method: str, at: datetime, now: datetime
+    session: Session, case: CaseRef, *, method: RecoveryMethod, at: datetime, now: datetime
 ) -> None:
     invoice = session.get_one(Invoice, case.invoice_id)
     _book(
         session,
-        key=f"case:{case.id}:recovery",
+        case,
         kind=MovementKind.RECOVERY,
-        case=case,
         amount=invoice.amount_due,
         currency=invoice.currency,
         at=at,
@@ -67,7 +83,7 @@ def record_recovery(
 
 
 def record_involuntary_churn(
-    session: Session, case: DunningCase, *, at: datetime, now: datetime
+    session: Session, case: CaseRef, *, at: datetime, now: datetime
 ) -> None:
     """The subscription's MRR leaves as involuntary churn (invoice amount if we know no MRR)."""
     invoice = session.get_one(Invoice, case.invoice_id)
@@ -76,9 +92,8 @@ def record_involuntary_churn(
     currency = (sub.currency if sub is not None and sub.currency else None) or invoice.currency
     _book(
         session,
-        key=f"case:{case.id}:churn",
+        case,
         kind=MovementKind.CHURN_INVOLUNTARY,
-        case=case,
         amount=amount,
         currency=currency,
         at=at,
@@ -87,17 +102,14 @@ def record_involuntary_churn(
     )
 
 
-def record_reactivation(
-    session: Session, case: DunningCase, *, at: datetime, now: datetime
-) -> None:
+def record_reactivation(session: Session, case: CaseRef, *, at: datetime, now: datetime) -> None:
     invoice = session.get_one(Invoice, case.invoice_id)
     sub = session.get(Subscription, invoice.subscription_id) if invoice.subscription_id else None
     amount = sub.mrr if sub is not None and sub.mrr else invoice.amount_due
     _book(
         session,
-        key=f"case:{case.id}:reactivation",
+        case,
         kind=MovementKind.REACTIVATION,
-        case=case,
         amount=amount,
         currency=invoice.currency,
         at=at,

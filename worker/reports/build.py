@@ -10,10 +10,11 @@ from sqlalchemy import Engine
 
 from worker.billing.mrr import MRR_RULE
 from worker.db import read_only_session
+from worker.ledger.movements import changes_as_of
+from worker.ledger.periods import parse_month, periods
 from worker.reports.model import SEGMENTS, Report
-from worker.reports.periods import parse_month, periods
 from worker.reports.recovery import recovery_rows
-from worker.reports.retention import changes_as_of, monthly_rows, retention_rows
+from worker.reports.retention import monthly_rows, retention_rows
 
 KINDS = ("retention", "recovery")
 

@@ -23,7 +23,7 @@ from typing import Any
 import jinja2
 from babel.numbers import format_compact_currency
 
-from worker.money import major_units
+from worker.money import format_money, major_units
 from worker.reports.model import (
     RECOVERY_COLUMNS,
     RECOVERY_METHODS,
@@ -34,7 +34,6 @@ from worker.reports.model import (
     days,
 )
 from worker.resources import bundled
-from worker.terminal import money
 
 MAX_BLOCKS = 12  # chart blocks on one page; past that a note says how many were left out
 MAX_DAYS = 60  # the histogram's last bin holds every recovery that took this many days or more
@@ -147,7 +146,7 @@ def _cell(column: str, value: Any, currency: str) -> str:
     if value is None:
         return MISSING
     if isinstance(value, int):
-        return str(value) if column.endswith("_count") else money(value, currency)
+        return str(value) if column.endswith("_count") else format_money(value, currency)
     if column in _PERCENT:
         return f"{value}%"
     if column in {"period_start", "period_end"}:
@@ -311,7 +310,7 @@ def _waterfall(rows: list[RetentionRow], currency: str, label: str) -> Chart:
     )
     for n, (i, start, stop, swatch, what) in enumerate(bars):
         x = frame.left + i * cluster + 8 + (n % per) * (bar + 1)
-        tip = f"{rows[i].period}: {what} {money(stop - start, currency)}"
+        tip = f"{rows[i].period}: {what} {format_money(stop - start, currency)}"
         shapes.append(_rect(x, y(start), y(stop), bar, fill=swatch, tip=tip))
     shapes += [frame.below(frame.left + (i + 0.5) * cluster, r.period) for i, r in enumerate(rows)]
     shapes.append(frame.x_title("period"))
@@ -377,12 +376,13 @@ def _funnel(rows: list[RecoveryRow], currency: str, label: str) -> Chart:
     for i, row in enumerate(rows):
         y = frame.top + i * row_height
         shapes.append(_text(frame.left - 8, y + 18, row.period, "end"))
-        tip = f"{row.period}: {row.at_risk_count} at risk, {money(row.at_risk_amount, currency)}"
+        at_risk = format_money(row.at_risk_amount, currency)
+        tip = f"{row.period}: {row.at_risk_count} at risk, {at_risk}"
         width = x(row.at_risk_amount) - frame.left
         shapes.append(_rect(frame.left, y + 2, y + 15, width, fill=_AT_RISK, tip=tip))
         start = 0
         for swatch, count, amount in parts[i]:
-            tip = f"{row.period}: recovered by {swatch.label}, {money(amount, currency)}"
+            tip = f"{row.period}: recovered by {swatch.label}, {format_money(amount, currency)}"
             tip += f" ({count} cases)" if count else ""
             width = x(start + amount) - x(start)
             shapes.append(_rect(x(start), y + 17, y + 30, width, fill=swatch, tip=tip))

@@ -10,6 +10,7 @@ from fractions import Fraction
 from typing import Any
 
 from worker.ledger.models import MrrMovementKind
+from worker.ledger.movements import Movements
 
 SEGMENTS = ("plan", "currency", "interval", "cohort")
 
@@ -97,6 +98,21 @@ class RetentionRow(ReportRow):
     churn_voluntary: int = 0
     churn_involuntary: int = 0
     ending_mrr: int = 0
+
+    @classmethod
+    def of(cls, m: Movements) -> RetentionRow:
+        period = m.period
+        amounts = {kind.value: getattr(m, kind.value) for kind in MrrMovementKind}
+        return cls(
+            period.label,
+            period.start,
+            period.end,
+            m.segment,
+            m.currency,
+            starting_mrr=m.starting_mrr,
+            ending_mrr=m.ending_mrr,
+            **amounts,
+        )
 
     @property
     def contraction(self) -> int:

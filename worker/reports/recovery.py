@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session
 from worker.billing.models import Invoice
 from worker.dunning.models import DunningCase
 from worker.ledger.models import EndCause, LedgerMovement, MovementKind, MrrChange
+from worker.ledger.movements import TICK, SubscriptionHistory, changes_as_of
+from worker.ledger.periods import Period
 from worker.reports.model import RecoveryRow
-from worker.reports.periods import Period
-from worker.reports.retention import TICK, SubscriptionHistory, changes_as_of
 
 _DAY_SECONDS = 86_400
 

@@ -11,6 +11,7 @@ import shutil
 from rich.console import Console
 from rich.table import Table
 
+from worker.money import format_money
 from worker.reports.model import (
     MOVEMENTS,
     RATIOS,
@@ -19,7 +20,6 @@ from worker.reports.model import (
     RecoveryRow,
     Report,
 )
-from worker.terminal import money
 
 FORMATS = ("table", "csv", "json", "html")
 
@@ -106,7 +106,7 @@ def to_table(report: Report) -> str:
             cells = [
                 d["period"],
                 d["segment"] or "",
-                *(money(d[k], c) for k in ("starting_mrr", *MOVEMENTS, "ending_mrr")),
+                *(format_money(d[k], c) for k in ("starting_mrr", *MOVEMENTS, "ending_mrr")),
                 *(d[k] or "-" for k in RATIOS),
             ]
         else:
@@ -114,13 +114,13 @@ def to_table(report: Report) -> str:
                 d["period"],
                 d["segment"] or "",
                 str(d["at_risk_count"]),
-                money(d["at_risk_amount"], c),
+                format_money(d["at_risk_amount"], c),
                 str(d["recovered_count"]),
-                money(d["recovered_amount"], c),
+                format_money(d["recovered_amount"], c),
                 d["recovery_rate_count"] or "-",
                 d["recovery_rate_amount"] or "-",
-                money(d["mrr_saved"], c),
-                money(d["churned_mrr"], c),
+                format_money(d["mrr_saved"], c),
+                format_money(d["churned_mrr"], c),
                 d["median_days_to_recover"] or "-",
                 d["p90_days_to_recover"] or "-",
             ]

@@ -14,9 +14,9 @@ from sqlalchemy import func, select
 
 from worker.app import DunningCelery
 from worker.dunning.models import ActionStatus, ScheduledAction
-from worker.dunning.tasks import tick_once
 from worker.sim.stripe_peer import StripePeer
 from worker.webhooks.models import InboxEvent, InboxStatus
+from worker.webhooks.tasks import tick_once
 
 SETTLE_TIMEOUT_S = 30.0
 

@@ -33,10 +33,11 @@ from starlette.routing import Route
 from worker import clock
 from worker.billing.stripe_client import ProviderError, TransientProviderError
 from worker.db import enqueue_after_commit
+from worker.enqueue import send_safely
 from worker.links import BadLinkError, ExpiredLinkError, verify_link
-from worker.metrics import render_metrics
 from worker.runtime import Runtime
-from worker.webhooks.service import BadEventError, Stored, store_event
+from worker.webhooks.inbox import BadEventError, Stored, store_event
+from worker.webhooks.metrics import render_metrics
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,6 @@ def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerChe
 
 def build_intake(app: Any) -> Starlette:
     """The intake wired to a Celery app: enqueue through it, check its broker."""
-    from worker.app import send_safely
 
     def enqueue(inbox_id: int) -> Callable[[], None]:
         return send_safely(app, "webhooks.process_event", inbox_id=inbox_id)

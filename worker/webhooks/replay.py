@@ -14,8 +14,9 @@ from typing import Any
 
 from worker import clock
 from worker.runtime import Runtime
+from worker.webhooks.inbox import BadEventError, parse_envelope, store_event
 from worker.webhooks.models import InboxStatus
-from worker.webhooks.service import BadEventError, parse_envelope, process_stored_event, store_event
+from worker.webhooks.service import process_stored_event
 
 
 class ReplayFileError(ValueError):

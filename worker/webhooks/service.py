@@ -1,86 +1,34 @@
-"""The inbox: store a verified provider event once, and process a stored event once.
+"""Processing a stored provider event once: normalise it, fetch what only the provider can
+say (outside any transaction), run its handler, finish its inbox row.
 
-Owns durability and the inbox status; what an event *means* is ``worker.billing.events``.
+Storing and sweeping the inbox is :mod:`worker.webhooks.inbox`; what an event *means* is
+:mod:`worker.webhooks.handlers`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from worker import clock
 from worker.billing.domain import Decline, EventKind, EventParseError, NormalisedEvent
-from worker.billing.events import (
+from worker.billing.normalise import normalise_stripe_event
+from worker.billing.stripe_client import ProviderError
+from worker.runtime import Runtime
+from worker.webhooks.handlers import (
     Context,
     MissingFactsError,
     decline_to_fetch,
     discounts_to_fetch,
     handle,
 )
-from worker.billing.normalise import normalise_stripe_event
-from worker.billing.stripe_client import ProviderError
-from worker.dunning.scheduler import SWEEP_AFTER
-from worker.runtime import Runtime
+from worker.webhooks.inbox import finish
 from worker.webhooks.models import InboxEvent, InboxStatus
 
 log = logging.getLogger(__name__)
-
-
-class BadEventError(ValueError):
-    """A body that is not a provider event (answered with 400)."""
-
-
-@dataclass(frozen=True)
-class Stored:
-    inbox_id: int | None  # None: a duplicate delivery, already stored
-    event_id: str
-
-
-def parse_envelope(body: bytes) -> tuple[str, str]:
-    """The event id and type from a raw body, or :class:`BadEventError`."""
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadEventError("malformed JSON") from None
-    if not isinstance(data, dict):
-        raise BadEventError("not a JSON object")
-    event_id, event_type = data.get("id"), data.get("type")
-    if not isinstance(event_id, str) or not event_id:
-        raise BadEventError("missing event id")
-    if not isinstance(event_type, str) or not event_type:
-        raise BadEventError("missing event type")
-    return event_id, event_type
-
-
-def store_event(session: Session, *, provider: str, body: bytes, now: datetime) -> Stored:
-    """INSERT ... ON CONFLICT DO NOTHING on (provider, event_id)."""
-    event_id, event_type = parse_envelope(body)
-    values = {
-        "provider": provider,
-        "event_id": event_id,
-        "event_type": event_type,
-        "payload": body.decode("utf-8"),
-        "received_at": now,
-        "sweep_at": now + SWEEP_AFTER,
-        "status": InboxStatus.PENDING,
-        "enqueue_count": 1,
-    }
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = (
-        insert(InboxEvent)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-        .returning(InboxEvent.id)
-    )
-    inbox_id = session.scalar(stmt)
-    return Stored(inbox_id, event_id)
 
 
 def process_event(session: Session, inbox_id: int, ctx: Context) -> InboxStatus | None:
@@ -95,15 +43,15 @@ def process_event(session: Session, inbox_id: int, ctx: Context) -> InboxStatus 
     try:
         event = normalise_stripe_event(json.loads(row.payload))
     except (EventParseError, json.JSONDecodeError) as exc:
-        return _finish(row, InboxStatus.FAILED, ctx.now, error=f"unparseable: {exc}")
+        return finish(row, InboxStatus.FAILED, ctx.now, error=f"unparseable: {exc}")
     if event.kind is EventKind.IGNORED:
-        return _finish(row, InboxStatus.IGNORED, ctx.now)
+        return finish(row, InboxStatus.IGNORED, ctx.now)
     try:
         with session.begin_nested():
             handle(session, event, ctx)
     except MissingFactsError as exc:  # a well-formed event we cannot act on: keep it for ops
-        return _finish(row, InboxStatus.FAILED, ctx.now, error=f"invalid: {exc}")
-    return _finish(row, InboxStatus.PROCESSED, ctx.now)
+        return finish(row, InboxStatus.FAILED, ctx.now, error=f"invalid: {exc}")
+    return finish(row, InboxStatus.PROCESSED, ctx.now)
 
 
 def process_stored_event(runtime: Runtime, inbox_id: int) -> InboxStatus | None:
@@ -147,18 +95,3 @@ def _peek(session: Session, inbox_id: int) -> NormalisedEvent | None:
         return normalise_stripe_event(json.loads(row.payload))
     except (EventParseError, json.JSONDecodeError):
         return None  # process_event records why
-
-
-def note_error(session: Session, inbox_id: int, *, error: str) -> None:
-    """The task's retries ran out: keep the event pending (the sweeper tries again later,
-    backing off) and record why, for ops. Nothing Stripe sent is ever dropped."""
-    row = session.get(InboxEvent, inbox_id, with_for_update=True)
-    if row is not None and row.status is InboxStatus.PENDING:
-        row.error = error
-
-
-def _finish(
-    row: InboxEvent, status: InboxStatus, now: datetime, error: str | None = None
-) -> InboxStatus:
-    row.status, row.error, row.processed_at = status, error, now
-    return status

@@ -1,4 +1,10 @@
-"""Celery adapters for the inbox (thin: the logic is in ``worker.webhooks.service``)."""
+"""Celery adapters for the orchestration layer (thin: the logic is in the modules they call).
+
+``webhooks.process_event`` processes one stored event (:mod:`worker.webhooks.service`).
+``dunning.tick`` is the scheduler tick (every 30 s, :mod:`worker.schedule`): it claims due
+dunning actions (:mod:`worker.dunning.scheduler`) and sweeps the inbox
+(:mod:`worker.webhooks.inbox`), and enqueues both after its commit.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,13 @@ from typing import Any
 
 from celery import shared_task
 
-from worker.webhooks.service import note_error, process_stored_event
+from worker import clock
+from worker.db import enqueue_after_commit
+from worker.dunning.scheduler import claim_due
+from worker.dunning.tasks import TASK_FOR
+from worker.enqueue import send_safely
+from worker.webhooks.inbox import note_error, sweep_inbox
+from worker.webhooks.service import process_stored_event
 
 MAX_RETRIES = 8
 log = logging.getLogger(__name__)
@@ -27,3 +39,25 @@ def process_event_task(self: Any, *, inbox_id: int) -> None:
             "event %s failed (%s), retry %s", inbox_id, type(exc).__name__, self.request.retries + 1
         )
         raise self.retry(exc=exc, countdown=min(2**self.request.retries, 300)) from exc
+
+
+@shared_task(name="dunning.tick", bind=True)
+def tick(self: Any) -> None:
+    tick_once(self.app)
+
+
+def tick_once(app: Any) -> int:
+    """Claim due actions and sweep the inbox; enqueue after commit. Returns rows enqueued."""
+    with app.runtime.session() as session:
+        now = clock.now()
+        claimed = claim_due(session, now=now)
+        for item in claimed:
+            enqueue_after_commit(
+                session, send_safely(app, TASK_FOR[item.kind], action_id=item.action_id)
+            )
+        swept = sweep_inbox(session, now=now)
+        for inbox_id in swept:
+            enqueue_after_commit(
+                session, send_safely(app, "webhooks.process_event", inbox_id=inbox_id)
+            )
+    return len(claimed) + len(swept)

@@ -5,21 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from babel.numbers import format_currency
 from rich.console import Console
 from rich.table import Table
 
-from worker.money import major_units
+from worker.money import format_money
 
 if TYPE_CHECKING:
     from worker.dunning.preview import Preview
 
 console = Console()
-
-
-def money(amount: int, currency: str) -> str:
-    """Minor units as ``$49.00`` (en_US, for ops and finance tables)."""
-    return format_currency(major_units(amount, currency), currency.upper(), locale="en_US")
 
 
 def cases_table(rows: list[dict[str, Any]]) -> None:
@@ -41,7 +35,7 @@ def cases_table(rows: list[dict[str, Any]]) -> None:
             row["invoice_id"],
             row["customer_id"],
             row["state"],
-            money(row["amount_due"], row["currency"]),
+            format_money(row["amount_due"], row["currency"]),
             str(row["attempts"]),
             row["decline_code"] or "-",
             row["next_action_at"] or "-",
@@ -52,7 +46,7 @@ def cases_table(rows: list[dict[str, Any]]) -> None:
 def case_timeline(detail: dict[str, Any]) -> None:
     console.print(
         f"[bold]case {detail['id']}[/] {detail['invoice_id']} "
-        f"({detail['customer_id']}) {money(detail['amount_due'], detail['currency'])}"
+        f"({detail['customer_id']}) {format_money(detail['amount_due'], detail['currency'])}"
         f" — [bold]{detail['state']}[/], decline {detail['decline_code'] or '-'} "
         f"({detail['decline_class'] or '-'}), retries.mode {detail['retries_mode']}, "
         f"policy {detail['policy_version']}"

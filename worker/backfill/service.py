@@ -3,7 +3,7 @@
 Owns: paging through the provider's customers, subscriptions and invoices; feeding each object
 through the parsers and upserts that events use (``worker.billing.normalise`` and ``.service``);
 rebuilding each subscription's MRR history with deterministic sources (``worker.ledger.history``);
-the resumable cursor (``worker.backfill_state``) and a progress bar.
+the resumable cursor (:mod:`worker.backfill.models`) and a progress bar.
 
 Does not own: the CLI (it prints :meth:`BackfillSummary.lines`), the MRR rules, or dunning. A
 backfill calls no event handler, so it never opens a case, sends an email or retries a payment:
@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final, NamedTuple
@@ -52,12 +52,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker import clock
-from worker.backfill_state import BackfillCursor, BackfillResource
-from worker.billing import normalise
+from worker.backfill.models import BackfillCursor, BackfillResource
+from worker.billing import mrr, normalise
 from worker.billing import service as billing
 from worker.billing.domain import EventParseError, SubscriptionFacts
 from worker.billing.models import Subscription
 from worker.billing.stripe_client import StripeGateway
+from worker.dunning import cases
 from worker.ledger import history
 from worker.ledger.models import MrrChange
 from worker.runtime import Runtime
@@ -98,36 +99,6 @@ class RateLimiter:
             self._sleep(self._next - now)
             now = self._next
         self._next = now + self._interval
-
-
-class Page(NamedTuple):
-    objects: list[dict[str, Any]]
-    has_more: bool
-
-
-class BackfillGateway(StripeGateway):
-    """The StripeGateway (client set-up, tenacity choke point) plus the list calls of a
-    backfill; every attempt, retries included, first waits for ``limiter``."""
-
-    def __init__(
-        self, api_key: str, *, api_base: str | None, limiter: RateLimiter, attempts: int = ATTEMPTS
-    ) -> None:
-        super().__init__(api_key, api_base=api_base, attempts=attempts)
-        self._limiter = limiter
-
-    def list_page(self, resource: BackfillResource, params: Mapping[str, Any]) -> Page:
-        services: dict[BackfillResource, Any] = {
-            BackfillResource.CUSTOMERS: self._client.v1.customers,
-            BackfillResource.SUBSCRIPTIONS: self._client.v1.subscriptions,
-            BackfillResource.INVOICES: self._client.v1.invoices,
-        }
-
-        def attempt() -> Any:
-            self._limiter.wait()
-            return services[resource].list(dict(params))
-
-        listed = self._call(attempt)
-        return Page([obj.to_dict() for obj in listed.data], has_more=bool(listed.has_more))
 
 
 @dataclass
@@ -193,8 +164,8 @@ def run_backfill(
         msg = f"page size must be within 1..{PAGE_SIZE}, got {page_size}"
         raise ValueError(msg)
     limiter = RateLimiter(requests_per_second)
-    gateway = BackfillGateway(
-        key.reveal(), api_base=runtime.settings.stripe_api_base, limiter=limiter
+    gateway = StripeGateway(
+        key.reveal(), api_base=runtime.settings.stripe_api_base, attempts=ATTEMPTS
     )
     started = time.monotonic()
     with runtime.session() as session:
@@ -211,7 +182,14 @@ def run_backfill(
         for resource, done in summary.resources.items():
             if not done.done_before:
                 _page_through(
-                    runtime, gateway, resource, summary, bar, page_size=page_size, now=now
+                    runtime,
+                    gateway,
+                    resource,
+                    summary,
+                    bar,
+                    limiter=limiter,
+                    page_size=page_size,
+                    now=now,
                 )
                 log.info("backfill %s: %d objects, %d pages", resource, done.objects, done.pages)
     summary.seconds = time.monotonic() - started
@@ -220,11 +198,12 @@ def run_backfill(
 
 def _page_through(
     runtime: Runtime,
-    gateway: BackfillGateway,
+    gateway: StripeGateway,
     resource: BackfillResource,
     summary: BackfillSummary,
     bar: Progress,
     *,
+    limiter: RateLimiter,
     page_size: int,
     now: datetime,
 ) -> None:
@@ -233,7 +212,11 @@ def _page_through(
     task = bar.add_task(resource.value, total=None, pages=0)
     after, finished = done.resumed_after, False
     while not finished:
-        page = gateway.list_page(resource, _params(resource, summary.since, page_size, after))
+        page = gateway.list_page(
+            resource,
+            _params(resource, summary.since, page_size, after),
+            before_each_attempt=limiter.wait,
+        )
         after = page.objects[-1]["id"] if page.objects else after
         finished = not (page.has_more and page.objects)
         with runtime.session() as session:
@@ -389,6 +372,8 @@ def record_history(
             effective_at=state.at,
             source=f"{SOURCE_PREFIX}{facts.id}:{state.label}",
             now=now,
+            ended_by_us=mrr.is_ended(state.facts, state.at)
+            and cases.ended_by_final_action(session, sub.id),
         )
         added += row is not None
     return added

@@ -1,4 +1,5 @@
-"""Report periods: calendar months, quarters and trailing twelve months, in UTC."""
+"""Periods of MRR movements and reports: calendar months, quarters and trailing twelve
+months, in UTC."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""What the policy file means for one case: decline class, next retry, email plan.
+"""The dunning rules: what the policy file (:class:`worker.config.Policy`) means for one case.
 
-Pure functions over :class:`worker.config.Policy` and plain values; no I/O. The pipeline and
-any preview call the same functions, so what ops preview is what runs.
+Decline class and the state-machine event a failure is, the next retry (schedule, paydays,
+network budgets), the email plan and its first email, quiet hours. Pure functions over the
+policy and plain values; no I/O. The pipeline and ``dunning policy preview`` call the same
+functions, so what ops preview is what runs.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from worker.billing.domain import Decline
-from worker.config import RETRYABLE_CLASSES, DeclineClass, Policy, QuietHours
+from worker.config import RETRYABLE_CLASSES, DeclineClass, Policy, QuietHours, RetryMode
+from worker.dunning.state import DunningEvent
+from worker.email.messages import EmailKind
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,26 @@ def classify(decline: Decline | None, policy: Policy) -> DeclineClass:
 
 def is_retryable(cls: DeclineClass) -> bool:
     return cls in RETRYABLE_CLASSES
+
+
+# Declines no blind retry can fix: the case waits for the customer (a new card, a
+# confirmation), and fraud and stop-payment never retry at all.
+_NEEDS_CUSTOMER = frozenset(
+    {DeclineClass.NEEDS_CUSTOMER, DeclineClass.HARD, DeclineClass.STOP, DeclineClass.FRAUD}
+)
+
+
+def failure_event(decline: Decline, policy: Policy, *, requires_action: bool) -> DunningEvent:
+    """The state-machine event a failed payment is: the customer must act (authenticate),
+    a hard decline (wait for a new card), or one a later retry may fix."""
+    if requires_action:
+        return DunningEvent.ACTION_REQUIRED
+    cls = classify(decline, policy)
+    if cls is DeclineClass.NEEDS_CUSTOMER:
+        return DunningEvent.ACTION_REQUIRED
+    return (
+        DunningEvent.PAYMENT_FAILED_HARD if cls in _NEEDS_CUSTOMER else DunningEvent.PAYMENT_FAILED
+    )
 
 
 @dataclass(frozen=True)
@@ -96,7 +120,7 @@ def next_retry(
     window_ends_at: datetime,
     now: datetime,
     retries_done: int,
-    mode: str | None = None,
+    mode: RetryMode | None = None,
     card: CardHistory | None = None,
     amount: int | None = None,
     zone: ZoneInfo | None = None,
@@ -105,7 +129,7 @@ def next_retry(
     then moved later as the card networks require. None when the schedule has nothing left;
     :class:`DroppedRetry` when it had, but no network-compliant time fits in the window.
     ``mode`` is the case's retries mode (fixed when it opened), else the policy's."""
-    if not is_retryable(cls) or (mode or policy.retries.mode) != "own":
+    if not is_retryable(cls) or (mode or policy.retries.mode) is not RetryMode.OWN:
         return None
     if retries_done >= policy.retries.max_retries:
         return None
@@ -340,9 +364,12 @@ def scheduled_emails(
     ]
 
 
-def first_template(cls: DeclineClass) -> str:
-    """The first email: authentication needs its own words and link."""
-    return "action_required" if cls is DeclineClass.NEEDS_CUSTOMER else "payment_failed"
+def first_template(event: DunningEvent) -> EmailKind:
+    """The first email of a case, from the failure that opened it (:func:`failure_event`):
+    authentication needs its own words and link."""
+    if event is DunningEvent.ACTION_REQUIRED:
+        return EmailKind.ACTION_REQUIRED
+    return EmailKind.PAYMENT_FAILED
 
 
 def customer_zone(timezone: str | None, policy: Policy) -> ZoneInfo:

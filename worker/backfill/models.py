@@ -1,8 +1,8 @@
 """Where a ``dunning backfill`` run stands: one cursor row per provider resource.
 
-Owns the ``backfill_cursors`` table only; :mod:`worker.backfill` reads and advances it, in the
-same transaction as the rows of each page, so a run that stops anywhere resumes after the last
-page it committed.
+Owns the ``backfill_cursors`` table only; :mod:`worker.backfill.service` reads and advances
+it, in the same transaction as the rows of each page, so a run that stops anywhere resumes
+after the last page it committed.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""``dunning backfill``: the provider's billing history from before we were installed."""

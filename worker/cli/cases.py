@@ -1,0 +1,104 @@
+"""``dunning cases list | show | retry-now`` and ``dunning events replay``: ops on cases and
+recorded events."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from worker.cli.common import (
+    BadInput,
+    one_line_errors,
+    runtime_or_exit,
+    settings_or_exit,
+)
+
+
+@click.group()
+def cases() -> None:
+    """Ops view of dunning cases."""
+
+
+@cases.command("list")
+@click.option("--state", default=None, help="Only cases in this state.")
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def cases_list(state: str | None, as_json: bool) -> None:
+    from worker.dunning.state import DunningState
+    from worker.dunning.views import list_cases
+
+    if state is not None and state not in set(DunningState):
+        raise BadInput(
+            f"--state: unknown state {state!r} ({', '.join(s.value for s in DunningState)})"
+        )
+    runtime = runtime_or_exit(settings_or_exit())
+    with runtime.session() as session:
+        rows = list_cases(session, state=state)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from worker.cli.terminal import cases_table
+
+    cases_table(rows)
+
+
+@cases.command("show")
+@click.argument("case_id", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def cases_show(case_id: int, as_json: bool) -> None:
+    from worker.dunning.views import show_case
+
+    runtime = runtime_or_exit(settings_or_exit())
+    with runtime.session() as session:
+        detail = show_case(session, case_id)
+    if detail is None:
+        raise BadInput(f"no dunning case {case_id}")
+    if as_json:
+        click.echo(json.dumps(detail, indent=2))
+        return
+    from worker.cli.terminal import case_timeline
+
+    case_timeline(detail)
+
+
+@cases.command("retry-now")
+@click.argument("case_id", type=int)
+@one_line_errors
+def cases_retry_now(case_id: int) -> None:
+    """Plan an immediate retry through the normal path (the scheduler runs it)."""
+    from worker import clock
+    from worker.dunning.planning import CaseNotRetryableError, retry_now
+
+    runtime = runtime_or_exit(settings_or_exit())
+    try:
+        with runtime.session() as session:
+            action = retry_now(session, case_id, now=clock.now())
+            key = action.idempotency_key
+    except LookupError:
+        raise BadInput(f"no dunning case {case_id}") from None
+    except CaseNotRetryableError as exc:
+        raise BadInput(str(exc)) from None
+    click.echo(f"case {case_id}: retry planned now (idempotency key {key})")
+
+
+@click.group()
+def events() -> None:
+    """Provider events."""
+
+
+@events.command("replay")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@one_line_errors
+def events_replay(file: Path) -> None:
+    """Process recorded payloads (JSON or JSONL) in file order, without signature checks."""
+    from worker.webhooks.replay import ReplayFileError, replay_file
+
+    runtime = runtime_or_exit(settings_or_exit())
+    try:
+        counts = replay_file(runtime, file)
+    except ReplayFileError as exc:
+        raise BadInput(str(exc)) from None
+    click.echo(json.dumps(counts))

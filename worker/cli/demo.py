@@ -1,0 +1,29 @@
+"""``dunning demo``: the whole pipeline against a simulated billing system."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from worker.cli.common import (
+    BadInput,
+)
+
+
+@click.command()
+@click.option("--customers", default=100, show_default=True, type=int)
+@click.option("--seed", default=7, show_default=True, type=int)
+@click.option(
+    "--out",
+    default=".dunning/demo",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
+def demo(customers: int, seed: int, out: Path) -> None:
+    """The whole pipeline against a simulated billing system, over a simulated month."""
+    from worker.demo import run_demo
+
+    if customers < 1:
+        raise BadInput("--customers: must be at least 1")
+    run_demo(customers=customers, seed=seed, out=out)

@@ -1,0 +1,85 @@
+"""``dunning db upgrade | serve | worker | beat | run``: the schema and the long-running
+processes."""
+
+from __future__ import annotations
+
+import click
+
+from worker.cli.common import (
+    BadInput,
+    one_line_errors,
+    policy_or_exit,
+    runtime_or_exit,
+    settings_or_exit,
+)
+
+
+@click.group()
+def db() -> None:
+    """Schema management (Alembic)."""
+
+
+@db.command("upgrade")
+@one_line_errors
+def db_upgrade() -> None:
+    """Apply migrations to DUNNING_DATABASE_URL."""
+    from worker.migrate import upgrade
+
+    settings = settings_or_exit()
+    upgrade(settings.database_url)
+    click.echo("database at head")
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Webhook intake with /healthz and /readyz."""
+    import uvicorn
+
+    from worker.app import create_app
+    from worker.webhooks.intake import build_intake
+
+    settings = settings_or_exit()
+    if settings.stripe_webhook_secret is None:
+        raise BadInput("STRIPE_WEBHOOK_SECRET: required by `dunning serve`, not set")
+    app = create_app(settings, runtime_or_exit(settings))
+    uvicorn.run(build_intake(app), host=host, port=port, log_level="warning")
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Celery worker (extra arguments go to `celery worker`)."""
+    from worker.app import create_app
+
+    settings = settings_or_exit()
+    app = create_app(settings, runtime_or_exit(settings))
+    app.worker_main(["worker", "--loglevel=INFO", *ctx.args])
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def beat(ctx: click.Context) -> None:
+    """The scheduler tick (extra arguments go to `celery beat`)."""
+    from worker.app import create_app
+
+    settings = settings_or_exit()
+    app = create_app(settings, runtime_or_exit(settings))
+    app.start(["beat", "--loglevel=INFO", *ctx.args])
+
+
+@click.command()
+@click.option("--port", default=8000, show_default=True, type=int)
+@one_line_errors
+def run(port: int) -> None:
+    """Intake + worker + beat in one process tree; migrates the database first."""
+    from worker.migrate import upgrade
+    from worker.processes import run_all
+
+    settings = settings_or_exit()
+    if settings.stripe_webhook_secret is None:
+        raise BadInput("STRIPE_WEBHOOK_SECRET: required by the intake, not set")
+    policy_or_exit(settings)
+    upgrade(settings.database_url)
+    raise SystemExit(run_all(port=port))

@@ -1,0 +1,85 @@
+"""A card's history as the networks count it: every attempt on it, whoever made it.
+
+Network budgets, the minimum gap and "never retry" advice belong to the card, across every
+invoice and every attempt source (ours, the provider's, the customer's). The history follows
+the card across a network renumbering: a payment method keeps its id when the network updates
+the card, so its history includes every fingerprint it has had.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy.orm import Session
+
+from worker.billing.models import AttemptOutcome, Invoice, PaymentAttempt, PaymentMethod
+from worker.dunning.rules import CardHistory
+
+
+def card_history(
+    session: Session, invoice: Invoice, *, now: datetime, payment_method_id: str | None = None
+) -> CardHistory:
+    """Every attempt the networks count against the card the next charge will use (the given
+    payment method, else the one this invoice was last tried on): ours, the provider's and
+    the customer's, on any invoice, over the last 30 days."""
+    newest = (PaymentAttempt.occurred_at.desc(), PaymentAttempt.id.desc())
+    fingerprints: set[str | None] = set()
+    if payment_method_id is None:
+        last_tried = session.scalars(
+            select(PaymentAttempt)
+            .where(
+                PaymentAttempt.invoice_id == invoice.id,
+                or_(
+                    PaymentAttempt.card_fingerprint.is_not(None),
+                    PaymentAttempt.payment_method_id.is_not(None),
+                ),
+            )
+            .order_by(*newest)
+        ).first()
+        if last_tried is not None:
+            fingerprints.add(last_tried.card_fingerprint)
+            payment_method_id = last_tried.payment_method_id
+    if payment_method_id is not None:
+        fingerprints.update(
+            session.scalars(
+                select(PaymentAttempt.card_fingerprint)
+                .where(PaymentAttempt.payment_method_id == payment_method_id)
+                .distinct()
+            )
+        )
+        fingerprints.add(
+            session.scalar(
+                select(PaymentMethod.fingerprint).where(
+                    PaymentMethod.provider_id == payment_method_id
+                )
+            )
+        )
+    fingerprints.discard(None)
+    same_card: list[ColumnElement[bool]] = [PaymentAttempt.card_fingerprint.in_(fingerprints)]
+    if payment_method_id is not None:
+        same_card.append(PaymentAttempt.payment_method_id == payment_method_id)
+    attempts = session.scalars(
+        select(PaymentAttempt)
+        .where(or_(*same_card), PaymentAttempt.occurred_at > now - timedelta(days=30))
+        .order_by(*newest)
+    ).all()
+    declines = [a for a in attempts if a.outcome is not AttemptOutcome.SUCCEEDED]
+    if fingerprints or payment_method_id is not None:
+        last_decline = next(iter(declines), None)
+    else:  # no card facts at all: the invoice's own latest decline still carries its advice
+        last_decline = session.scalars(
+            select(PaymentAttempt)
+            .where(
+                PaymentAttempt.invoice_id == invoice.id,
+                PaymentAttempt.outcome != AttemptOutcome.SUCCEEDED,
+            )
+            .order_by(*newest)
+        ).first()
+    return CardHistory(
+        brand=next((a.card_brand for a in attempts if a.card_brand), None),
+        declines=tuple((a.occurred_at, a.amount) for a in declines),
+        last_attempt_at=max((a.occurred_at for a in attempts), default=None),
+        network_advice_code=last_decline.network_advice_code if last_decline else None,
+        last_declined_at=last_decline.occurred_at if last_decline else None,
+    )

@@ -1,0 +1,138 @@
+"""Dunning's emails: planning the card-expiring notice, and sending the email an action names
+with the facts of its case (amount, decline, next retry, access end, the update link).
+
+Composing the message and sending it once per key is :mod:`worker.email.service`'s job.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker.billing.domain import Card
+from worker.billing.models import Customer, Invoice
+from worker.config import Policy
+from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
+from worker.dunning.rules import customer_zone, outside_quiet_hours
+from worker.email import service as email
+from worker.email.messages import EmailContext, EmailKind
+from worker.email.sender import Sender
+from worker.links import update_card_url
+
+
+def plan_card_expiring(
+    session: Session, customer: Customer, card: Card, *, policy: Policy, now: datetime
+) -> None:
+    expiry = f"{card.exp_year}-{card.exp_month}"
+    key = f"customer:{customer.id}:card-expiring:{card.payment_method_id}:{expiry}"
+    if session.scalar(select(ScheduledAction.id).where(ScheduledAction.idempotency_key == key)):
+        return
+    zone = customer_zone(customer.timezone, policy)
+    session.add(
+        ScheduledAction(
+            customer_id=customer.id,
+            case_id=None,
+            kind=ActionKind.SEND_EMAIL,
+            due_at=outside_quiet_hours(now, zone, policy.emails.quiet_hours),
+            idempotency_key=key,
+            template=EmailKind.CARD_EXPIRING,
+            reason="card on file expires soon",
+            created_at=now,
+        )
+    )
+
+
+def send_action_email(
+    session: Session,
+    action: ScheduledAction,
+    *,
+    policy: Policy,
+    sender: Sender,
+    public_url: str,
+    link_secret: str | None,
+    now: datetime,
+) -> str:
+    """Send the email ``action`` names, once; returns a note for the action row."""
+    if email.already_sent(session, action.idempotency_key):
+        return "already sent"
+    customer = session.get_one(Customer, action.customer_id)
+    if not customer.email:
+        return "skipped: the customer has no email address"
+    context = _context(
+        session,
+        action,
+        customer,
+        policy=policy,
+        public_url=public_url,
+        link_secret=link_secret,
+        now=now,
+    )
+    return email.send_once(
+        session,
+        EmailKind(action.template or ""),
+        context,
+        key=action.idempotency_key,
+        to=customer.email,
+        customer_id=customer.id,
+        case_id=action.case_id,
+        from_address=policy.emails.from_address,
+        sender=sender,
+        now=now,
+    )
+
+
+def _context(
+    session: Session,
+    action: ScheduledAction,
+    customer: Customer,
+    *,
+    policy: Policy,
+    public_url: str,
+    link_secret: str | None,
+    now: datetime,
+) -> EmailContext:
+    case = session.get(DunningCase, action.case_id) if action.case_id else None
+    # The invoice in question, or for a card-expiring notice the customer's latest one (what
+    # the next renewal will likely charge).
+    invoice = (
+        session.get(Invoice, case.invoice_id)
+        if case
+        else session.scalars(
+            select(Invoice).where(Invoice.customer_id == customer.id).order_by(Invoice.id.desc())
+        ).first()
+    )
+    next_retry = None
+    if case is not None:
+        next_retry = session.scalar(
+            select(ScheduledAction.due_at)
+            .where(
+                ScheduledAction.case_id == case.id,
+                ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
+                ScheduledAction.status == ActionStatus.PLANNED,
+            )
+            .order_by(ScheduledAction.due_at)
+        )
+    # A dunning email links to the invoice's hosted page (it also handles 3-D Secure); a
+    # card-expiring notice has no open invoice and links to our signed card-update page.
+    update_url = (
+        invoice.hosted_invoice_url
+        if case and invoice and invoice.hosted_invoice_url
+        else update_card_url(public_url, link_secret, customer.provider_id, now=now)
+    )
+    return EmailContext(
+        customer_name=customer.name,
+        amount_due=invoice.amount_due if invoice else 0,
+        currency=invoice.currency if invoice else "usd",
+        locale=customer.locale or policy.emails.default_locale,
+        update_url=update_url,
+        invoice_number=invoice.number if invoice and case else None,
+        product_name=None,
+        decline_reason=case.decline_code if case else None,
+        next_attempt_at=next_retry,
+        access_ends_at=case.window_ends_at if case else None,
+        timezone=customer.timezone or policy.emails.default_timezone,
+        company_name=policy.emails.company_name,
+        support_email=policy.emails.support_email,
+    )

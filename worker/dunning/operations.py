@@ -1,0 +1,207 @@
+"""What the rest of the product tells dunning, in dunning's own terms: a payment on an
+invoice failed or succeeded, an invoice was closed, a subscription ended, a customer's card
+changed, a card is about to expire.
+
+The event handlers (:mod:`worker.webhooks.handlers`) update the billing mirror first and then
+call these with our rows and plain values; dunning knows nothing of provider events. Each
+operation is safe to run twice and safe to run late. Functions never commit.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from worker.billing import service as billing
+from worker.billing.domain import Card, Decline
+from worker.billing.models import AttemptOutcome, AttemptSource, Customer, Invoice
+from worker.config import Policy, RetryMode
+from worker.dunning import emails, rules
+from worker.dunning.cases import (
+    case_for_invoice,
+    in_flight,
+    lock_case,
+    open_case,
+    open_cases_of_subscription,
+    open_cases_to_retry,
+    policy_of,
+)
+from worker.dunning.models import ActionKind, DunningCase
+from worker.dunning.state import TERMINAL, DunningEvent
+from worker.dunning.transitions import apply
+from worker.ledger.models import RecoveryMethod
+
+# A claim older than this is a lost one (the worker died), not the payer of a recovery.
+RECENT_CLAIM = timedelta(minutes=5)
+
+
+def payment_failed(
+    session: Session,
+    invoice: Invoice,
+    *,
+    decline: Decline,
+    requires_action: bool,
+    occurred_at: datetime,
+    source: str,
+    reason: str,
+    policy: Policy,
+    now: datetime,
+) -> None:
+    """A charge on ``invoice`` failed (``requires_action``: the customer must authenticate).
+    Opens the invoice's case if needed, records the attempt on the card once, and moves the
+    case, unless this very charge already did (our 402, or a duplicate event)."""
+    case = open_case(session, invoice, policy=policy, now=now)
+    if case.state in TERMINAL:
+        return  # the case is over: a late failure report changes nothing
+    ours = in_flight(session, case, ActionKind.RETRY_PAYMENT)
+    attempt = billing.record_attempt(
+        session,
+        invoice=invoice,
+        source=AttemptSource.OURS if ours else AttemptSource.PROVIDER,
+        outcome=AttemptOutcome.ACTION_REQUIRED if requires_action else AttemptOutcome.FAILED,
+        at=occurred_at,
+        decline=decline,
+        action_id=ours.id if ours else None,
+    )
+    if not billing.count_once(attempt):
+        return
+    apply(
+        session,
+        case,
+        rules.failure_event(
+            decline, policy_of(session, case, policy), requires_action=requires_action
+        ),
+        policy=policy,
+        now=now,
+        decline=decline,
+        source=source,
+        reason=reason,
+    )
+
+
+def invoice_paid(
+    session: Session,
+    invoice: Invoice,
+    *,
+    occurred_at: datetime,
+    source: str,
+    reason: str,
+    policy: Policy,
+    now: datetime,
+) -> None:
+    case = case_for_invoice(session, invoice)
+    if case is None:
+        return
+    apply(
+        session,
+        case,
+        DunningEvent.PAYMENT_SUCCEEDED,
+        policy=policy,
+        now=now,
+        source=source,
+        method=recovery_method(session, case, now=now),
+        reason=reason,
+        occurred_at=occurred_at,
+    )
+
+
+def recovery_method(session: Session, case: DunningCase, *, now: datetime) -> RecoveryMethod:
+    """How a case got paid: our retry (one running right now, scheduled or prompted by a card
+    update), the provider's retry, or the customer."""
+    ours = in_flight(session, case, ActionKind.RETRY_PAYMENT)
+    if ours is not None and ours.claimed_at and now - ours.claimed_at < RECENT_CLAIM:
+        return ours.recovery_method or RecoveryMethod.RETRY
+    if case.retries_mode is RetryMode.OBSERVE:
+        return RecoveryMethod.PROVIDER
+    return RecoveryMethod.CUSTOMER
+
+
+def invoice_closed(
+    session: Session,
+    invoice: Invoice,
+    *,
+    uncollectible: bool,
+    source: str,
+    reason: str,
+    policy: Policy,
+    now: datetime,
+) -> None:
+    """The provider voided the invoice or marked it uncollectible."""
+    case = case_for_invoice(session, invoice)
+    if case is None or in_flight(session, case, ActionKind.FINAL_ACTION):
+        return  # our own final action closed it; that task records the outcome
+    # In observe mode an uncollectible invoice means the provider's retries ran out: its
+    # dunning ended unpaid.
+    provider_gave_up = uncollectible and case.retries_mode is RetryMode.OBSERVE
+    apply(
+        session,
+        case,
+        DunningEvent.CANCELLED_INVOLUNTARILY if provider_gave_up else DunningEvent.INVOICE_CLOSED,
+        policy=policy,
+        now=now,
+        source=source,
+        reason=reason,
+    )
+
+
+def subscription_ended(
+    session: Session,
+    subscription_id: int,
+    *,
+    for_non_payment: bool,
+    source: str,
+    reason: str,
+    policy: Policy,
+    now: datetime,
+) -> None:
+    """The subscription ended: its open cases close, as involuntary churn when it ended for
+    non-payment (the provider says so, or our final action is ending it) else voluntary."""
+    for case_id in open_cases_of_subscription(session, subscription_id):
+        case = lock_case(session, case_id)
+        ours = in_flight(session, case, ActionKind.FINAL_ACTION)
+        involuntary = ours is not None or for_non_payment
+        apply(
+            session,
+            case,
+            DunningEvent.CANCELLED_INVOLUNTARILY
+            if involuntary
+            else DunningEvent.CANCELLED_VOLUNTARILY,
+            policy=policy,
+            now=now,
+            source=source,
+            reason=reason,
+        )
+
+
+def card_updated(
+    session: Session,
+    customer: Customer,
+    *,
+    by_network: bool,
+    source: str,
+    reason: str,
+    policy: Policy,
+    now: datetime,
+) -> None:
+    """The card we charge changed (a new default, or the default renewed or edited): each
+    open case that a card can pay gets one prompt retry."""
+    for case_id in open_cases_to_retry(session, customer.id):
+        case = lock_case(session, case_id)
+        apply(
+            session,
+            case,
+            DunningEvent.PAYMENT_METHOD_UPDATED,
+            policy=policy,
+            now=now,
+            source=source,
+            reason=reason,
+            by_network=by_network,
+        )
+
+
+def card_expiring(
+    session: Session, customer: Customer, card: Card, *, policy: Policy, now: datetime
+) -> None:
+    """A card on file expires soon: tell the customer once, outside their quiet hours."""
+    emails.plan_card_expiring(session, customer, card, policy=policy, now=now)

@@ -1,0 +1,277 @@
+"""Planning a case's actions: its email cadence and final action, its next retry, the prompt
+retry after a card update, and cancelling or resuming what is planned.
+
+Every action is a ``scheduled_actions`` row with a deterministic idempotency key, planned once
+(:func:`plan`); the scheduler hands it to a worker when it comes due. What to plan and when
+comes from the rules (:mod:`worker.dunning.rules`). Nothing here calls Stripe or SMTP.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from worker.billing.models import Customer, Invoice
+from worker.config import DeclineClass, Policy, RetryMode
+from worker.dunning import rules
+from worker.dunning.cards import card_history
+from worker.dunning.cases import customer_timezone, lock_case, retries_done
+from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
+from worker.dunning.state import TERMINAL, DunningEvent, DunningState
+from worker.ledger.models import RecoveryMethod
+
+# What a successful prompt retry counts as, by who updated the card (metrics.md: "customer
+# updated card through our link" vs "card updated by the network then retried").
+PROMPT_RETRY_METHODS = (RecoveryMethod.CARD_UPDATE, RecoveryMethod.NETWORK_UPDATE)
+_PROMPT_KEY_TAG = {
+    RecoveryMethod.CARD_UPDATE: "card-update",
+    RecoveryMethod.NETWORK_UPDATE: "network-update",
+}
+
+
+def plan(
+    session: Session,
+    case: DunningCase,
+    kind: ActionKind,
+    *,
+    due_at: datetime,
+    key: str,
+    reason: str,
+    now: datetime,
+    template: str | None = None,
+    recovery_method: RecoveryMethod | None = None,
+) -> ScheduledAction:
+    """Plan an action once: a second call with the same key returns the existing row.
+    ``recovery_method``: what a retry's success counts as (default: our retry)."""
+    existing = session.scalar(select(ScheduledAction).where(ScheduledAction.idempotency_key == key))
+    if existing is not None:
+        return existing
+    if kind is ActionKind.RETRY_PAYMENT and recovery_method is None:
+        recovery_method = RecoveryMethod.RETRY
+    action = ScheduledAction(
+        case_id=case.id,
+        customer_id=case.customer_id,
+        kind=kind,
+        due_at=due_at,
+        idempotency_key=key,
+        template=template,
+        reason=reason,
+        recovery_method=recovery_method,
+        created_at=now,
+    )
+    session.add(action)
+    session.flush()
+    return action
+
+
+def _retry_count(session: Session, case: DunningCase) -> int:
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(ScheduledAction)
+            .where(
+                ScheduledAction.case_id == case.id, ScheduledAction.kind == ActionKind.RETRY_PAYMENT
+            )
+        )
+        or 0
+    )
+
+
+def plan_retry(
+    session: Session, case: DunningCase, *, due_at: datetime, reason: str, now: datetime
+) -> ScheduledAction:
+    """A retry with a fresh idempotency key (one per planned attempt, never reused)."""
+    seq = _retry_count(session, case)
+    invoice_ref = session.scalar(select(Invoice.provider_id).where(Invoice.id == case.invoice_id))
+    return plan(
+        session,
+        case,
+        ActionKind.RETRY_PAYMENT,
+        due_at=due_at,
+        reason=reason,
+        now=now,
+        key=f"dunning:{invoice_ref}:retry:{seq + 1}",
+    )
+
+
+def plan_cadence(
+    session: Session, case: DunningCase, event: DunningEvent, *, policy: Policy, now: datetime
+) -> None:
+    """Emails and the final action for a case the failure ``event`` opened (``dunning policy
+    preview`` shows the same plan from the same functions)."""
+    zone = rules.customer_zone(customer_timezone(session, case), policy)
+    for email in rules.scheduled_emails(
+        policy,
+        first_template=rules.first_template(event),
+        opened_at=case.opened_at,
+        window_ends_at=case.window_ends_at,
+        now=now,
+        zone=zone,
+    ):
+        plan(
+            session,
+            case,
+            ActionKind.SEND_EMAIL,
+            due_at=email.at,
+            now=now,
+            template=email.template,
+            key=f"case:{case.id}:email:{email.step}",
+            reason=email.reason,
+        )
+    if case.retries_mode is RetryMode.OWN:  # in observe mode the provider ends its own dunning
+        plan(
+            session,
+            case,
+            ActionKind.FINAL_ACTION,
+            due_at=case.window_ends_at,
+            now=now,
+            key=f"case:{case.id}:final",
+            reason=f"window end: {policy.final_action.action}",
+        )
+
+
+def plan_next_retry(session: Session, case: DunningCase, *, policy: Policy, now: datetime) -> None:
+    invoice = session.get_one(Invoice, case.invoice_id)
+    decision = rules.next_retry(
+        policy,
+        case.decline_class or DeclineClass.SOFT,
+        opened_at=case.opened_at,
+        window_ends_at=case.window_ends_at,
+        now=now,
+        retries_done=retries_done(session, case),
+        mode=case.retries_mode,
+        card=card_history(session, invoice, now=now),
+        amount=invoice.amount_due,
+        zone=rules.customer_zone(customer_timezone(session, case), policy),
+    )
+    dropped_key = f"dunning:{invoice.provider_id}:retry-dropped:{_retry_count(session, case) + 1}"
+    _plan_decision(session, case, decision, now=now, dropped_key=dropped_key)
+
+
+def plan_card_update_retry(
+    session: Session,
+    case: DunningCase,
+    *,
+    policy: Policy,
+    now: datetime,
+    source: str | None,
+    by_network: bool,
+) -> None:
+    """Exactly one prompt retry per card update, within the new card's network budget. A
+    retry already planned or running for an earlier update covers this one too: the charge
+    uses the default card when it runs. ``by_network``: the card network renewed the card
+    (else the customer changed it); ``source`` is the provider event that told us."""
+    pending = session.scalars(
+        select(ScheduledAction).where(
+            ScheduledAction.case_id == case.id,
+            ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
+            ScheduledAction.status.in_([ActionStatus.PLANNED, ActionStatus.CLAIMED]),
+            ScheduledAction.recovery_method.in_(PROMPT_RETRY_METHODS),
+        )
+    ).first()
+    if pending is not None:
+        return
+    cancel(session, case, note="a card update replaces it", kinds=(ActionKind.RETRY_PAYMENT,))
+    invoice = session.get_one(Invoice, case.invoice_id)
+    default_card = session.scalar(
+        select(Customer.default_payment_method_id).where(Customer.id == case.customer_id)
+    )
+    decision = rules.prompt_retry(
+        policy,
+        now=now,
+        window_ends_at=case.window_ends_at,
+        card=card_history(session, invoice, now=now, payment_method_id=default_card),
+        amount=invoice.amount_due,
+    )
+    method = RecoveryMethod.NETWORK_UPDATE if by_network else RecoveryMethod.CARD_UPDATE
+    key = f"dunning:{invoice.provider_id}:{_PROMPT_KEY_TAG[method]}:{source or now.isoformat()}"
+    _plan_decision(
+        session, case, decision, now=now, key=key, dropped_key=key, recovery_method=method
+    )
+
+
+def _plan_decision(
+    session: Session,
+    case: DunningCase,
+    decision: rules.PlannedRetry | rules.DroppedRetry | None,
+    *,
+    now: datetime,
+    dropped_key: str,
+    key: str | None = None,
+    recovery_method: RecoveryMethod | None = None,
+) -> None:
+    """Plan the retry the policy placed, under ``key`` or, without one, the next numbered key
+    (:func:`plan_retry`); keep a dropped one in the timeline, cancelled, never run."""
+    if isinstance(decision, rules.PlannedRetry):
+        if key is not None:
+            plan(
+                session,
+                case,
+                ActionKind.RETRY_PAYMENT,
+                due_at=decision.at,
+                now=now,
+                key=key,
+                reason=decision.reason,
+                recovery_method=recovery_method,
+            )
+        else:
+            plan_retry(session, case, due_at=decision.at, reason=decision.reason, now=now)
+    elif isinstance(decision, rules.DroppedRetry):
+        action = plan(
+            session,
+            case,
+            ActionKind.RETRY_PAYMENT,
+            due_at=now,
+            now=now,
+            key=dropped_key,
+            reason=decision.reason,
+            recovery_method=recovery_method,
+        )
+        action.status, action.note = ActionStatus.CANCELLED, "network rule"
+
+
+def cancel(
+    session: Session, case: DunningCase, *, note: str, kinds: tuple[ActionKind, ...]
+) -> None:
+    session.execute(
+        update(ScheduledAction)
+        .where(
+            ScheduledAction.case_id == case.id,
+            ScheduledAction.kind.in_(kinds),
+            ScheduledAction.status == ActionStatus.PLANNED,
+        )
+        .values(status=ActionStatus.CANCELLED, note=note)
+    )
+
+
+def resume(session: Session, case: DunningCase, *, policy: Policy, now: datetime) -> None:
+    session.execute(
+        update(ScheduledAction)
+        .where(
+            ScheduledAction.case_id == case.id,
+            ScheduledAction.status == ActionStatus.CANCELLED,
+            ScheduledAction.note == "paused",
+            ScheduledAction.kind != ActionKind.RETRY_PAYMENT,
+        )
+        .values(status=ActionStatus.PLANNED, note=None)
+    )
+    plan_next_retry(session, case, policy=policy, now=now)
+
+
+class CaseNotRetryableError(ValueError):
+    pass
+
+
+def retry_now(session: Session, case_id: int, *, now: datetime) -> ScheduledAction:
+    """Ops: plan an immediate retry through the normal path (own key, own records)."""
+    case = lock_case(session, case_id)
+    if case.state in TERMINAL or case.state is DunningState.PAUSED:
+        msg = f"case {case_id} is {case.state.value}: nothing to retry"
+        raise CaseNotRetryableError(msg)
+    if case.retries_mode is not RetryMode.OWN:
+        msg = f"case {case_id} is in observe mode: the provider retries it, we never do"
+        raise CaseNotRetryableError(msg)
+    cancel(session, case, note="replaced by ops retry-now", kinds=(ActionKind.RETRY_PAYMENT,))
+    return plan_retry(session, case, due_at=now, reason="ops: retry now", now=now)

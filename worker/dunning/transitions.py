@@ -1,0 +1,171 @@
+"""Moving a case through the state machine, and the side effects keyed off each move.
+
+:func:`apply` is the only way a case changes state. It looks the move up in the table
+(:mod:`worker.dunning.state`), appends the transition to the log, and then plans or cancels
+actions (:mod:`worker.dunning.planning`) and writes ledger rows according to
+``(old, new, event)``. Nothing here calls Stripe or SMTP: that happens in
+:mod:`worker.dunning.actions` when an action comes due. Functions never commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from worker.billing.domain import Decline
+from worker.config import Policy, RetryMode
+from worker.dunning import planning, rules
+from worker.dunning.cases import policy_of
+from worker.dunning.models import ActionKind, CaseTransition, DunningCase
+from worker.dunning.state import TERMINAL, DunningEvent, DunningState, next_state
+from worker.email.messages import EmailKind
+from worker.ledger import service as ledger
+from worker.ledger.models import RecoveryMethod
+
+log = logging.getLogger(__name__)
+E, S = DunningEvent, DunningState
+RECOVERED_EMAIL_MAX_AGE = timedelta(days=1)
+FAILURE_EVENTS = frozenset({E.PAYMENT_FAILED, E.PAYMENT_FAILED_HARD, E.ACTION_REQUIRED})
+
+
+@dataclass(frozen=True)
+class Change:
+    case: DunningCase
+    old: DunningState
+    new: DunningState
+    event: DunningEvent
+
+
+def apply(
+    session: Session,
+    case: DunningCase,
+    event: DunningEvent,
+    *,
+    policy: Policy,
+    now: datetime,
+    reason: str | None = None,
+    source: str | None = None,
+    decline: Decline | None = None,
+    method: RecoveryMethod | None = None,
+    occurred_at: datetime | None = None,
+    by_network: bool = False,
+) -> Change:
+    """Move ``case`` on ``event`` and carry out what the move implies. ``occurred_at`` is
+    when it happened at the provider (ledger time), ``now`` when we learn of it. The case's
+    own policy version decides, not necessarily ``policy`` (the current one). ``method``:
+    how a payment was made; ``by_network``: a card update came from the card network."""
+    policy = policy_of(session, case, policy)
+    old = case.state
+    new = next_state(old, event)
+    session.add(
+        CaseTransition(
+            case_id=case.id,
+            at=now,
+            event=event,
+            from_state=old,
+            to_state=new,
+            reason=reason,
+            source=source,
+        )
+    )
+    case.state, case.updated_at = new, now
+    if decline is not None and event in FAILURE_EVENTS:
+        case.decline_code = decline.reason
+        case.decline_class = rules.classify(decline, policy)
+    if old != new:
+        log.info(
+            "case transition",
+            extra={"case_id": case.id, "from": old.value, "to": new.value, "event": event.value},
+        )
+    change = Change(case, old, new, event)
+    _effects(
+        session,
+        change,
+        policy=policy,
+        now=now,
+        method=method,
+        source=source,
+        by_network=by_network,
+        at=occurred_at or now,
+    )
+    return change
+
+
+def _effects(
+    session: Session,
+    change: Change,
+    *,
+    policy: Policy,
+    now: datetime,
+    method: RecoveryMethod | None,
+    source: str | None,
+    by_network: bool,
+    at: datetime,
+) -> None:
+    case, old, new, event = change.case, change.old, change.new, change.event
+    if new in TERMINAL:
+        if old not in TERMINAL:
+            _enter_terminal(session, case, new, now=now, at=at, method=method)
+        elif old is S.CHURNED and event is E.PAYMENT_SUCCEEDED:
+            ledger.record_reactivation(session, _ref(case), at=at, now=now)
+        return
+    if event is E.OPS_PAUSE and old is not S.PAUSED:
+        planning.cancel(session, case, note="paused", kinds=tuple(ActionKind))
+    elif event is E.OPS_RESUME and old is S.PAUSED:
+        planning.resume(session, case, policy=policy, now=now)
+    elif new is S.PAUSED:
+        return  # facts are recorded; nothing is planned while ops hold the case
+    elif event in FAILURE_EVENTS:
+        if old is S.OPEN:
+            planning.plan_cadence(session, case, event, policy=policy, now=now)
+        planning.cancel(
+            session, case, note="superseded by a newer failure", kinds=(ActionKind.RETRY_PAYMENT,)
+        )
+        if new is S.RETRYING:
+            planning.plan_next_retry(session, case, policy=policy, now=now)
+    elif (
+        event is E.PAYMENT_METHOD_UPDATED
+        and new is S.RETRYING
+        and case.retries_mode is RetryMode.OWN
+    ):
+        planning.plan_card_update_retry(
+            session, case, policy=policy, now=now, source=source, by_network=by_network
+        )
+
+
+def _ref(case: DunningCase) -> ledger.CaseRef:
+    return ledger.CaseRef(case.id, case.customer_id, case.invoice_id)
+
+
+def _enter_terminal(
+    session: Session,
+    case: DunningCase,
+    new: DunningState,
+    *,
+    now: datetime,
+    at: datetime,
+    method: RecoveryMethod | None,
+) -> None:
+    case.closed_at = at
+    planning.cancel(session, case, note=f"case {new.value}", kinds=tuple(ActionKind))
+    if new is S.RECOVERED:
+        case.recovered_method = method or RecoveryMethod.PROVIDER
+        ledger.record_recovery(session, _ref(case), method=case.recovered_method, at=at, now=now)
+        if now - at > RECOVERED_EMAIL_MAX_AGE:
+            return  # old news (a replay, a very late webhook): no "thank you" days later
+        # The confirmation goes out immediately, quiet hours or not.
+        planning.plan(
+            session,
+            case,
+            ActionKind.SEND_EMAIL,
+            due_at=now,
+            now=now,
+            template=EmailKind.PAYMENT_RECOVERED,
+            key=f"case:{case.id}:email:recovered",
+            reason="payment recovered",
+        )
+    elif new is S.CHURNED:
+        ledger.record_involuntary_churn(session, _ref(case), at=at, now=now)

@@ -1,0 +1,112 @@
+"""The inbox: every verified provider event stored once, and handed to a worker until it is
+processed.
+
+Owns the ``inbox_events`` rows' life: storing a delivery (unique per provider and event id),
+the sweep that hands a row to the broker again while it stays pending (a minute after intake,
+then backing off to hourly, never given up on), recording why a row failed, and finishing it.
+What an event *means* is :mod:`worker.webhooks.handlers`; processing one is
+:mod:`worker.webhooks.service`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from worker.webhooks.models import InboxEvent, InboxStatus
+
+SWEEP_AFTER = timedelta(minutes=1)  # an inbox row still pending this long is enqueued again
+MAX_SWEEP_BACKOFF = timedelta(hours=1)
+SWEEP_BATCH = 500
+
+
+class BadEventError(ValueError):
+    """A body that is not a provider event (answered with 400)."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    inbox_id: int | None  # None: a duplicate delivery, already stored
+    event_id: str
+
+
+def parse_envelope(body: bytes) -> tuple[str, str]:
+    """The event id and type from a raw body, or :class:`BadEventError`."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadEventError("malformed JSON") from None
+    if not isinstance(data, dict):
+        raise BadEventError("not a JSON object")
+    event_id, event_type = data.get("id"), data.get("type")
+    if not isinstance(event_id, str) or not event_id:
+        raise BadEventError("missing event id")
+    if not isinstance(event_type, str) or not event_type:
+        raise BadEventError("missing event type")
+    return event_id, event_type
+
+
+def store_event(session: Session, *, provider: str, body: bytes, now: datetime) -> Stored:
+    """INSERT ... ON CONFLICT DO NOTHING on (provider, event_id)."""
+    event_id, event_type = parse_envelope(body)
+    values = {
+        "provider": provider,
+        "event_id": event_id,
+        "event_type": event_type,
+        "payload": body.decode("utf-8"),
+        "received_at": now,
+        "sweep_at": now + SWEEP_AFTER,
+        "status": InboxStatus.PENDING,
+        "enqueue_count": 1,
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(InboxEvent)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+        .returning(InboxEvent.id)
+    )
+    inbox_id = session.scalar(stmt)
+    return Stored(inbox_id, event_id)
+
+
+def sweep_inbox(session: Session, *, now: datetime, limit: int = SWEEP_BATCH) -> list[int]:
+    """Inbox rows whose processing has not finished: hand them to the broker again.
+
+    A row is swept a minute after intake, then 2, 4, ... minutes after each hand-off (at most
+    an hour apart), and never given up on: Stripe already has its 200, so this row is the
+    only copy. Rows stuck through a long outage show in ``/metrics`` (oldest pending age) and
+    go through once workers, the database and the provider answer again.
+    """
+    rows = session.scalars(
+        select(InboxEvent)
+        .where(InboxEvent.status == InboxStatus.PENDING, InboxEvent.sweep_at <= now)
+        .order_by(InboxEvent.sweep_at, InboxEvent.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for row in rows:
+        row.enqueue_count += 1
+        row.sweep_at = now + min(SWEEP_AFTER * 2 ** (row.enqueue_count - 1), MAX_SWEEP_BACKOFF)
+    return [row.id for row in rows]
+
+
+def note_error(session: Session, inbox_id: int, *, error: str) -> None:
+    """The task's retries ran out: keep the event pending (the sweeper tries again later,
+    backing off) and record why, for ops. Nothing Stripe sent is ever dropped."""
+    row = session.get(InboxEvent, inbox_id, with_for_update=True)
+    if row is not None and row.status is InboxStatus.PENDING:
+        row.error = error
+
+
+def finish(
+    row: InboxEvent, status: InboxStatus, now: datetime, error: str | None = None
+) -> InboxStatus:
+    row.status, row.error, row.processed_at = status, error, now
+    return status
