@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -18,17 +17,15 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from tests.support.paths import REPO, START
 from worker import clock
 from worker.config import Policy, load_policy
 from worker.db import make_engine, make_sessionmaker
 from worker.migrate import upgrade
 from worker.models import Base
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 PG_HOST = os.environ.get("DUNNING_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("DUNNING_TEST_REDIS", "redis://127.0.0.1:6379/15")
-START = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)  # a Monday afternoon, UTC
 
 
 def _admin() -> psycopg.Connection:

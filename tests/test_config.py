@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.paths import REPO
 from worker.config import ConfigError, load_policy
 
-REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "config" / "dunning.toml"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, START
+from tests.support.paths import REPO, START
 from worker import clock
 from worker.app import create_app
 from worker.httpserver import serve_in_thread

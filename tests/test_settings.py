@@ -9,8 +9,6 @@ import pytest
 from tests.support.processes import clean_env, dunning
 from worker.settings import Secret, SettingError, load_settings
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def test_no_environment_gives_the_embedded_defaults() -> None:
     settings = load_settings({})

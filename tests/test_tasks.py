@@ -6,7 +6,7 @@ from pathlib import Path
 
 from celery import Task
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 from worker.app import ROUTES, create_app
 from worker.settings import Settings
 

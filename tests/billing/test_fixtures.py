@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import stripe
 
+from tests.support.paths import SHARED, require_shared
 from worker.billing.domain import (
     Card,
     CustomerFacts,
@@ -25,12 +26,12 @@ from worker.billing.domain import (
 )
 from worker.billing.normalise import normalise_stripe_event, parse_stripe_object
 
-# The repository is cloned with shared/ beside it: /work/main and /work/shared.
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "stripe"
+FIXTURES = SHARED / "fixtures" / "stripe"
 
-pytestmark = pytest.mark.skipif(
-    not FIXTURES.is_dir(), reason=f"Stripe fixtures not found at {FIXTURES} (clone shared/ there)"
-)
+
+@pytest.fixture(autouse=True)
+def _fixtures_present() -> None:
+    require_shared(FIXTURES)
 
 
 def _files(folder: str) -> list[Path]:

@@ -11,6 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from worker.billing.declines import (
+    decline_from_card_error,
+    decline_from_charge,
+    decline_from_payment_intent,
+    merge_declines,
+)
 from worker.billing.domain import (
     Card,
     CustomerFacts,
@@ -20,14 +26,7 @@ from worker.billing.domain import (
     InvoiceFacts,
     SubscriptionFacts,
 )
-from worker.billing.normalise import (
-    decline_from_card_error,
-    decline_from_charge,
-    decline_from_payment_intent,
-    merge_declines,
-    normalise_stripe_event,
-    parse_stripe_object,
-)
+from worker.billing.normalise import normalise_stripe_event, parse_stripe_object
 
 CREATED = 1_745_433_962
 NEXT_ATTEMPT = 1_745_552_783

@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tests.conftest import START
 from tests.support import stripe_events as ev
+from tests.support.paths import START
 from tests.support.pipeline import deliver, failed
 from worker.config import Policy
 from worker.dunning.models import ActionKind, ActionStatus

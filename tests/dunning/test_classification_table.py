@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.conftest import SHARED
+from tests.support.paths import SHARED, require_shared
 from worker.billing.domain import Decline
 from worker.config import DeclineClass, Policy
 from worker.decline_codes import STRIPE_CARD_DECLINE_CODES
@@ -18,12 +18,11 @@ RULES = SHARED / "domain" / "retry-rules.md"
 
 def domain_decline_codes() -> list[str]:
     """The codes of the table in §1.4 (rows that start with a backticked code)."""
-    text = RULES.read_text(encoding="utf-8")
+    text = require_shared(RULES).read_text(encoding="utf-8")
     section = text[text.index("### 1.4") : text.index("## 2.")]
     return re.findall(r"^\| `([a-z_]+)`", section, flags=re.MULTILINE)
 
 
-@pytest.mark.skipif(not RULES.exists(), reason="shared/domain is not beside this checkout")
 def test_every_domain_code_is_classified(policy: Policy) -> None:
     codes = domain_decline_codes()
     assert len(codes) > 40  # the table was found and read

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tests.conftest import START
 from tests.support import stripe_events as ev
+from tests.support.paths import START
 from tests.support.pipeline import deliver, dunning_record, failed, paid, planned, the_case
 from worker.billing.domain import Decline
 from worker.billing.stripe_client import PaymentResult

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tests.conftest import REPO, START
+from tests.support.paths import REPO, START
 from tests.support.pipeline import deliver, dunning_record, failed
 from tests.support.processes import clean_env, dunning
 from worker.billing.domain import Card, Decline

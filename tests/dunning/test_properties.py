@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tests.conftest import START
 from tests.support import stripe_events as ev
+from tests.support.paths import START
 from tests.support.pipeline import dunning_record
 from worker import clock
 from worker.billing.domain import Decline

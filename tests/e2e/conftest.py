@@ -4,59 +4,20 @@ through the official ``stripe`` library."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from celery.contrib.testing.worker import start_worker
-from sqlalchemy import select
 
-import worker.webhooks.tasks
-from tests.conftest import REPO
+from tests.support.paths import REPO
 from tests.support.smtp import Recorder, smtp_server
-from worker.app import DunningCelery, create_app
-from worker.dunning.models import DunningCase
+from tests.support.stack import API_KEY, WEBHOOK_SECRET, Stack
+from worker.app import create_app
 from worker.httpserver import serve_in_thread
 from worker.settings import Secret, Settings
 from worker.sim.stripe_peer import StripePeer
 from worker.webhooks.intake import build_intake
-
-API_KEY = "sk_test_e2e"
-WEBHOOK_SECRET = "whsec_e2e"
-
-
-@dataclass
-class Stack:
-    app: DunningCelery
-    settings: Settings
-    peer: StripePeer
-    intake_url: str
-    mail: Recorder
-
-    def tick(self) -> int:
-        return worker.webhooks.tasks.tick_once(self.app)
-
-    def cases(self) -> list[DunningCase]:
-        with self.app.runtime.session() as session:
-            return list(session.scalars(select(DunningCase).order_by(DunningCase.id)))
-
-    def mail_with(self, template_word: str) -> list[Any]:
-        return [m for m in self.mail.messages if template_word in (m["X-Dunning-Key"] or "")]
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 20, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            msg = f"timed out waiting for {what or predicate}"
-            raise AssertionError(msg)
-        time.sleep(0.05)
 
 
 def e2e_settings(

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
-from tests.e2e.conftest import API_KEY, WEBHOOK_SECRET, Stack, wait_for
+from tests.support.stack import API_KEY, WEBHOOK_SECRET, Stack, wait_for
 from worker import clock
 from worker.dunning.planning import retry_now
 from worker.dunning.scheduler import RECLAIM_AFTER

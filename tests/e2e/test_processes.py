@@ -19,9 +19,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from tests.e2e.conftest import API_KEY, WEBHOOK_SECRET, wait_for
+from tests.support.paths import REPO
 from tests.support.processes import dunning, free_port
 from tests.support.smtp import Recorder
+from tests.support.stack import API_KEY, WEBHOOK_SECRET, wait_for
 from worker.db import make_engine
 from worker.dunning.models import DunningCase
 from worker.sim.stripe_peer import INSUFFICIENT_FUNDS, SUCCEED, CardSpec, StripePeer
@@ -35,7 +36,7 @@ def env(
         **os.environ,
         "DUNNING_DATABASE_URL": pg,
         "DUNNING_BROKER_URL": redis_url,
-        "DUNNING_CONFIG": str(Path(__file__).resolve().parents[2] / "config/dunning.toml"),
+        "DUNNING_CONFIG": str(REPO / "config" / "dunning.toml"),
         "DUNNING_SMTP_URL": f"smtp://127.0.0.1:{mail[1]}",
         "STRIPE_API_KEY": API_KEY,
         "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
-from tests.e2e.conftest import Stack, wait_for
+from tests.support.stack import Stack, wait_for
 from worker import clock
 from worker.billing.models import PaymentAttempt
 from worker.dunning.models import CaseTransition

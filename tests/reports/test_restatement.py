@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from tests.reports.test_worked_examples import (
+from tests.support.pipeline import deliver
+from tests.support.processes import clean_env, dunning
+from tests.support.worked_examples import (
     FEB,
     example_3,
     invoice_failed,
@@ -21,8 +23,6 @@ from tests.reports.test_worked_examples import (
     march,
     subscription_event,
 )
-from tests.support.pipeline import deliver
-from tests.support.processes import clean_env, dunning
 from worker.clock import ManualClock
 from worker.config import Policy
 from worker.reports.build import build_report

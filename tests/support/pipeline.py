@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tests.conftest import START
 from tests.support import stripe_events as ev
+from tests.support.paths import START
 from worker.billing.stripe_client import PaymentResult
 from worker.config import Policy
 from worker.dunning.actions import record_retry_result

@@ -16,8 +16,8 @@ import redis
 from sqlalchemy import select
 
 import worker.webhooks.tasks
-from tests.conftest import REPO, START
 from tests.support import stripe_events as ev
+from tests.support.paths import REPO, START
 from worker import clock
 from worker.app import DunningCelery, create_app
 from worker.httpserver import serve_in_thread

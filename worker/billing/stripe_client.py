@@ -26,14 +26,14 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from worker.billing.domain import Decline, DiscountFacts
-from worker.billing.normalise import (
+from worker.billing.declines import (
     decline_from_card_error,
     decline_from_charge,
     decline_from_payment_intent,
     merge_declines,
-    subscription_facts,
 )
+from worker.billing.domain import Decline, DiscountFacts
+from worker.billing.normalise import subscription_facts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

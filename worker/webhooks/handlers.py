@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from worker.billing import mrr
 from worker.billing import service as billing
+from worker.billing.declines import merge_declines
 from worker.billing.domain import (
     Decline,
     DiscountFacts,
@@ -26,7 +27,6 @@ from worker.billing.domain import (
     NormalisedEvent,
 )
 from worker.billing.models import AttemptOutcome, AttemptSource, Invoice
-from worker.billing.normalise import merge_declines
 from worker.config import Policy
 from worker.dunning import cases, operations
 from worker.ledger import history

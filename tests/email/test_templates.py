@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.paths import REPO
 from worker.email.messages import EmailContext, EmailKind, build_context, registered_kinds
 from worker.email.render import default_templates_dir, make_environment, render
 
-EMAIL_DIR = Path(__file__).resolve().parents[2] / "templates" / "email"
+EMAIL_DIR = REPO / "templates" / "email"
 DIRECTORIES = sorted(p.name for p in EMAIL_DIR.iterdir() if p.is_dir() and p.name != "_base")
 FILES = ("subject.txt", "body.txt", "body.html")
 

@@ -16,11 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import START
 from tests.support import stripe_events as ev
+from tests.support.paths import REPO, START
 from tests.support.processes import clean_env, dunning, free_port
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
