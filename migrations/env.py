@@ -40,19 +40,30 @@ def _run(connection: Any) -> None:
         connection.execute(text("SET lock_timeout = '10s'"))
         connection.execute(text("SET statement_timeout = '5min'"))
         connection.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        # Batch mode rebuilds a table by DROP + RENAME; with foreign keys enforced, dropping a
+        # table other rows reference fails. The pragma only takes effect outside a transaction.
+        connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_item=_render_item,
         compare_type=True,
         compare_server_default=True,
-        render_as_batch=connection.dialect.name == "sqlite",  # SQLite ALTERs via table copies
+        render_as_batch=sqlite,  # SQLite ALTERs via table copies
         transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()
     if connection.in_transaction():
         connection.commit()
+    if sqlite:
+        raw = connection.connection.dbapi_connection
+        problems = raw.execute("PRAGMA foreign_key_check").fetchall()
+        raw.execute("PRAGMA foreign_keys=ON")
+        if problems:
+            raise RuntimeError(f"foreign key violations after migrating: {problems[:5]}")
 
 
 run_migrations()

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import inspect
+from datetime import UTC, datetime
 
-from worker.db import make_engine
+from sqlalchemy import inspect, select, text
+
+from worker.config import DeclineClass, RetryMode
+from worker.db import make_engine, make_sessionmaker
+from worker.dunning.models import DunningCase
+from worker.dunning.models import ScheduledAction as Action
+from worker.ledger.models import RecoveryMethod
 from worker.migrate import check, downgrade, upgrade
 from worker.models import Base
 
@@ -21,3 +27,81 @@ def test_downgrade_to_base_and_back(db_url: str) -> None:
     assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
     engine.dispose()
     check(db_url)
+
+
+def test_a_populated_database_migrates_up_and_back(db_url: str) -> None:
+    """Migration 0007 rebuilds tables on SQLite (batch mode) while other rows reference them,
+    and fills each retry's recovery method once from its key."""
+    downgrade(db_url, "0006")
+    engine = make_engine(db_url)
+    at = datetime(2026, 3, 2, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO customers (id, provider, provider_id, updated_at)"
+                " VALUES (1, 'stripe', 'cus_m', :at)"
+            ),
+            {"at": at},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO invoices (id, provider, provider_id, customer_id, amount_due,"
+                " amount_paid, currency, attempt_count, as_of)"
+                " VALUES (1, 'stripe', 'in_m', 1, 4900, 0, 'usd', 0, :at)"
+            ),
+            {"at": at},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO dunning_cases (id, invoice_id, customer_id, state, decline_code,"
+                " decline_class, retries_mode, policy_version, opened_at, window_ends_at,"
+                " recovered_method, updated_at) VALUES (1, 1, 1, 'recovered', 'expired_card',"
+                " 'hard', 'own', 'v', :at, :at, 'card_update', :at)"
+            ),
+            {"at": at},
+        )
+        for i, (kind, key) in enumerate(
+            [
+                ("retry_payment", "dunning:in_m:retry:1"),
+                ("retry_payment", "dunning:in_m:card-update:evt_1"),
+                ("retry_payment", "dunning:in_m:network-update:evt_2"),
+                ("send_email", "case:1:email:first"),
+            ]
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO scheduled_actions (id, case_id, customer_id, kind, due_at,"
+                    " status, idempotency_key, reason, created_at, claims) VALUES"
+                    " (:id, 1, 1, :kind, :at, 'done', :key, 'r', :at, 1)"
+                ),
+                {"id": i + 1, "kind": kind, "key": key, "at": at},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO case_transitions (case_id, at, event, from_state, to_state)"
+                " VALUES (1, :at, 'payment_succeeded', 'retrying', 'recovered')"
+            ),
+            {"at": at},
+        )
+    upgrade(db_url)
+    with make_sessionmaker(engine)() as session:
+        rows = session.execute(select(Action.idempotency_key, Action.recovery_method)).all()
+        methods = {key: method for key, method in rows}
+        case = session.get_one(DunningCase, 1)
+        assert (case.decline_class, case.retries_mode, case.recovered_method) == (
+            DeclineClass.HARD,
+            RetryMode.OWN,
+            RecoveryMethod.CARD_UPDATE,
+        )
+    assert methods == {
+        "dunning:in_m:retry:1": RecoveryMethod.RETRY,
+        "dunning:in_m:card-update:evt_1": RecoveryMethod.CARD_UPDATE,
+        "dunning:in_m:network-update:evt_2": RecoveryMethod.NETWORK_UPDATE,
+        "case:1:email:first": None,
+    }
+    downgrade(db_url, "0006")
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM scheduled_actions")) == 4
+        assert conn.scalar(text("SELECT decline_class FROM dunning_cases")) == "hard"
+    upgrade(db_url)
+    engine.dispose()

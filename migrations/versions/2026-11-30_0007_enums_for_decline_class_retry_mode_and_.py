@@ -10,6 +10,9 @@ Rule: each migration must run against the previous release's code; split incompa
 A retry's recovery method used to be read back out of its idempotency key (``:card-update:``,
 ``:network-update:``); it is now a column, filled here once from those keys. The enum columns
 keep the same values, stored as VARCHAR(32) like every other enum (``worker.db``).
+
+Previous-release code runs against it, but retries it plans afterwards carry no recovery
+method (read as our retry): stop the old workers before they plan many prompt retries.
 """
 
 from collections.abc import Sequence

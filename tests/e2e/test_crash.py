@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tests.support.stack import API_KEY, WEBHOOK_SECRET, Stack, wait_for
 from worker import clock
-from worker.dunning.planning import retry_now
+from worker.dunning.operations import retry_now
 from worker.dunning.scheduler import RECLAIM_AFTER
 from worker.dunning.state import DunningState
 from worker.sim.stripe_peer import INSUFFICIENT_FUNDS, SUCCEED, CardSpec

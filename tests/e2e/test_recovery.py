@@ -12,7 +12,7 @@ from tests.support.stack import Stack, wait_for
 from worker import clock
 from worker.billing.models import PaymentAttempt
 from worker.dunning.models import CaseTransition
-from worker.dunning.planning import retry_now
+from worker.dunning.operations import retry_now
 from worker.dunning.state import DunningState
 from worker.dunning.views import show_case
 from worker.ledger.models import EndCause, LedgerMovement, MrrChange

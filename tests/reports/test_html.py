@@ -44,7 +44,7 @@ def retention_rows(
     rows = []
     for period in MONTHS:
         row = RetentionRow(
-            period.label, period.start, period.end, segment, currency, start, **moves
+            period.label, period.start, period.end, segment, currency, starting_mrr=start, **moves
         )
         row.ending_mrr = start = row.cohort_ending + row.new + row.reactivation
         rows.append(row)

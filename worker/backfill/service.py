@@ -53,7 +53,7 @@ from sqlalchemy.orm import Session
 
 from worker import clock
 from worker.backfill.models import BackfillCursor, BackfillResource
-from worker.billing import mrr, normalise
+from worker.billing import normalise
 from worker.billing import service as billing
 from worker.billing.domain import EventParseError, SubscriptionFacts
 from worker.billing.models import Subscription
@@ -372,8 +372,7 @@ def record_history(
             effective_at=state.at,
             source=f"{SOURCE_PREFIX}{facts.id}:{state.label}",
             now=now,
-            ended_by_us=mrr.is_ended(state.facts, state.at)
-            and cases.ended_by_final_action(session, sub.id),
+            ended_by_us=cases.ended_by_final_action(session, sub.id, state.facts, at=state.at),
         )
         added += row is not None
     return added

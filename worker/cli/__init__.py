@@ -5,11 +5,10 @@ errors are one readable line on stderr (``-v`` adds the traceback)."""
 from __future__ import annotations
 
 import logging
-import sys
 
 import click
 
-from worker.cli import cases, demo, policy, processes, report
+from worker.cli import cases, demo, events, policy, processes, report
 
 
 @click.group()
@@ -33,13 +32,9 @@ for command in (
     policy.config,
     policy.policy,
     cases.cases,
-    cases.events,
+    events.events,
     report.report,
     report.backfill,
     demo.demo,
 ):
     main.add_command(command)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

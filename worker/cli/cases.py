@@ -1,10 +1,8 @@
-"""``dunning cases list | show | retry-now`` and ``dunning events replay``: ops on cases and
-recorded events."""
+"""``dunning cases list | show | retry-now``: the ops view of dunning cases."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -70,7 +68,7 @@ def cases_show(case_id: int, as_json: bool) -> None:
 def cases_retry_now(case_id: int) -> None:
     """Plan an immediate retry through the normal path (the scheduler runs it)."""
     from worker import clock
-    from worker.dunning.planning import CaseNotRetryableError, retry_now
+    from worker.dunning.operations import CaseNotRetryableError, retry_now
 
     runtime = runtime_or_exit(settings_or_exit())
     try:
@@ -82,23 +80,3 @@ def cases_retry_now(case_id: int) -> None:
     except CaseNotRetryableError as exc:
         raise BadInput(str(exc)) from None
     click.echo(f"case {case_id}: retry planned now (idempotency key {key})")
-
-
-@click.group()
-def events() -> None:
-    """Provider events."""
-
-
-@events.command("replay")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@one_line_errors
-def events_replay(file: Path) -> None:
-    """Process recorded payloads (JSON or JSONL) in file order, without signature checks."""
-    from worker.webhooks.replay import ReplayFileError, replay_file
-
-    runtime = runtime_or_exit(settings_or_exit())
-    try:
-        counts = replay_file(runtime, file)
-    except ReplayFileError as exc:
-        raise BadInput(str(exc)) from None
-    click.echo(json.dumps(counts))

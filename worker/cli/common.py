@@ -6,13 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from worker.config import Policy
-from worker.runtime import Runtime
 from worker.settings import SettingError, Settings, load_settings
+
+if TYPE_CHECKING:  # imported when a command needs them: `dunning --help` stays fast
+    from worker.config import Policy
+    from worker.runtime import Runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,6 +48,8 @@ def policy_or_exit(settings: Settings, path: Path | None = None) -> Policy:
 
 
 def runtime_or_exit(settings: Settings) -> Runtime:
+    from worker.runtime import Runtime
+
     return Runtime(settings, policy=policy_or_exit(settings))
 
 

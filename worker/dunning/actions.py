@@ -109,7 +109,7 @@ def record_retry_result(
         )
     method = action.recovery_method or RecoveryMethod.RETRY
     if result.already_paid:  # someone else paid first; our call only found out
-        observed = case.retries_mode is RetryMode.OBSERVE
+        observed = case.retries_mode == RetryMode.OBSERVE
         method = RecoveryMethod.PROVIDER if observed else RecoveryMethod.CUSTOMER
     if result.succeeded:
         # Paid now, whatever webhooks still in flight say (a late failure must not count).

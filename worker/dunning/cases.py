@@ -13,6 +13,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+from worker.billing import mrr
+from worker.billing.domain import SubscriptionFacts
 from worker.billing.models import Customer, Invoice, Subscription
 from worker.config import DeclineClass, Policy, SegmentFacts
 from worker.dunning.models import (
@@ -162,10 +164,15 @@ def in_flight(session: Session, case: DunningCase, kind: ActionKind) -> Schedule
     ).first()
 
 
-def ended_by_final_action(session: Session, subscription_id: int) -> bool:
-    """Our final action is ending this subscription (one is running right now) or has (its
-    own end row is in the MRR history): the end is involuntary, whatever reason the provider
-    gives (it reports our cancellation as ``cancellation_requested``)."""
+def ended_by_final_action(
+    session: Session, subscription_id: int, facts: SubscriptionFacts, *, at: datetime
+) -> bool:
+    """The subscription, as ``facts`` describe it at ``at``, has ended, and our final action
+    is ending it (one is running right now) or has (its own end row is in the MRR history):
+    the end is involuntary, whatever reason the provider gives (it reports our cancellation
+    as ``cancellation_requested``)."""
+    if not mrr.is_ended(facts, at):
+        return False
     final_actions = (
         select(ScheduledAction)
         .join(DunningCase, DunningCase.id == ScheduledAction.case_id)

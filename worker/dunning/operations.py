@@ -1,6 +1,6 @@
-"""What the rest of the product tells dunning, in dunning's own terms: a payment on an
+"""What the rest of the product tells or asks dunning, in dunning's own terms: a payment on an
 invoice failed or succeeded, an invoice was closed, a subscription ended, a customer's card
-changed, a card is about to expire.
+changed, a card is about to expire; ops want a case retried now.
 
 The event handlers (:mod:`worker.webhooks.handlers`) update the billing mirror first and then
 call these with our rows and plain values; dunning knows nothing of provider events. Each
@@ -17,7 +17,7 @@ from worker.billing import service as billing
 from worker.billing.domain import Card, Decline
 from worker.billing.models import AttemptOutcome, AttemptSource, Customer, Invoice
 from worker.config import Policy, RetryMode
-from worker.dunning import emails, rules
+from worker.dunning import emails, planning, rules
 from worker.dunning.cases import (
     case_for_invoice,
     in_flight,
@@ -27,8 +27,8 @@ from worker.dunning.cases import (
     open_cases_to_retry,
     policy_of,
 )
-from worker.dunning.models import ActionKind, DunningCase
-from worker.dunning.state import TERMINAL, DunningEvent
+from worker.dunning.models import ActionKind, DunningCase, ScheduledAction
+from worker.dunning.state import TERMINAL, DunningEvent, DunningState
 from worker.dunning.transitions import apply
 from worker.ledger.models import RecoveryMethod
 
@@ -51,6 +51,8 @@ def payment_failed(
     """A charge on ``invoice`` failed (``requires_action``: the customer must authenticate).
     Opens the invoice's case if needed, records the attempt on the card once, and moves the
     case, unless this very charge already did (our 402, or a duplicate event)."""
+    if invoice.status in billing.FINAL_INVOICE_STATUSES:
+        return  # a late failure for an invoice already paid or closed changes nothing
     case = open_case(session, invoice, policy=policy, now=now)
     if case.state in TERMINAL:
         return  # the case is over: a late failure report changes nothing
@@ -112,7 +114,7 @@ def recovery_method(session: Session, case: DunningCase, *, now: datetime) -> Re
     ours = in_flight(session, case, ActionKind.RETRY_PAYMENT)
     if ours is not None and ours.claimed_at and now - ours.claimed_at < RECENT_CLAIM:
         return ours.recovery_method or RecoveryMethod.RETRY
-    if case.retries_mode is RetryMode.OBSERVE:
+    if case.retries_mode == RetryMode.OBSERVE:
         return RecoveryMethod.PROVIDER
     return RecoveryMethod.CUSTOMER
 
@@ -133,7 +135,7 @@ def invoice_closed(
         return  # our own final action closed it; that task records the outcome
     # In observe mode an uncollectible invoice means the provider's retries ran out: its
     # dunning ended unpaid.
-    provider_gave_up = uncollectible and case.retries_mode is RetryMode.OBSERVE
+    provider_gave_up = uncollectible and case.retries_mode == RetryMode.OBSERVE
     apply(
         session,
         case,
@@ -205,3 +207,22 @@ def card_expiring(
 ) -> None:
     """A card on file expires soon: tell the customer once, outside their quiet hours."""
     emails.plan_card_expiring(session, customer, card, policy=policy, now=now)
+
+
+class CaseNotRetryableError(ValueError):
+    pass
+
+
+def retry_now(session: Session, case_id: int, *, now: datetime) -> ScheduledAction:
+    """Ops: plan an immediate retry through the normal path (own key, own records)."""
+    case = lock_case(session, case_id)
+    if case.state in TERMINAL or case.state is DunningState.PAUSED:
+        msg = f"case {case_id} is {case.state.value}: nothing to retry"
+        raise CaseNotRetryableError(msg)
+    if case.retries_mode != RetryMode.OWN:
+        msg = f"case {case_id} is in observe mode: the provider retries it, we never do"
+        raise CaseNotRetryableError(msg)
+    planning.cancel(
+        session, case, note="replaced by ops retry-now", kinds=(ActionKind.RETRY_PAYMENT,)
+    )
+    return planning.plan_retry(session, case, due_at=now, reason="ops: retry now", now=now)

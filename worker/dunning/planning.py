@@ -17,9 +17,9 @@ from worker.billing.models import Customer, Invoice
 from worker.config import DeclineClass, Policy, RetryMode
 from worker.dunning import rules
 from worker.dunning.cards import card_history
-from worker.dunning.cases import customer_timezone, lock_case, retries_done
+from worker.dunning.cases import customer_timezone, retries_done
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
-from worker.dunning.state import TERMINAL, DunningEvent, DunningState
+from worker.dunning.state import DunningEvent
 from worker.ledger.models import RecoveryMethod
 
 # What a successful prompt retry counts as, by who updated the card (metrics.md: "customer
@@ -120,7 +120,7 @@ def plan_cadence(
             key=f"case:{case.id}:email:{email.step}",
             reason=email.reason,
         )
-    if case.retries_mode is RetryMode.OWN:  # in observe mode the provider ends its own dunning
+    if case.retries_mode == RetryMode.OWN:  # in observe mode the provider ends its own dunning
         plan(
             session,
             case,
@@ -136,7 +136,7 @@ def plan_next_retry(session: Session, case: DunningCase, *, policy: Policy, now:
     invoice = session.get_one(Invoice, case.invoice_id)
     decision = rules.next_retry(
         policy,
-        case.decline_class or DeclineClass.SOFT,
+        DeclineClass(case.decline_class or DeclineClass.SOFT),
         opened_at=case.opened_at,
         window_ends_at=case.window_ends_at,
         now=now,
@@ -258,20 +258,3 @@ def resume(session: Session, case: DunningCase, *, policy: Policy, now: datetime
         .values(status=ActionStatus.PLANNED, note=None)
     )
     plan_next_retry(session, case, policy=policy, now=now)
-
-
-class CaseNotRetryableError(ValueError):
-    pass
-
-
-def retry_now(session: Session, case_id: int, *, now: datetime) -> ScheduledAction:
-    """Ops: plan an immediate retry through the normal path (own key, own records)."""
-    case = lock_case(session, case_id)
-    if case.state in TERMINAL or case.state is DunningState.PAUSED:
-        msg = f"case {case_id} is {case.state.value}: nothing to retry"
-        raise CaseNotRetryableError(msg)
-    if case.retries_mode is not RetryMode.OWN:
-        msg = f"case {case_id} is in observe mode: the provider retries it, we never do"
-        raise CaseNotRetryableError(msg)
-    cancel(session, case, note="replaced by ops retry-now", kinds=(ActionKind.RETRY_PAYMENT,))
-    return plan_retry(session, case, due_at=now, reason="ops: retry now", now=now)

@@ -114,7 +114,7 @@ def preview(
         actions.append(PreviewAction("retry", decision.at, None, decision.reason))
         declines.append((decision.at, amount))
         now, done = decision.at, done + 1
-    own = policy.retries.mode is RetryMode.OWN
+    own = policy.retries.mode == RetryMode.OWN
     final = (
         {"action": policy.final_action.action, "at": window_ends_at}
         if own

@@ -129,7 +129,7 @@ def next_retry(
     then moved later as the card networks require. None when the schedule has nothing left;
     :class:`DroppedRetry` when it had, but no network-compliant time fits in the window.
     ``mode`` is the case's retries mode (fixed when it opened), else the policy's."""
-    if not is_retryable(cls) or (mode or policy.retries.mode) is not RetryMode.OWN:
+    if not is_retryable(cls) or (mode or policy.retries.mode) != RetryMode.OWN:
         return None
     if retries_done >= policy.retries.max_retries:
         return None

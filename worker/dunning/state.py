@@ -2,7 +2,7 @@
 
 Only the table lives here: states, events, ``TRANSITIONS`` and :func:`next_state`. Side
 effects (planning retries, emails, ledger rows) are keyed off the ``(old, new, event)`` triple
-in ``worker.dunning.service``; nothing in this module does anything.
+in ``worker.dunning.transitions``; nothing in this module does anything.
 
 Duplicate and out-of-order events are explicit self-transitions, each with a comment. Terminal
 states answer every event with themselves: a late ``payment_failed`` after ``recovered``

@@ -129,7 +129,7 @@ def _effects(
     elif (
         event is E.PAYMENT_METHOD_UPDATED
         and new is S.RETRYING
-        and case.retries_mode is RetryMode.OWN
+        and case.retries_mode == RetryMode.OWN
     ):
         planning.plan_card_update_retry(
             session, case, policy=policy, now=now, source=source, by_network=by_network

@@ -41,7 +41,7 @@ def record_state(
     effective_at: datetime,
     source: str,
     now: datetime,
-    ended_by_us: bool = False,
+    ended_by_us: bool,
 ) -> MrrChange | None:
     """The subscription's MRR from ``effective_at`` on, as ``facts`` describe it. None when
     this source was already recorded, or the subscription has no currency to count in.

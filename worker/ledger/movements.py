@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from itertools import groupby
 
@@ -90,13 +90,11 @@ def changes_as_of(
         yield Change(*row)
 
 
-@dataclass
-class Movements:
-    """MRR movements of one period x segment value x currency, in minor units."""
+@dataclass(kw_only=True)
+class MrrAmounts:
+    """Starting and ending MRR and the movements between them, in minor units (one field
+    per :class:`~worker.ledger.models.MrrMovementKind`). Report rows carry the same fields."""
 
-    period: Period
-    segment: str | None
-    currency: str
     starting_mrr: int = 0
     new: int = 0
     reactivation: int = 0
@@ -106,6 +104,18 @@ class Movements:
     churn_voluntary: int = 0
     churn_involuntary: int = 0
     ending_mrr: int = 0
+
+    def amounts(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(MrrAmounts)}
+
+
+@dataclass
+class Movements(MrrAmounts):
+    """MRR movements of one period x segment value x currency."""
+
+    period: Period
+    segment: str | None
+    currency: str
 
 
 _Totals = dict[tuple[Period, str | None, str], Movements]

@@ -9,8 +9,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-from worker.ledger.models import MrrMovementKind
-from worker.ledger.movements import Movements
+from worker.ledger.models import MrrMovementKind, RecoveryMethod
+from worker.ledger.movements import Movements, MrrAmounts
 
 SEGMENTS = ("plan", "currency", "interval", "cohort")
 
@@ -28,7 +28,7 @@ RETENTION_COLUMNS = (
     "ending_mrr",
     *RATIOS,
 )
-RECOVERY_METHODS = ("retry", "card_update", "network_update", "provider", "customer")
+RECOVERY_METHODS = tuple(method.value for method in RecoveryMethod)  # retry .. customer
 RECOVERY_COLUMNS = (
     "period",
     "period_start",
@@ -88,31 +88,11 @@ class ReportRow:
 
 
 @dataclass
-class RetentionRow(ReportRow):
-    starting_mrr: int = 0
-    new: int = 0
-    reactivation: int = 0
-    expansion: int = 0
-    contraction_voluntary: int = 0
-    contraction_involuntary: int = 0
-    churn_voluntary: int = 0
-    churn_involuntary: int = 0
-    ending_mrr: int = 0
-
+class RetentionRow(ReportRow, MrrAmounts):
     @classmethod
     def of(cls, m: Movements) -> RetentionRow:
         period = m.period
-        amounts = {kind.value: getattr(m, kind.value) for kind in MrrMovementKind}
-        return cls(
-            period.label,
-            period.start,
-            period.end,
-            m.segment,
-            m.currency,
-            starting_mrr=m.starting_mrr,
-            ending_mrr=m.ending_mrr,
-            **amounts,
-        )
+        return cls(period.label, period.start, period.end, m.segment, m.currency, **m.amounts())
 
     @property
     def contraction(self) -> int:

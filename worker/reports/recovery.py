@@ -19,7 +19,13 @@ from sqlalchemy.orm import Session
 
 from worker.billing.models import Invoice
 from worker.dunning.models import DunningCase
-from worker.ledger.models import EndCause, LedgerMovement, MovementKind, MrrChange
+from worker.ledger.models import (
+    EndCause,
+    LedgerMovement,
+    MovementKind,
+    MrrChange,
+    RecoveryMethod,
+)
 from worker.ledger.movements import TICK, SubscriptionHistory, changes_as_of
 from worker.ledger.periods import Period
 from worker.reports.model import RecoveryRow
@@ -73,7 +79,7 @@ def recovery_rows(
             if recovery is not None:
                 row.recovered_count += 1
                 row.recovered_amount += recovery.amount
-                tally = row.by_method.setdefault(recovery.method or "customer", [0, 0])
+                tally = row.by_method.setdefault(recovery.method or RecoveryMethod.CUSTOMER, [0, 0])
                 tally[0] += 1
                 tally[1] += recovery.amount
                 row.mrr_saved += history.mrr_at(recovery.occurred_at) if history else 0

@@ -16,7 +16,6 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker.billing import mrr
 from worker.billing import service as billing
 from worker.billing.declines import merge_declines
 from worker.billing.domain import (
@@ -66,8 +65,6 @@ def handle(session: Session, event: NormalisedEvent, ctx: Context) -> None:
 
 def _payment_failed(session: Session, event: NormalisedEvent, ctx: Context) -> None:
     invoice = billing.upsert_invoice(session, _require_invoice(event), at=event.occurred_at)
-    if invoice.status in billing.FINAL_INVOICE_STATUSES:
-        return  # a late failure for an invoice already paid or closed changes nothing
     decline = merge_declines(_recorded_decline(session, event), ctx.fetched_decline)
     operations.payment_failed(
         session,
@@ -168,8 +165,7 @@ def _subscription_changed(session: Session, event: NormalisedEvent, ctx: Context
         effective_at=effective_at,
         source=event.event_id,
         now=ctx.now,
-        ended_by_us=mrr.is_ended(facts, effective_at)
-        and cases.ended_by_final_action(session, sub.id),
+        ended_by_us=cases.ended_by_final_action(session, sub.id, facts, at=effective_at),
     )
 
 
