@@ -8,13 +8,12 @@ BIN := $(VENV)/bin
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(BIN)/dunning: pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	@touch $@
-
-venv: $(BIN)/dunning ## create .venv with the package and dev tools
+# Keyed on what is installed (scripts/installed), not on a file: after the README's first
+# command (no dev tools yet) or a pull that changes pyproject.toml, this installs again.
+venv: ## create .venv with the package and dev tools, or bring it up to pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python scripts/installed || { $(BIN)/pip install -q --upgrade pip && \
+		$(BIN)/pip install -q -e '.[dev]' && $(BIN)/python scripts/installed; }
 
 demo: venv ## run the simulated month on embedded defaults
 	$(BIN)/dunning demo
