@@ -7,8 +7,6 @@ from typing import Any
 
 from celery import Celery
 
-# The task modules, imported so that creating the app registers their tasks (the worker
-# also imports them by name at boot: TASK_MODULES). They never import this module.
 from worker.dunning import tasks as dunning_tasks
 from worker.runtime import Runtime
 from worker.schedule import beat_schedule
@@ -17,6 +15,8 @@ from worker.webhooks import tasks as webhooks_tasks
 
 log = logging.getLogger(__name__)
 
+# Imported above so that creating the app registers their tasks; the worker also imports
+# them by name at boot. Task modules never import this one (enqueueing is worker.enqueue).
 TASK_MODULES = (webhooks_tasks.__name__, dunning_tasks.__name__)
 QUEUES = ("intake", "payments", "emails", "scheduler")
 ROUTES = {

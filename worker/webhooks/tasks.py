@@ -41,6 +41,8 @@ def process_event_task(self: Any, *, inbox_id: int) -> None:
         raise self.retry(exc=exc, countdown=min(2**self.request.retries, 300)) from exc
 
 
+# The name predates the move up to this layer; routes, the beat schedule and messages
+# already queued use it.
 @shared_task(name="dunning.tick", bind=True)
 def tick(self: Any) -> None:
     tick_once(self.app)
