@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from worker.decline_codes import STRIPE_CARD_DECLINE_CODES
+from worker.decline_codes import STRIPE_CARD_DECLINE_CODES, STRIPE_PAYMENT_ERROR_CODES
 
 
 class DeclineClass(StrEnum):
@@ -296,11 +296,12 @@ def load_policy(path: Path) -> Policy:
 
 
 def semantic_problems(policy: Policy) -> list[tuple[str, str]]:
-    """What types cannot say: every known decline code classified, schedules the card
-    networks allow. Each problem is (key path, what is wrong)."""
+    """What types cannot say: every known decline code and payment error code classified,
+    schedules the card networks allow. Each problem is (key path, what is wrong)."""
     problems = []
     table = policy.classes.table()
-    missing = [code for code in STRIPE_CARD_DECLINE_CODES if code not in table]
+    known = dict.fromkeys((*STRIPE_CARD_DECLINE_CODES, *STRIPE_PAYMENT_ERROR_CODES))
+    missing = [code for code in known if code not in table]
     if missing:
         problems.append(("classes", f"no class for {', '.join(missing)}"))
     gap_h = policy.retries.min_gap_hours

@@ -54,3 +54,54 @@ STRIPE_CARD_DECLINE_CODES: tuple[str, ...] = (
     "withdrawal_count_limit_exceeded",
     "mobile_device_authentication_required",
 )
+
+# Stripe error codes (docs.stripe.com/error-codes) an invoice payment can fail with when no
+# issuer decline_code comes with them: card errors Stripe raises itself, 3-D Secure outcomes,
+# and bank debits (mandates, accounts). The reason a decline is classified by is decline_code,
+# else this code (``Decline.reason``), so each needs a class as well; a test checks each is
+# one the installed stripe library still lists.
+STRIPE_PAYMENT_ERROR_CODES: tuple[str, ...] = (
+    # the customer must act: authenticate, or confirm the payment
+    "payment_intent_authentication_failure",
+    "payment_intent_action_required",
+    "invoice_payment_intent_requires_action",
+    # card errors without an issuer reason
+    "card_declined",
+    "card_decline_rate_limit_exceeded",
+    "expired_card",
+    "incorrect_cvc",
+    "incorrect_number",
+    "incorrect_zip",
+    "incorrect_address",
+    "incorrect_postal_code",
+    "invalid_cvc",
+    "invalid_expiry_month",
+    "invalid_expiry_year",
+    "invalid_number",
+    "invalid_card_type",
+    "processing_error",
+    "insufficient_funds",
+    "three_d_secure_authentication_not_supported",
+    "three_d_secure_authentication_upstream_error",
+    # the payment method itself
+    "expired_payment_method",
+    "payment_method_unactivated",
+    "payment_method_unexpected_state",
+    "payment_method_not_available",
+    "payment_method_provider_decline",
+    "payment_method_provider_timeout",
+    "payment_method_customer_decline",
+    "payment_intent_incompatible_payment_method",
+    "payment_intent_payment_attempt_failed",
+    "payment_intent_payment_attempt_expired",
+    # bank debits (ACH, SEPA, BACS) and mandates
+    "debit_not_authorized",
+    "account_closed",
+    "bank_account_declined",
+    "bank_account_restricted",
+    "bank_account_unusable",
+    "billing_invalid_mandate",
+    "payment_intent_mandate_invalid",
+    "sepa_unsupported_account",
+    "india_recurring_payment_mandate_canceled",
+)

@@ -57,6 +57,8 @@ _DECLINE_EXPLANATIONS: dict[str, str] = {
     "invalid_number": _DETAILS,
     "authentication_required": "your bank asked you to confirm the payment",
     "authentication_not_handled": "your bank asked you to confirm the payment",
+    "payment_intent_authentication_failure": "your bank asked you to confirm the payment",
+    "payment_intent_action_required": "your bank asked you to confirm the payment",
     "processing_error": _TEMPORARY,
     "issuer_not_available": _TEMPORARY,
     "reenter_transaction": _TEMPORARY,
