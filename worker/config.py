@@ -61,6 +61,8 @@ class Retries(_Strict):
     window_days: int = Field(14, ge=1, le=60)
     max_retries: int = Field(8, ge=0, le=8)
     min_gap_hours: float = Field(1, ge=0)
+    # Dun invoices that belong to no subscription (one-off charges) like any other.
+    one_off_invoices: bool = True
     offsets_hours: Offsets = Offsets()
 
 

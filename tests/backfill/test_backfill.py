@@ -342,6 +342,25 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(
 # ----------------------------------------------------------------------------- rate limits
 
 
+def test_one_object_that_fails_does_not_stop_the_run(db_url: str, account: Account) -> None:
+    """An invoice whose amount no database column holds fails alone: every other object of
+    its page and of the pages after it is mirrored, and the summary says what failed."""
+    invoices = sorted(o["id"] for o in account.peer._objs.values() if o["object"] == "invoice")
+    huge = invoices[len(invoices) // 2]
+    account.peer._objs[huge]["amount_due"] = 10**30  # no control call makes one: reach in
+
+    summary = backfill(db_url, account)
+
+    assert summary.resources[INV].failed == 1
+    assert summary.resources[INV].objects == account.invoices
+    assert summary.failed == [f"invoices {huge}: " + summary.failed[0].split(": ", 1)[1]]
+    assert any(line.endswith(", 1 failed") for line in summary.lines())
+    _, counts = snapshot(db_url)
+    assert counts["invoices"] == account.invoices - 1
+    with open_session(db_url) as session:
+        assert session.scalar(select(Invoice).where(Invoice.provider_id == huge)) is None
+
+
 def test_429_is_retried_after_retry_after(pg: str, account: Account) -> None:
     account.peer.inject_fault(
         method="GET", path_prefix="/v1/invoices", status=429, times=2, retry_after=0.3

@@ -91,6 +91,22 @@ def test_replay_then_inspect_cases(env: dict[str, str], tmp_path: Path) -> None:
     )
 
 
+def test_one_event_that_fails_does_not_stop_a_replay(env: dict[str, str], tmp_path: Path) -> None:
+    """An amount no database column holds crashes its handler; the events after it are
+    still processed, the failed one stays in the inbox with the reason, and the exit status
+    says something failed."""
+    huge = _failed("in_huge", "insufficient_funds")
+    huge["data"]["object"]["amount_due"] = 10**30  # type: ignore[index]
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_text("\n".join(json.dumps(e) for e in [huge, _failed("in_ok", "expired_card")]))
+    replayed = dunning(env, tmp_path, "events", "replay", str(jsonl))
+    assert replayed.returncode == 1, replayed.stderr
+    assert json.loads(replayed.stdout) == {"events": 2, "duplicate": 0, "failed": 1, "processed": 1}
+    assert "1 of 2 events failed" in replayed.stderr
+    listed = json.loads(dunning(env, tmp_path, "cases", "list", "--json").stdout)
+    assert [c["invoice_id"] for c in listed] == ["in_ok"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

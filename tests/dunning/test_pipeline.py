@@ -8,6 +8,7 @@ after its Stripe call. End-to-end runs with the peer and a worker live in tests/
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -16,6 +17,7 @@ from tests.support import stripe_events as ev
 from tests.support.paths import START
 from tests.support.pipeline import deliver, dunning_record, failed, paid, planned, the_case
 from worker.billing.domain import Decline
+from worker.billing.models import PaymentAttempt
 from worker.billing.stripe_client import PaymentResult
 from worker.clock import ManualClock
 from worker.config import Policy, RetryMode
@@ -335,3 +337,27 @@ def test_a_segment_changes_the_plan_for_matching_cases(session: Session, policy:
         select(Action).where(Action.kind == ActionKind.RETRY_PAYMENT).order_by(Action.due_at)
     ).all()
     assert all(a.due_at == datetime(2026, 3, 3, 10, tzinfo=UTC) for a in retries)
+
+
+def one_off(payload: dict[str, Any]) -> dict[str, Any]:
+    """The same failure on an invoice that belongs to no subscription (a one-off charge)."""
+    payload["data"]["object"]["subscription"] = None
+    return payload
+
+
+def test_a_one_off_invoice_is_dunned_like_any_other(session: Session, policy: Policy) -> None:
+    assert deliver(session, policy, one_off(failed("in_one_off"))) is InboxStatus.PROCESSED
+    case = the_case(session)
+    assert (case.state, case.decline_class) == (DunningState.RETRYING, "funds")
+    assert planned(session, ActionKind.RETRY_PAYMENT)
+
+
+def test_one_off_invoices_can_be_left_alone(session: Session, policy: Policy) -> None:
+    no_one_off = policy.model_copy(
+        update={"retries": policy.retries.model_copy(update={"one_off_invoices": False})}
+    )
+    assert deliver(session, no_one_off, one_off(failed("in_one_off"))) is InboxStatus.PROCESSED
+    assert session.scalar(select(func.count()).select_from(DunningCase)) == 0
+    assert session.scalar(select(func.count()).select_from(PaymentAttempt)) == 1  # the card's
+    deliver(session, no_one_off, failed("in_subscribed"))
+    assert the_case(session).state is DunningState.RETRYING

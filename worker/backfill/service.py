@@ -49,6 +49,7 @@ from typing import Any, Final, NamedTuple
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
+from sqlalchemy.exc import DataError, DBAPIError
 from sqlalchemy.orm import Session
 
 from worker import clock
@@ -106,6 +107,7 @@ class ResourceSummary:
     objects: int = 0  # listed by this run
     pages: int = 0
     skipped: int = 0  # unreadable, or (subscriptions) ended before --since
+    failed: int = 0  # its rows could not be written (see BackfillSummary.failed)
     resumed_after: str | None = None  # where the interrupted run this one continues stopped
     done_before: bool = False  # that run had finished this resource already
 
@@ -115,6 +117,7 @@ class BackfillSummary:
     since: datetime | None
     resources: dict[BackfillResource, ResourceSummary] = field(default_factory=dict)
     mrr_changes: int = 0  # rows this run added to mrr_changes
+    failed: list[str] = field(default_factory=list)  # "<resource> <id>: <why>", logged too
     seconds: float = 0.0
 
     @property
@@ -134,6 +137,8 @@ class BackfillSummary:
                 if done.done_before
                 else f"{done.objects} in {done.pages} page(s), {done.skipped} skipped"
             )
+            if done.failed:
+                note += f", {done.failed} failed"
             after = f" (resumed after {done.resumed_after})" if done.resumed_after else ""
             out.append(f"  {resource}: {note}{after}")
         return out
@@ -221,7 +226,7 @@ def _page_through(
         finished = not (page.has_more and page.objects)
         with runtime.session() as session:
             for obj in page.objects:
-                _apply(session, resource, obj, summary, now=now)
+                _apply_alone(session, resource, obj, summary, now=now)
             _advance(session, resource, after, len(page.objects), finished=finished)
         done.pages += 1
         done.objects += len(page.objects)
@@ -282,6 +287,38 @@ def _advance(
     cursor.pages += 1
     cursor.objects += objects
     cursor.updated_at = clock.now()
+
+
+def _apply_alone(
+    session: Session,
+    resource: BackfillResource,
+    obj: dict[str, Any],
+    summary: BackfillSummary,
+    *,
+    now: datetime,
+) -> None:
+    """:func:`_apply` in a savepoint: an object whose rows cannot be written (a value no
+    column holds, a bug on odd data) fails alone, logged and counted, and the page goes on.
+    Any other database error stops the run, to resume from the last committed page."""
+    try:
+        with session.begin_nested():
+            _apply(session, resource, obj, summary, now=now)
+    except DBAPIError as exc:
+        if not isinstance(exc, DataError):
+            raise  # the database, not this object: stop here and resume later
+        _failed(summary, resource, obj, exc)
+    except Exception as exc:  # anything else this one object raises stays with it
+        _failed(summary, resource, obj, exc)
+
+
+def _failed(
+    summary: BackfillSummary, resource: BackfillResource, obj: dict[str, Any], exc: Exception
+) -> None:
+    first_line = next(iter(str(exc).strip().splitlines()), "")
+    why = f"{resource} {obj.get('id')}: {type(exc).__name__}: {first_line}"
+    log.warning("backfill: %s", why)
+    summary.resources[resource].failed += 1
+    summary.failed.append(why)
 
 
 def _apply(

@@ -124,11 +124,15 @@ def upsert_invoice(session: Session, facts: InvoiceFacts, *, at: datetime) -> In
         customer.name = customer.name or facts.customer_name
     invoice = session.scalar(select(Invoice).where(Invoice.provider_id == facts.id))
     if invoice is None:
+        # Every column the update below reads is set here: column defaults only apply at the
+        # INSERT, and nothing flushes this row before that when no subscription is involved.
         invoice = Invoice(
             provider_id=facts.id,
             customer_id=customer.id,
             amount_due=facts.amount_due,
+            amount_paid=0,
             currency=facts.currency,
+            attempt_count=0,
             as_of=at,
         )
         session.add(invoice)

@@ -9,6 +9,7 @@ import click
 
 from worker.cli.common import (
     BadInput,
+    Fail,
     one_line_errors,
     runtime_or_exit,
     settings_or_exit,
@@ -33,3 +34,8 @@ def events_replay(file: Path) -> None:
     except ReplayFileError as exc:
         raise BadInput(str(exc)) from None
     click.echo(json.dumps(counts))
+    if counts.get("failed"):
+        raise Fail(
+            f"{counts['failed']} of {counts['events']} events failed: they stay in the inbox, "
+            "pending, with the reason (the scheduler retries them)"
+        )

@@ -152,3 +152,8 @@ def backfill(since: str | None) -> None:
         ) from None
     for line in summary.lines():
         click.echo(line)
+    if summary.failed:
+        raise Fail(
+            f"{len(summary.failed)} object(s) could not be mirrored (logged above); "
+            "everything else was: run the same command again once they are fixed"
+        )

@@ -53,6 +53,18 @@ def payment_failed(
     case, unless this very charge already did (our 402, or a duplicate event)."""
     if invoice.status in billing.FINAL_INVOICE_STATUSES:
         return  # a late failure for an invoice already paid or closed changes nothing
+    outcome = AttemptOutcome.ACTION_REQUIRED if requires_action else AttemptOutcome.FAILED
+    if invoice.subscription_id is None and not policy.retries.one_off_invoices:
+        # Left to the provider (retries.one_off_invoices), but the card still counts it.
+        billing.record_attempt(
+            session,
+            invoice=invoice,
+            source=AttemptSource.PROVIDER,
+            outcome=outcome,
+            at=occurred_at,
+            decline=decline,
+        )
+        return
     case = open_case(session, invoice, policy=policy, now=now)
     if case.state in TERMINAL:
         return  # the case is over: a late failure report changes nothing
@@ -61,7 +73,7 @@ def payment_failed(
         session,
         invoice=invoice,
         source=AttemptSource.OURS if ours else AttemptSource.PROVIDER,
-        outcome=AttemptOutcome.ACTION_REQUIRED if requires_action else AttemptOutcome.FAILED,
+        outcome=outcome,
         at=occurred_at,
         decline=decline,
         action_id=ours.id if ours else None,
