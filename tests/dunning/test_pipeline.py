@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -361,3 +362,33 @@ def test_one_off_invoices_can_be_left_alone(session: Session, policy: Policy) ->
     assert session.scalar(select(func.count()).select_from(PaymentAttempt)) == 1  # the card's
     deliver(session, no_one_off, failed("in_subscribed"))
     assert the_case(session).state is DunningState.RETRYING
+
+
+def deleted(reason: str, at: datetime) -> dict[str, Any]:
+    sub = ev.subscription(status="canceled", cancellation_reason=reason, at=at)
+    return ev.envelope("customer.subscription.deleted", sub, at=at)
+
+
+@pytest.mark.parametrize(
+    ("reason", "state", "churn_booked"),
+    [
+        ("cancellation_requested", DunningState.CLOSED, 0),
+        ("payment_failed", DunningState.CHURNED, 1),
+    ],
+)
+def test_a_failure_processed_after_its_subscription_ended_never_dunns(
+    session: Session, policy: Policy, reason: str, state: DunningState, churn_booked: int
+) -> None:
+    """Stripe does not order events: the deletion is processed first, then the older
+    failure of the same subscription. No retry, no email, no final action: the case closes
+    with the reason, and the ledger follows the end's cause."""
+    deliver(session, policy, deleted(reason, START + timedelta(hours=1)))
+    deliver(session, policy, failed("in_1", at=START), now=START + timedelta(hours=2))
+    case = the_case(session)
+    assert case.state is state
+    assert session.scalar(select(func.count()).select_from(Action)) == 0  # nothing planned
+    last = session.scalars(select(CaseTransition).order_by(CaseTransition.id.desc())).first()
+    assert last is not None and f"subscription ended ({reason})" in (last.reason or "")
+    churn = select(func.count()).where(LedgerMovement.kind == MovementKind.CHURN_INVOLUNTARY)
+    assert session.scalar(churn.select_from(LedgerMovement)) == churn_booked
+    assert session.scalar(select(func.count()).select_from(PaymentAttempt)) == 1  # it happened

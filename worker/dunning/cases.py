@@ -171,8 +171,11 @@ def ended_by_final_action(
     is ending it (one is running right now) or has (its own end row is in the MRR history):
     the end is involuntary, whatever reason the provider gives (it reports our cancellation
     as ``cancellation_requested``)."""
-    if not mrr.is_ended(facts, at):
-        return False
+    return mrr.is_ended(facts, at) and final_action_ended(session, subscription_id)
+
+
+def final_action_ended(session: Session, subscription_id: int) -> bool:
+    """Our final action (any case's) is cancelling this subscription or has."""
     final_actions = (
         select(ScheduledAction)
         .join(DunningCase, DunningCase.id == ScheduledAction.case_id)
@@ -195,6 +198,15 @@ def ended_by_final_action(
         .limit(1)
     )
     return running is not None or ours is not None
+
+
+def ended_subscription(session: Session, invoice: Invoice) -> Subscription | None:
+    """The invoice's subscription if it has ended (as far as its latest event says)."""
+    if invoice.subscription_id is None:
+        return None
+    sub = session.get(Subscription, invoice.subscription_id)
+    ended = sub is not None and (sub.status in mrr.ENDED_STATUSES or sub.ended_at is not None)
+    return sub if ended else None
 
 
 def customer_timezone(session: Session, case: DunningCase) -> str | None:

@@ -20,6 +20,8 @@ from worker.config import Policy, RetryMode
 from worker.dunning import emails, planning, rules
 from worker.dunning.cases import (
     case_for_invoice,
+    ended_subscription,
+    final_action_ended,
     in_flight,
     lock_case,
     open_case,
@@ -30,6 +32,7 @@ from worker.dunning.cases import (
 from worker.dunning.models import ActionKind, DunningCase, ScheduledAction
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
 from worker.dunning.transitions import apply
+from worker.ledger import history
 from worker.ledger.models import RecoveryMethod
 
 # A claim older than this is a lost one (the worker died), not the payer of a recovery.
@@ -79,6 +82,24 @@ def payment_failed(
         action_id=ours.id if ours else None,
     )
     if not billing.count_once(attempt):
+        return
+    ended = ended_subscription(session, invoice)
+    if ended is not None:  # processed after its subscription's end (events are not ordered)
+        involuntary = history.ended_for_non_payment(
+            ended.cancellation_reason, ended.status
+        ) or final_action_ended(session, ended.id)
+        apply(
+            session,
+            case,
+            DunningEvent.CANCELLED_INVOLUNTARILY
+            if involuntary
+            else DunningEvent.CANCELLED_VOLUNTARILY,
+            policy=policy,
+            now=now,
+            source=source,
+            reason=f"{reason}, after its subscription ended "
+            f"({ended.cancellation_reason or ended.status})",
+        )
         return
     apply(
         session,

@@ -111,9 +111,14 @@ def end_cause(facts: SubscriptionFacts, *, ended_by_us: bool) -> EndCause:
     provider reports our cancellation as ``cancellation_requested``, so only the caller can
     tell (``ended_by_us``); a final action that only marked an invoice uncollectible, or was
     refused, ended nothing."""
-    if facts.cancellation_reason in INVOLUNTARY_REASONS or facts.status in INVOLUNTARY_STATUSES:
+    if ended_for_non_payment(facts.cancellation_reason, facts.status) or ended_by_us:
         return EndCause.INVOLUNTARY
-    return EndCause.INVOLUNTARY if ended_by_us else EndCause.VOLUNTARY
+    return EndCause.VOLUNTARY
+
+
+def ended_for_non_payment(cancellation_reason: str | None, status: str | None) -> bool:
+    """The provider says the subscription ended because it was not paid."""
+    return cancellation_reason in INVOLUNTARY_REASONS or status in INVOLUNTARY_STATUSES
 
 
 def append(session: Session, row: MrrChange) -> MrrChange | None:
