@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from tests.support import stripe_events as ev
 from tests.support.paths import START
 from tests.support.pipeline import deliver, dunning_record, failed, paid, planned, the_case
-from worker.billing.domain import Decline
+from worker.billing.domain import Card, Decline
 from worker.billing.models import PaymentAttempt
 from worker.billing.stripe_client import PaymentResult
 from worker.clock import ManualClock
@@ -392,3 +392,25 @@ def test_a_failure_processed_after_its_subscription_ended_never_dunns(
     churn = select(func.count()).where(LedgerMovement.kind == MovementKind.CHURN_INVOLUNTARY)
     assert session.scalar(churn.select_from(LedgerMovement)) == churn_booked
     assert session.scalar(select(func.count()).select_from(PaymentAttempt)) == 1  # it happened
+
+
+def test_a_late_decline_on_the_old_card_keeps_the_retry_for_the_new_one(
+    session: Session, policy: Policy, manual_clock: ManualClock
+) -> None:
+    """R1 on the old card is in flight; the customer sets a new default card and the prompt
+    retry R2 is planned; R1 then comes back expired_card. The decline is the old card's: R2
+    survives and the case keeps retrying."""
+    deliver(session, policy, ev.customer_updated("pm_old", at=START))
+    deliver(session, policy, failed("in_1", card=ev.payment_method(pm_id="pm_old")))
+    (r1,) = planned(session, ActionKind.RETRY_PAYMENT)
+    r1.status, r1.claimed_at = ActionStatus.CLAIMED, r1.due_at  # the scheduler hands it out
+    session.flush()
+    deliver(session, policy, ev.customer_updated("pm_new", was="pm_old", at=START))
+    (r2,) = planned(session, ActionKind.RETRY_PAYMENT)
+    assert ":card-update:" in r2.idempotency_key
+    manual_clock.set(r1.due_at)
+    old_card = Card(payment_method_id="pm_old", brand="visa", last4="4242")
+    expired = Decline(code="expired_card", decline_code="expired_card", card=old_card)
+    dunning_record(session, policy, r1.id, PaymentResult(succeeded=False, decline=expired))
+    assert planned(session, ActionKind.RETRY_PAYMENT) == [r2]
+    assert the_case(session).state is DunningState.RETRYING

@@ -18,11 +18,11 @@ from worker.billing import service as billing
 from worker.billing.models import AttemptOutcome, AttemptSource, Invoice, Subscription
 from worker.billing.stripe_client import PaymentResult, ProviderError
 from worker.config import RetryMode
-from worker.dunning import emails, rules
+from worker.dunning import emails
 from worker.dunning.cases import lock_case, policy_of
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
-from worker.dunning.transitions import apply
+from worker.dunning.transitions import apply, failure_event
 from worker.email.messages import EmailKind
 from worker.email.sender import PermanentEmailError
 from worker.ledger import history
@@ -154,7 +154,7 @@ def record_retry_result(
         apply(
             session,
             case,
-            rules.failure_event(decline, policy, requires_action=result.requires_action),
+            failure_event(session, case, decline, policy, requires_action=result.requires_action),
             policy=policy,
             now=now,
             decline=decline,

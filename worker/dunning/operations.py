@@ -17,7 +17,7 @@ from worker.billing import service as billing
 from worker.billing.domain import Card, Decline
 from worker.billing.models import AttemptOutcome, AttemptSource, Customer, Invoice
 from worker.config import Policy, RetryMode
-from worker.dunning import emails, planning, rules
+from worker.dunning import emails, planning
 from worker.dunning.cases import (
     case_for_invoice,
     ended_subscription,
@@ -31,7 +31,7 @@ from worker.dunning.cases import (
 )
 from worker.dunning.models import ActionKind, DunningCase, ScheduledAction
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
-from worker.dunning.transitions import apply
+from worker.dunning.transitions import apply, failure_event
 from worker.ledger import history
 from worker.ledger.models import RecoveryMethod
 
@@ -104,8 +104,12 @@ def payment_failed(
     apply(
         session,
         case,
-        rules.failure_event(
-            decline, policy_of(session, case, policy), requires_action=requires_action
+        failure_event(
+            session,
+            case,
+            decline,
+            policy_of(session, case, policy),
+            requires_action=requires_action,
         ),
         policy=policy,
         now=now,

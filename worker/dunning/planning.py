@@ -163,15 +163,7 @@ def plan_card_update_retry(
     retry already planned or running for an earlier update covers this one too: the charge
     uses the default card when it runs. ``by_network``: the card network renewed the card
     (else the customer changed it); ``source`` is the provider event that told us."""
-    pending = session.scalars(
-        select(ScheduledAction).where(
-            ScheduledAction.case_id == case.id,
-            ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
-            ScheduledAction.status.in_([ActionStatus.PLANNED, ActionStatus.CLAIMED]),
-            ScheduledAction.recovery_method.in_(PROMPT_RETRY_METHODS),
-        )
-    ).first()
-    if pending is not None:
+    if prompt_retry_pending(session, case):
         return
     cancel(session, case, note="a card update replaces it", kinds=(ActionKind.RETRY_PAYMENT,))
     invoice = session.get_one(Invoice, case.invoice_id)
@@ -190,6 +182,19 @@ def plan_card_update_retry(
     _plan_decision(
         session, case, decision, now=now, key=key, dropped_key=key, recovery_method=method
     )
+
+
+def prompt_retry_pending(session: Session, case: DunningCase) -> bool:
+    """A retry prompted by a card update is planned or running for ``case``."""
+    pending = session.scalar(
+        select(ScheduledAction.id).where(
+            ScheduledAction.case_id == case.id,
+            ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
+            ScheduledAction.status.in_([ActionStatus.PLANNED, ActionStatus.CLAIMED]),
+            ScheduledAction.recovery_method.in_(PROMPT_RETRY_METHODS),
+        )
+    )
+    return pending is not None
 
 
 def _plan_decision(

@@ -30,6 +30,8 @@ class DunningEvent(StrEnum):
     PAYMENT_FAILED = "payment_failed"  # a retryable decline
     PAYMENT_FAILED_HARD = "payment_failed_hard"  # the customer must act (new card, stop, fraud)
     ACTION_REQUIRED = "action_required"  # the customer must authenticate (3DS)
+    # a decline on a card the customer has replaced since: the new card's retry stands
+    REPLACED_CARD_DECLINED = "replaced_card_declined"
     PAYMENT_SUCCEEDED = "payment_succeeded"
     PAYMENT_METHOD_UPDATED = "payment_method_updated"
     RETRY_DUE = "retry_due"  # a planned retry starts
@@ -67,22 +69,26 @@ TRANSITIONS: Mapping[tuple[DunningState, DunningEvent], DunningState] = {
     (S.OPEN, E.PAYMENT_METHOD_UPDATED): S.RETRYING,  # a new card before any plan: retry it
     (S.OPEN, E.RETRY_DUE): S.RETRYING,  # ops retry-now on a fresh case
     (S.OPEN, E.OPS_RESUME): S.OPEN,  # nothing paused: a no-op
+    (S.OPEN, E.REPLACED_CARD_DECLINED): S.OPEN,  # recorded on that card; nothing changes
     # retrying
     **{(S.RETRYING, e): s for e, s in _ACTIVE_COMMON.items()},
     # (retrying, payment_failed) -> retrying: another soft decline, the next retry is planned.
     (S.RETRYING, E.PAYMENT_METHOD_UPDATED): S.RETRYING,  # new card: one prompt retry
     (S.RETRYING, E.RETRY_DUE): S.RETRYING,  # the planned retry runs
     (S.RETRYING, E.OPS_RESUME): S.RETRYING,  # duplicate resume: a no-op
+    (S.RETRYING, E.REPLACED_CARD_DECLINED): S.RETRYING,  # the new card's retry stands
     # awaiting_customer: no blind retries until the customer (or the network updater) acts.
     **{(S.AWAITING_CUSTOMER, e): s for e, s in _ACTIVE_COMMON.items()},
     # (awaiting_customer, payment_failed_hard|action_required) -> itself: repeated news.
     (S.AWAITING_CUSTOMER, E.PAYMENT_METHOD_UPDATED): S.RETRYING,  # card fixed: retry once
     (S.AWAITING_CUSTOMER, E.RETRY_DUE): S.AWAITING_CUSTOMER,  # ops retry-now: still waiting
     (S.AWAITING_CUSTOMER, E.OPS_RESUME): S.AWAITING_CUSTOMER,  # duplicate resume: a no-op
+    (S.AWAITING_CUSTOMER, E.REPLACED_CARD_DECLINED): S.AWAITING_CUSTOMER,
     # paused: facts are recorded, nothing is planned; only success or closing ends it.
     (S.PAUSED, E.PAYMENT_FAILED): S.PAUSED,  # recorded (e.g. provider retry), not acted on
     (S.PAUSED, E.PAYMENT_FAILED_HARD): S.PAUSED,
     (S.PAUSED, E.ACTION_REQUIRED): S.PAUSED,
+    (S.PAUSED, E.REPLACED_CARD_DECLINED): S.PAUSED,
     (S.PAUSED, E.PAYMENT_SUCCEEDED): S.RECOVERED,
     (S.PAUSED, E.PAYMENT_METHOD_UPDATED): S.PAUSED,  # remembered; resume retries it
     (S.PAUSED, E.RETRY_DUE): S.PAUSED,  # a retry claimed just before the pause: skipped

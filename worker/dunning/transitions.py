@@ -13,9 +13,11 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.billing.domain import Decline
+from worker.billing.models import Customer
 from worker.config import Policy, RetryMode
 from worker.dunning import planning, rules
 from worker.dunning.cases import policy_of
@@ -29,6 +31,22 @@ log = logging.getLogger(__name__)
 E, S = DunningEvent, DunningState
 RECOVERED_EMAIL_MAX_AGE = timedelta(days=1)
 FAILURE_EVENTS = frozenset({E.PAYMENT_FAILED, E.PAYMENT_FAILED_HARD, E.ACTION_REQUIRED})
+
+
+def failure_event(
+    session: Session, case: DunningCase, decline: Decline, policy: Policy, *, requires_action: bool
+) -> DunningEvent:
+    """The event a failed charge is for ``case`` (:func:`rules.failure_event`), unless it was
+    declined on a card the customer has replaced since: then the retry planned for the new
+    card stands (a decline applies to the card it happened on)."""
+    declined_on = decline.card.payment_method_id if decline.card else None
+    if declined_on is not None and case.state is not S.OPEN:
+        default = session.scalar(
+            select(Customer.default_payment_method_id).where(Customer.id == case.customer_id)
+        )
+        if default not in (None, declined_on) and planning.prompt_retry_pending(session, case):
+            return E.REPLACED_CARD_DECLINED
+    return rules.failure_event(decline, policy, requires_action=requires_action)
 
 
 @dataclass(frozen=True)
