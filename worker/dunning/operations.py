@@ -195,11 +195,11 @@ def subscription_ended(
     now: datetime,
 ) -> None:
     """The subscription ended: its open cases close, as involuntary churn when it ended for
-    non-payment (the provider says so, or our final action is ending it) else voluntary."""
+    non-payment (the provider says so, or a final action of any of its cases is ending it or
+    did) else voluntary."""
+    involuntary = for_non_payment or final_action_ended(session, subscription_id)
     for case_id in open_cases_of_subscription(session, subscription_id):
         case = lock_case(session, case_id)
-        ours = in_flight(session, case, ActionKind.FINAL_ACTION)
-        involuntary = ours is not None or for_non_payment
         apply(
             session,
             case,

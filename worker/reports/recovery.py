@@ -60,6 +60,10 @@ def recovery_rows(
     histories = _histories(session, {c.subscription_id for c in cases}, as_of)
     cohorts = _cohorts(session, as_of) if segment == "cohort" else {}
     totals: dict[tuple[Period, str | None, str], RecoveryRow] = {}
+    # A subscription's MRR counts once per period (and row), however many of its invoices
+    # failed: a weekly plan can have several cases in one month.
+    saved: set[tuple[Period, str | None, str, int]] = set()
+    lost: set[tuple[Period, str | None, str, int]] = set()
     for case in cases:
         history = histories.get(case.subscription_id)
         value = _segment_value(case, segment, cohorts, history)
@@ -82,15 +86,25 @@ def recovery_rows(
                 tally = row.by_method.setdefault(recovery.method or RecoveryMethod.CUSTOMER, [0, 0])
                 tally[0] += 1
                 tally[1] += recovery.amount
-                row.mrr_saved += history.mrr_at(recovery.occurred_at) if history else 0
+                if history is not None and _first(saved, (*key, case.subscription_id)):
+                    row.mrr_saved += history.mrr_at(recovery.occurred_at)
                 waited = recovery.occurred_at - case.opened_at
                 row.days_to_recover.append(Fraction(round(waited.total_seconds()), _DAY_SECONDS))
             if churned:
                 row.churned_count += 1
-                row.churned_mrr += _lost_at_end(history, case.opened_at)
+                if history is not None and _first(lost, (*key, case.subscription_id)):
+                    row.churned_mrr += _lost_at_end(history, case.opened_at)
     return sorted(
         totals.values(), key=lambda r: (r.period_start, r.period_end, r.segment or "", r.currency)
     )
+
+
+def _first(seen: set[tuple[Period, str | None, str, int]], key: Any) -> bool:
+    """True the first time ``key`` is seen (and remembers it)."""
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 def _histories(
