@@ -203,6 +203,12 @@ class StripeGateway:
             found.append(decline_from_charge(charge))
         return merge_declines(*found)
 
+    def invoice_status(self, invoice_id: str) -> str | None:
+        """The invoice's status at the provider right now (draft, open, paid, void,
+        uncollectible)."""
+        found = _as_dict(self._call(lambda: self._client.v1.invoices.retrieve(invoice_id)))
+        return found.get("status")
+
     def list_page(
         self,
         resource: str,

@@ -204,8 +204,12 @@ def run_final_action(runtime: Runtime, action_id: int) -> None:
         invoice_ref, sub_ref = invoice.provider_id, sub.provider_id if sub else None
         sub_id = sub.id if sub else None
         if invoice.status in billing.FINAL_INVOICE_STATUSES:
+            # Its webhook may have been set aside while this action was claimed: settle here.
             _finish(action, ActionStatus.CANCELLED, f"invoice already {invoice.status}")
-            return  # its webhook settles the case
+            _settle(session, runtime, lock_case(session, case.id), invoice.status, source=key)
+            return
+    if _settled_at_provider(runtime, action_id, invoice_ref, source=key):
+        return
     outcome: str = what
     if what != "leave_past_due":
         outcome = _take_final_action(
@@ -237,6 +241,64 @@ def run_final_action(runtime: Runtime, action_id: int) -> None:
                 source=key,
                 now=clock.now(),
             )
+
+
+def _settled_at_provider(
+    runtime: Runtime, action_id: int, invoice_ref: str, *, source: str
+) -> bool:
+    """Ask the provider, right before acting, whether the invoice is still unpaid: during a
+    webhook backlog the customer may have paid, or the invoice been voided, minutes ago. If
+    not, settle the case from what the provider says and skip the action; True then."""
+    gateway = runtime.gateway
+    if gateway is None:
+        return False
+    try:
+        status = gateway.invoice_status(invoice_ref)
+    except ProviderError as exc:  # the action's own call will meet the same refusal
+        log.warning("final action: invoice %s not re-read: %s", invoice_ref, exc)
+        return False
+    if status not in billing.FINAL_INVOICE_STATUSES:
+        return False
+    with runtime.session() as session:
+        action = session.get_one(ScheduledAction, action_id)
+        assert action.case_id is not None  # noqa: S101 - final actions belong to a case
+        case = lock_case(session, action.case_id)
+        session.refresh(action, with_for_update=True)
+        if action.status not in _RUNNABLE:
+            return True
+        _finish(action, ActionStatus.CANCELLED, f"invoice is {status} at the provider")
+        invoice = session.get_one(Invoice, case.invoice_id)
+        invoice.status = status
+        _settle(session, runtime, case, status, source=source)
+    return True
+
+
+def _settle(
+    session: Session, runtime: Runtime, case: DunningCase, status: str, *, source: str
+) -> None:
+    """End ``case`` by its invoice's final status (once: a terminal case absorbs it)."""
+    if status == "paid":
+        observed = case.retries_mode == RetryMode.OBSERVE
+        apply(
+            session,
+            case,
+            DunningEvent.PAYMENT_SUCCEEDED,
+            policy=runtime.policy,
+            now=clock.now(),
+            source=source,
+            method=RecoveryMethod.PROVIDER if observed else RecoveryMethod.CUSTOMER,
+            reason="paid before the final action ran",
+        )
+    else:
+        apply(
+            session,
+            case,
+            DunningEvent.INVOICE_CLOSED,
+            policy=runtime.policy,
+            now=clock.now(),
+            source=source,
+            reason=f"invoice {status} before the final action ran",
+        )
 
 
 def _take_final_action(
