@@ -414,3 +414,41 @@ def test_a_late_decline_on_the_old_card_keeps_the_retry_for_the_new_one(
     dunning_record(session, policy, r1.id, PaymentResult(succeeded=False, decline=expired))
     assert planned(session, ActionKind.RETRY_PAYMENT) == [r2]
     assert the_case(session).state is DunningState.RETRYING
+
+
+def test_a_case_opens_at_the_failures_time_not_when_we_process_it(
+    session: Session, policy: Policy
+) -> None:
+    """A backlog of four days: the window runs from the failure; of the emails whose time
+    has passed only the first notice goes out, now; retries keep the schedule's times."""
+    late = START + timedelta(days=4)
+    deliver(session, policy, failed("in_1", at=START), now=late)
+    case = the_case(session)
+    assert (case.opened_at, case.window_ends_at) == (START, START + timedelta(days=14))
+    emails = [(a.template, a.due_at) for a in planned(session, ActionKind.SEND_EMAIL)]
+    assert [t for t, due in emails if due <= late + timedelta(hours=12)] == ["payment_failed"]
+    assert all(due >= late for _, due in emails)
+    (retry,) = planned(session, ActionKind.RETRY_PAYMENT)
+    assert late < retry.due_at < case.window_ends_at
+
+
+def test_a_failure_older_than_its_window_plans_no_email_and_no_retry(
+    session: Session, policy: Policy
+) -> None:
+    replayed = START + timedelta(days=30)
+    deliver(session, policy, failed("in_1", at=START), now=replayed)
+    case = the_case(session)
+    assert case.opened_at == START
+    assert planned(session, ActionKind.SEND_EMAIL) == []
+    assert planned(session, ActionKind.RETRY_PAYMENT) == []
+    (final,) = planned(session, ActionKind.FINAL_ACTION)  # asks the provider before acting
+    assert final.due_at == case.window_ends_at
+
+
+def test_days_to_recover_are_counted_from_the_failure(session: Session, policy: Policy) -> None:
+    replayed = START + timedelta(days=60)
+    deliver(session, policy, failed("in_1", at=START), now=replayed)
+    deliver(session, policy, paid("in_1", at=START + timedelta(days=1)), now=replayed)
+    case = the_case(session)
+    assert case.state is DunningState.RECOVERED
+    assert case.closed_at is not None and case.closed_at - case.opened_at == timedelta(days=1)

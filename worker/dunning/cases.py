@@ -50,8 +50,12 @@ def case_for_invoice(session: Session, invoice: Invoice) -> DunningCase | None:
     return lock_case(session, case_id) if case_id is not None else None
 
 
-def open_case(session: Session, invoice: Invoice, *, policy: Policy, now: datetime) -> DunningCase:
-    """The invoice's case, created in ``open`` if it has none (one case per invoice)."""
+def open_case(
+    session: Session, invoice: Invoice, *, failed_at: datetime, policy: Policy, now: datetime
+) -> DunningCase:
+    """The invoice's case, created in ``open`` if it has none (one case per invoice). It
+    opens when the payment failed at the provider, and its window runs from there, however
+    late we learn of it (a backlog, a replay)."""
     case = case_for_invoice(session, invoice)
     if case is None:
         _remember(session, policy, now=now)
@@ -62,8 +66,8 @@ def open_case(session: Session, invoice: Invoice, *, policy: Policy, now: dateti
             state=DunningState.OPEN,
             retries_mode=policy.retries.mode,
             policy_version=policy.version,
-            opened_at=now,
-            window_ends_at=now + timedelta(days=effective.retries.window_days),
+            opened_at=failed_at,
+            window_ends_at=failed_at + timedelta(days=effective.retries.window_days),
             updated_at=now,
         )
         session.add(case)

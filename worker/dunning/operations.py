@@ -68,7 +68,7 @@ def payment_failed(
             decline=decline,
         )
         return
-    case = open_case(session, invoice, policy=policy, now=now)
+    case = open_case(session, invoice, failed_at=occurred_at, policy=policy, now=now)
     if case.state in TERMINAL:
         return  # the case is over: a late failure report changes nothing
     ours = in_flight(session, case, ActionKind.RETRY_PAYMENT)

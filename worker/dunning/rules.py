@@ -347,7 +347,18 @@ def scheduled_emails(
     now: datetime,
     zone: ZoneInfo,
 ) -> list[PlannedEmail]:
-    """The email plan with each send moved out of the customer's quiet hours."""
+    """The email plan with each send moved out of the customer's quiet hours. A case learned
+    of late (``now`` after ``opened_at``: a backlog, a replay) gets one email now for all
+    whose time has passed: the first notice (it explains), or the final notice once that one
+    is due; and none once its window is over."""
+    if window_ends_at <= now:
+        return []
+    plan = email_plan(
+        policy, first_template=first_template, opened_at=opened_at, window_ends_at=window_ends_at
+    )
+    passed = [email for email in plan if email.at <= now]
+    catch_up = passed[-1:] if passed and passed[-1].step == "final" else passed[:1]
+    kept = catch_up + [email for email in plan if email.at > now]
     return [
         PlannedEmail(
             email.template,
@@ -355,12 +366,7 @@ def scheduled_emails(
             outside_quiet_hours(max(email.at, now), zone, policy.emails.quiet_hours),
             email.reason,
         )
-        for email in email_plan(
-            policy,
-            first_template=first_template,
-            opened_at=opened_at,
-            window_ends_at=window_ends_at,
-        )
+        for email in kept
     ]
 
 

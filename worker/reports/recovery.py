@@ -8,7 +8,7 @@ cases of the period.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from fractions import Fraction
 from itertools import groupby
 from typing import Any
@@ -88,7 +88,7 @@ def recovery_rows(
                 tally[1] += recovery.amount
                 if history is not None and _first(saved, (*key, case.subscription_id)):
                     row.mrr_saved += history.mrr_at(recovery.occurred_at)
-                waited = recovery.occurred_at - case.opened_at
+                waited = max(recovery.occurred_at - case.opened_at, timedelta(0))
                 row.days_to_recover.append(Fraction(round(waited.total_seconds()), _DAY_SECONDS))
             if churned:
                 row.churned_count += 1
