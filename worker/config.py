@@ -63,6 +63,8 @@ class Retries(_Strict):
     min_gap_hours: float = Field(1, ge=0)
     # Dun invoices that belong to no subscription (one-off charges) like any other.
     one_off_invoices: bool = True
+    # Never retry this close to the provider's own next attempt (Smart Retries left on).
+    provider_retry_gap_hours: float = Field(4, ge=0)
     offsets_hours: Offsets = Offsets()
 
 

@@ -7,6 +7,7 @@ after its Stripe call. End-to-end runs with the peer and a worker live in tests/
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,9 +24,11 @@ from worker.billing.stripe_client import PaymentResult
 from worker.clock import ManualClock
 from worker.config import Policy, RetryMode
 from worker.dunning import transitions as dunning
+from worker.dunning.cases import provider_retries_planned
 from worker.dunning.models import ActionKind, ActionStatus, CaseTransition, DunningCase
 from worker.dunning.models import ScheduledAction as Action
 from worker.dunning.state import DunningState
+from worker.dunning.views import show_case
 from worker.ledger.models import LedgerMovement, MovementKind
 from worker.webhooks.models import InboxEvent, InboxStatus
 
@@ -452,3 +455,22 @@ def test_days_to_recover_are_counted_from_the_failure(session: Session, policy: 
     case = the_case(session)
     assert case.state is DunningState.RECOVERED
     assert case.closed_at is not None and case.closed_at - case.opened_at == timedelta(days=1)
+
+
+def test_stripes_own_retries_are_noticed_and_kept_clear_of(
+    session: Session, policy: Policy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """retries.mode = own while Stripe's Smart Retries are on: the invoice names Stripe's
+    next attempt. Said loudly, shown on the case, and our retry keeps the gap from it."""
+    payload = failed("in_1", "do_not_honor")
+    theirs = START + timedelta(hours=23)
+    payload["data"]["object"]["next_payment_attempt"] = int(theirs.timestamp())
+    with caplog.at_level(logging.WARNING, logger="worker.dunning.operations"):
+        deliver(session, policy, payload)
+    assert "Smart Retries" in caplog.text
+    (retry,) = planned(session, ActionKind.RETRY_PAYMENT)
+    assert abs(retry.due_at - theirs) >= timedelta(hours=policy.retries.provider_retry_gap_hours)
+    shown = show_case(session, the_case(session).id)
+    assert shown is not None
+    assert shown["provider_next_attempt"] == "2026-03-03T14:00:00Z"
+    assert provider_retries_planned(session, now=START) == 1

@@ -259,3 +259,36 @@ def test_a_weekend_payday_is_the_friday_before(policy: Policy) -> None:
         zone=zone,
     )
     assert [(at.day, why) for at, why in days] == [(13, "payday (friday), 10:00 local")]
+
+
+def test_our_retry_keeps_clear_of_the_providers_own_retry(policy: Policy) -> None:
+    """Smart Retries left on: Stripe's next attempt counts on the card like ours. A retry the
+    schedule puts within the gap of it moves to the gap after it."""
+    opened = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    theirs = opened + timedelta(hours=2)  # the soft schedule's first retry is +24 h
+    card = rules.CardHistory(provider_next_attempt=opened + timedelta(hours=23))
+    planned = rules.next_retry(
+        policy,
+        C.SOFT,
+        opened_at=opened,
+        window_ends_at=opened + timedelta(days=14),
+        now=opened,
+        retries_done=0,
+        card=card,
+    )
+    assert isinstance(planned, rules.PlannedRetry)
+    gap = timedelta(hours=policy.retries.provider_retry_gap_hours)
+    assert planned.at == opened + timedelta(hours=23) + gap
+    assert "clear of Stripe's own retry" in planned.reason
+    far = rules.CardHistory(provider_next_attempt=theirs)  # far enough from +24 h: no move
+    unmoved = rules.next_retry(
+        policy,
+        C.SOFT,
+        opened_at=opened,
+        window_ends_at=opened + timedelta(days=14),
+        now=opened,
+        retries_done=0,
+        card=far,
+    )
+    assert isinstance(unmoved, rules.PlannedRetry)
+    assert unmoved.at == opened + timedelta(hours=24)

@@ -22,8 +22,10 @@ from worker import clock
 from worker.app import DunningCelery, create_app
 from worker.httpserver import serve_in_thread
 from worker.settings import Secret, Settings
+from worker.webhooks.inbox import store_event
 from worker.webhooks.intake import MAX_BODY, build_intake
 from worker.webhooks.models import InboxEvent, InboxStatus
+from worker.webhooks.service import process_stored_event
 
 SECRET = "whsec_intake"
 DEAD_REDIS = "redis://127.0.0.1:1/0"  # nothing listens on port 1
@@ -191,3 +193,23 @@ def test_health_and_readiness(intake: str) -> None:
     assert httpx.get(f"{intake}/healthz", timeout=10).json() == {"status": "ok"}
     ready = httpx.get(f"{intake}/readyz", timeout=10)
     assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+
+
+def test_readiness_and_metrics_say_when_stripe_retries_too(intake: str, app: DunningCelery) -> None:
+    """retries.mode = own while an invoice names Stripe's own next attempt: still ready, with
+    a warning, and a gauge to alert on."""
+    payload = ev.envelope(
+        "invoice.payment_failed", ev.invoice(invoice_id="in_1", at=START), at=START
+    )
+    payload["data"]["object"]["next_payment_attempt"] = int(time.time()) + 86_400
+    with app.runtime.session() as session:
+        stored = store_event(
+            session, provider="stripe", body=json.dumps(payload).encode(), now=START
+        )
+    assert stored.inbox_id is not None
+    process_stored_event(app.runtime, stored.inbox_id)
+    ready = httpx.get(f"{intake}/readyz", timeout=10)
+    assert ready.status_code == 200
+    assert "Smart Retries" in ready.json()["warnings"][0]
+    text = httpx.get(f"{intake}/metrics", timeout=10).text
+    assert "dunning_provider_retries_planned 1" in text

@@ -8,6 +8,8 @@ from zoneinfo import ZoneInfo
 from rich.console import Console
 from rich.table import Table
 
+from worker.dunning.cases import SMART_RETRIES_ON
+from worker.dunning.state import TERMINAL
 from worker.money import format_money
 
 if TYPE_CHECKING:
@@ -51,6 +53,9 @@ def case_timeline(detail: dict[str, Any]) -> None:
         f"({detail['decline_class'] or '-'}), retries.mode {detail['retries_mode']}, "
         f"policy {detail['policy_version']}"
     )
+    theirs = detail.get("provider_next_attempt")
+    if theirs and detail["retries_mode"] == "own" and detail["state"] not in TERMINAL:
+        console.print(f"[yellow]next provider retry {theirs} UTC. {SMART_RETRIES_ON}")
     events: list[tuple[str, str, str]] = []
     events += [
         (

@@ -82,4 +82,5 @@ def card_history(
         last_attempt_at=max((a.occurred_at for a in attempts), default=None),
         network_advice_code=last_decline.network_advice_code if last_decline else None,
         last_declined_at=last_decline.occurred_at if last_decline else None,
+        provider_next_attempt=invoice.next_payment_attempt,
     )

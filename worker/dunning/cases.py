@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from worker.billing import mrr
 from worker.billing.domain import SubscriptionFacts
 from worker.billing.models import Customer, Invoice, Subscription
-from worker.config import DeclineClass, Policy, SegmentFacts
+from worker.config import DeclineClass, Policy, RetryMode, SegmentFacts
 from worker.dunning.models import (
     ActionKind,
     ActionStatus,
@@ -211,6 +211,30 @@ def ended_subscription(session: Session, invoice: Invoice) -> Subscription | Non
     sub = session.get(Subscription, invoice.subscription_id)
     ended = sub is not None and (sub.status in mrr.ENDED_STATUSES or sub.ended_at is not None)
     return sub if ended else None
+
+
+def provider_retries_planned(session: Session, *, now: datetime) -> int:
+    """Open cases we retry ourselves whose invoice the provider will also retry: Stripe's
+    Smart Retries are on while ``retries.mode = own`` (the card is charged twice as often)."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(DunningCase)
+            .join(Invoice, Invoice.id == DunningCase.invoice_id)
+            .where(
+                DunningCase.retries_mode == RetryMode.OWN,
+                DunningCase.state.not_in(TERMINAL),
+                Invoice.next_payment_attempt > now,
+            )
+        )
+        or 0
+    )
+
+
+SMART_RETRIES_ON = (
+    "Stripe will retry this invoice itself while retries.mode = own: turn Smart Retries off "
+    "in Stripe (Billing > Revenue recovery), or set retries.mode = observe"
+)
 
 
 def customer_timezone(session: Session, case: DunningCase) -> str | None:

@@ -9,6 +9,7 @@ operation is safe to run twice and safe to run late. Functions never commit.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
@@ -19,6 +20,7 @@ from worker.billing.models import AttemptOutcome, AttemptSource, Customer, Invoi
 from worker.config import Policy, RetryMode
 from worker.dunning import emails, planning
 from worker.dunning.cases import (
+    SMART_RETRIES_ON,
     case_for_invoice,
     ended_subscription,
     final_action_ended,
@@ -34,6 +36,8 @@ from worker.dunning.state import TERMINAL, DunningEvent, DunningState
 from worker.dunning.transitions import apply, failure_event
 from worker.ledger import history
 from worker.ledger.models import RecoveryMethod
+
+log = logging.getLogger(__name__)
 
 # A claim older than this is a lost one (the worker died), not the payer of a recovery.
 RECENT_CLAIM = timedelta(minutes=5)
@@ -71,6 +75,14 @@ def payment_failed(
     case = open_case(session, invoice, failed_at=occurred_at, policy=policy, now=now)
     if case.state in TERMINAL:
         return  # the case is over: a late failure report changes nothing
+    theirs = invoice.next_payment_attempt
+    if case.retries_mode == RetryMode.OWN and theirs is not None and theirs > now:
+        log.warning(
+            "invoice %s: %s (next attempt %s); ours keep clear of it",
+            invoice.provider_id,
+            SMART_RETRIES_ON,
+            theirs.isoformat(),
+        )
     ours = in_flight(session, case, ActionKind.RETRY_PAYMENT)
     attempt = billing.record_attempt(
         session,

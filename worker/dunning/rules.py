@@ -95,6 +95,9 @@ class CardHistory:
     last_attempt_at: datetime | None = None  # any outcome
     network_advice_code: str | None = None  # the latest decline's Mastercard MAC
     last_declined_at: datetime | None = None
+    # The provider's own next automatic attempt on this invoice (Stripe's Smart Retries left
+    # on while we retry too): ours keeps clear of it.
+    provider_next_attempt: datetime | None = None
 
 
 # Mastercard Merchant Advice Codes that set the earliest next attempt (retry-rules §2.2; MAC 02
@@ -258,7 +261,7 @@ def _network_compliant(
         at = card.last_attempt_at + gap
         notes.append(f"minimum gap {policy.retries.min_gap_hours:g} h on this card")
     for _ in range(64):  # each move only goes later; a handful settles it
-        moved = _budget_move(policy, at, card, amount)
+        moved = _clear_of_provider(policy, at, card) or _budget_move(policy, at, card, amount)
         if moved is None:
             break
         at, note = moved
@@ -267,6 +270,18 @@ def _network_compliant(
     if at >= window_ends_at:
         return DroppedRetry(f"{reason}: dropped, {'; '.join(notes)} (past the window)")
     return PlannedRetry(at, reason + (f"; moved: {'; '.join(notes)}" if notes else ""))
+
+
+def _clear_of_provider(
+    policy: Policy, at: datetime, card: CardHistory
+) -> tuple[datetime, str] | None:
+    """Later than the provider's own next attempt by the configured gap, when ``at`` is
+    closer to it than that (the provider counts against the card as much as we do)."""
+    theirs = card.provider_next_attempt
+    gap = timedelta(hours=policy.retries.provider_retry_gap_hours)
+    if theirs is None or abs(at - theirs) >= gap:
+        return None
+    return theirs + gap, f"clear of Stripe's own retry at {theirs:%Y-%m-%d %H:%M} UTC"
 
 
 def _budget_move(

@@ -68,6 +68,8 @@ def _summary(row: Any) -> dict[str, Any]:
         "retries_mode": case.retries_mode,
         "policy_version": case.policy_version,
         "recovered_method": case.recovered_method,
+        # Stripe's own next retry of this invoice; set while we retry too: Smart Retries on.
+        "provider_next_attempt": _iso(invoice.next_payment_attempt),
     }
 
 

@@ -33,6 +33,7 @@ from starlette.routing import Route
 from worker import clock
 from worker.billing.stripe_client import ProviderError, TransientProviderError
 from worker.db import enqueue_after_commit
+from worker.dunning.cases import SMART_RETRIES_ON, provider_retries_planned
 from worker.enqueue import send_safely
 from worker.links import BadLinkError, ExpiredLinkError, verify_link
 from worker.runtime import Runtime
@@ -155,7 +156,14 @@ class _Intake:
         problems = await run_in_threadpool(self._readiness)
         if problems:
             return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        warnings = await run_in_threadpool(self._warnings)
+        return JSONResponse({"status": "ready", **({"warnings": warnings} if warnings else {})})
+
+    def _warnings(self) -> list[str]:
+        """Ready, but configured against itself: said loudly, not failed on."""
+        with self.runtime.session() as session:
+            both = provider_retries_planned(session, now=clock.now())
+        return [f"{both} open case(s): {SMART_RETRIES_ON}"] if both else []
 
     def _readiness(self) -> list[str]:
         problems = []

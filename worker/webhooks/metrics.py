@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from worker.dunning.cases import provider_retries_planned
 from worker.dunning.models import DunningCase, ScheduledAction
 from worker.webhooks.models import InboxEvent, InboxStatus
 
@@ -37,6 +38,11 @@ def render_metrics(session: Session, *, now: datetime) -> str:
         "dunning_inbox_oldest_pending_seconds",
         "Age of the oldest unprocessed event.",
         [({}, (now - oldest).total_seconds() if oldest else 0.0)],
+    )
+    gauge(
+        "dunning_provider_retries_planned",
+        "Open cases we retry whose invoice the provider will retry too (Smart Retries on).",
+        [({}, provider_retries_planned(session, now=now))],
     )
     cases = session.execute(select(DunningCase.state, func.count()).group_by(DunningCase.state))
     gauge(
