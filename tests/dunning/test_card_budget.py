@@ -101,3 +101,32 @@ def test_a_card_update_retry_on_a_fresh_card_goes_at_once(session: Session, poli
     (retry,) = _retries(session, "in_1")
     assert retry.due_at == START + timedelta(hours=3)
     assert retry.reason == "card updated: one prompt retry"
+
+
+def test_never_retry_advice_belongs_to_the_card(session: Session, policy: Policy) -> None:
+    """Mastercard MAC 03 on invoice A: no retry on that card for 30 days, for every invoice
+    and whatever decline comes next; the timeline says why (issue #9, item 4)."""
+    card = _card("pm_mc", "fp_mc", brand="mastercard")
+    deliver(session, policy, failed("in_a", "do_not_honor", card=card, network_advice_code="03"))
+    assert _retries(session, "in_a") == []  # stop: never retried
+    later = START + timedelta(hours=2)
+    # A soft decline on the same card (the customer tried) must not bring retries back ...
+    deliver(session, policy, failed("in_a", "do_not_honor", at=later, card=card, charge="ch_2"))
+    # ... and another invoice on the card is not retried either.
+    deliver(session, policy, failed("in_b", "do_not_honor", at=later, card=card), now=later)
+    for invoice in ("in_a", "in_b"):
+        retries = _retries(session, invoice)
+        assert [r.status for r in retries] == [ActionStatus.CANCELLED]
+        assert "MAC 03" in retries[0].reason
+        assert "dropped" in retries[0].reason
+
+
+def test_a_fraud_decline_stops_every_invoice_on_that_card(session: Session, policy: Policy) -> None:
+    card = _card("pm_f", "fp_f")
+    deliver(session, policy, failed("in_a", "stolen_card", card=card))
+    deliver(session, policy, failed("in_b", "insufficient_funds", card=card))
+    (retry,) = _retries(session, "in_b")
+    assert retry.status is ActionStatus.CANCELLED
+    assert "fraud" in retry.reason
+    deliver(session, policy, failed("in_c", "insufficient_funds", card=_card("pm_g", "fp_g")))
+    assert _retries(session, "in_c")[0].status is ActionStatus.PLANNED  # another card: fine

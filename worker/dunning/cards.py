@@ -14,11 +14,18 @@ from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from worker.billing.models import AttemptOutcome, Invoice, PaymentAttempt, PaymentMethod
-from worker.dunning.rules import CardHistory
+from worker.billing.service import decline_of
+from worker.config import Policy
+from worker.dunning.rules import CardHistory, card_block
 
 
 def card_history(
-    session: Session, invoice: Invoice, *, now: datetime, payment_method_id: str | None = None
+    session: Session,
+    invoice: Invoice,
+    *,
+    now: datetime,
+    policy: Policy,
+    payment_method_id: str | None = None,
 ) -> CardHistory:
     """Every attempt the networks count against the card the next charge will use (the given
     payment method, else the one this invoice was last tried on): ours, the provider's and
@@ -64,6 +71,7 @@ def card_history(
         .where(or_(*same_card), PaymentAttempt.occurred_at > now - timedelta(days=30))
         .order_by(*newest)
     ).all()
+    blocked = _block(session, same_card, policy) if fingerprints or payment_method_id else None
     declines = [a for a in attempts if a.outcome is not AttemptOutcome.SUCCEEDED]
     if fingerprints or payment_method_id is not None:
         last_decline = next(iter(declines), None)
@@ -83,4 +91,27 @@ def card_history(
         network_advice_code=last_decline.network_advice_code if last_decline else None,
         last_declined_at=last_decline.occurred_at if last_decline else None,
         provider_next_attempt=invoice.next_payment_attempt,
+        blocked=blocked,
     )
+
+
+def _block(
+    session: Session, same_card: list[ColumnElement[bool]], policy: Policy
+) -> tuple[datetime, str] | None:
+    """The longest-lasting "never retry" any decline on this card left, over its whole
+    history (a fraud decline years ago still counts while the card is the same)."""
+    advised = session.scalars(
+        select(PaymentAttempt).where(
+            or_(*same_card),
+            PaymentAttempt.outcome != AttemptOutcome.SUCCEEDED,
+            or_(
+                PaymentAttempt.network_advice_code.is_not(None),
+                PaymentAttempt.decline_code.is_not(None),
+                PaymentAttempt.outcome_type == "blocked",
+                PaymentAttempt.advice_code.is_not(None),
+                PaymentAttempt.outcome_reason.is_not(None),
+            ),
+        )
+    )
+    blocks = [b for a in advised if (b := card_block(decline_of(a), a.occurred_at, policy))]
+    return max(blocks, default=None, key=lambda b: b[0])

@@ -142,7 +142,7 @@ def plan_next_retry(session: Session, case: DunningCase, *, policy: Policy, now:
         now=now,
         retries_done=retries_done(session, case),
         mode=case.retries_mode,
-        card=card_history(session, invoice, now=now),
+        card=card_history(session, invoice, now=now, policy=policy),
         amount=invoice.amount_due,
         zone=rules.customer_zone(customer_timezone(session, case), policy),
     )
@@ -174,7 +174,7 @@ def plan_card_update_retry(
         policy,
         now=now,
         window_ends_at=case.window_ends_at,
-        card=card_history(session, invoice, now=now, payment_method_id=default_card),
+        card=card_history(session, invoice, now=now, policy=policy, payment_method_id=default_card),
         amount=invoice.amount_due,
     )
     method = RecoveryMethod.NETWORK_UPDATE if by_network else RecoveryMethod.CARD_UPDATE

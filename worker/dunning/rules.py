@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from worker.billing.domain import Decline
@@ -98,6 +98,25 @@ class CardHistory:
     # The provider's own next automatic attempt on this invoice (Stripe's Smart Retries left
     # on while we retry too): ours keeps clear of it.
     provider_next_attempt: datetime | None = None
+    # "Never retry" advice this card carries, whichever invoice it came with: (until, why).
+    # Mastercard MAC 03/21 lasts 30 days; a fraud or stop-payment decline, as long as the
+    # card is the same (NEVER).
+    blocked: tuple[datetime, str] | None = None
+
+
+NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def card_block(decline: Decline, at: datetime, policy: Policy) -> tuple[datetime, str] | None:
+    """The "never retry" a decline at ``at`` puts on its card, if any (see CardHistory)."""
+    mac = decline.network_advice_code
+    if mac in STOP_MACS:
+        until = at + timedelta(days=30)
+        return until, f"Mastercard MAC {mac} on this card: no retry before {until:%Y-%m-%d}"
+    cls = classify(decline, policy)
+    if cls in (DeclineClass.FRAUD, DeclineClass.STOP):
+        return NEVER, f"{cls.value} decline on this card ({decline.reason}): never retried"
+    return None
 
 
 # Mastercard Merchant Advice Codes that set the earliest next attempt (retry-rules §2.2; MAC 02
@@ -252,6 +271,12 @@ def _network_compliant(
     window_ends_at: datetime,
 ) -> PlannedRetry | DroppedRetry:
     notes = []
+    if card.blocked is not None and at < card.blocked[0]:
+        until, why = card.blocked
+        if until >= window_ends_at:
+            return DroppedRetry(f"{reason}: dropped, {why}")
+        at = until
+        notes.append(why)
     wait = MAC_WAITS.get(card.network_advice_code or "")
     if wait and card.last_declined_at and at < card.last_declined_at + wait:
         at = card.last_declined_at + wait
