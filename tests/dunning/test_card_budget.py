@@ -4,6 +4,7 @@ one prompt retry a card update earns stays inside it (issue #3, items 4 and 5)."
 from __future__ import annotations
 
 from datetime import timedelta
+from itertools import pairwise
 from typing import Any
 
 from sqlalchemy import select
@@ -80,7 +81,10 @@ def test_a_card_update_retry_waits_for_room_in_the_new_cards_budget(
     mastercard = _card("pm_mc", "fp_mc", brand="mastercard")
     for i in range(10):  # Mastercard: 10 declines in 24 h on this card already
         at = START - timedelta(hours=10) + timedelta(minutes=30 * i)
-        deliver(session, policy, failed(f"in_busy_{i}", "do_not_honor", at=at, card=mastercard))
+        # Hard declines: those invoices plan no retries of their own on the card (planned
+        # retries of other invoices count too: test_invoices_on_one_card_share_its_gap...).
+        busy = failed(f"in_busy_{i}", "expired_card", at=at, card=mastercard, code="expired_card")
+        deliver(session, policy, busy)
     deliver(session, policy, failed("in_1", "expired_card", code="expired_card"))
     new_default = ev.customer_updated("pm_mc", was="pm_expired", at=START)
     deliver(session, policy, new_default)
@@ -88,8 +92,18 @@ def test_a_card_update_retry_waits_for_room_in_the_new_cards_budget(
     assert ":card-update:" in retry.idempotency_key
     assert retry.reason.startswith("card updated: one prompt retry; moved:")
     assert "Mastercard 10 declines / 24 h" in retry.reason
-    # The oldest of the ten ages out of the 24 hours: 14 h after START, not at once.
-    assert retry.due_at == START + timedelta(hours=14)
+    # The oldest of the ten ages out of the 24 hours 14 h after START, not at once; the ten
+    # older invoices got a prompt retry on the card too, and go first, an hour apart.
+    assert retry.due_at >= START + timedelta(hours=14)
+    everyone = sorted(
+        a.due_at
+        for a in session.scalars(select(Action).where(Action.kind == ActionKind.RETRY_PAYMENT))
+        if a.status is ActionStatus.PLANNED
+    )
+    assert len(everyone) == 11
+    assert everyone[0] == START + timedelta(hours=14)
+    assert all(b - a >= timedelta(hours=1) for a, b in pairwise(everyone))
+    assert retry.due_at == everyone[-1]
 
 
 def test_a_card_update_retry_on_a_fresh_card_goes_at_once(session: Session, policy: Policy) -> None:
@@ -130,3 +144,17 @@ def test_a_fraud_decline_stops_every_invoice_on_that_card(session: Session, poli
     assert "fraud" in retry.reason
     deliver(session, policy, failed("in_c", "insufficient_funds", card=_card("pm_g", "fp_g")))
     assert _retries(session, "in_c")[0].status is ActionStatus.PLANNED  # another card: fine
+
+
+def test_invoices_on_one_card_share_its_gap_oldest_first(session: Session, policy: Policy) -> None:
+    """Two invoices fail on one card at the same moment: their retries are never at the same
+    instant; the older invoice keeps the schedule's time (issue #9, item 3)."""
+    card = _card("pm_shared", "fp_shared", brand="mastercard")
+    deliver(session, policy, failed("in_old", "do_not_honor", card=card))
+    deliver(session, policy, failed("in_new", "do_not_honor", card=card, charge="ch_new"))
+    (older,) = _retries(session, "in_old")
+    (newer,) = _retries(session, "in_new")
+    assert older.due_at == START + timedelta(hours=24)
+    gap = timedelta(hours=policy.retries.min_gap_hours)
+    assert newer.due_at >= older.due_at + gap
+    assert "minimum gap" in newer.reason

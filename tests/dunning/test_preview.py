@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tests.support.paths import REPO, START
-from tests.support.pipeline import deliver, dunning_record, failed
+from tests.support.pipeline import deliver, dunning_record, failed, paid
 from tests.support.processes import clean_env, dunning
 from worker.billing.domain import Card, Decline
 from worker.billing.models import Invoice
@@ -61,6 +61,8 @@ def _pipeline_timeline(
             failed(f"in_prior_{i}", code, at=earlier, card=pm, network_advice_code=mac),
             now=earlier,
         )
+        # Settled since: its declines count on the card, it plans no retries of its own.
+        deliver(session, policy, paid(f"in_prior_{i}", at=earlier), now=earlier)
     deliver(session, policy, failed("in_p", code, card=pm, network_advice_code=mac))
     case_id = the_case_id(session, "in_p")
     seen = 0

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
-from worker.billing.models import AttemptOutcome, Invoice, PaymentAttempt, PaymentMethod
+from worker.billing.models import (
+    AttemptOutcome,
+    Invoice,
+    PaymentAttempt,
+    PaymentMethod,
+)
 from worker.billing.service import decline_of
 from worker.config import Policy
+from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.dunning.rules import CardHistory, card_block
+from worker.dunning.state import TERMINAL
 
 
 def card_history(
@@ -71,7 +78,9 @@ def card_history(
         .where(or_(*same_card), PaymentAttempt.occurred_at > now - timedelta(days=30))
         .order_by(*newest)
     ).all()
-    blocked = _block(session, same_card, policy) if fingerprints or payment_method_id else None
+    known_card = bool(fingerprints) or payment_method_id is not None
+    blocked = _block(session, same_card, policy) if known_card else None
+    reserved = _reserved(session, same_card, invoice) if known_card else ()
     declines = [a for a in attempts if a.outcome is not AttemptOutcome.SUCCEEDED]
     if fingerprints or payment_method_id is not None:
         last_decline = next(iter(declines), None)
@@ -92,6 +101,38 @@ def card_history(
         last_declined_at=last_decline.occurred_at if last_decline else None,
         provider_next_attempt=invoice.next_payment_attempt,
         blocked=blocked,
+        reserved=reserved,
+    )
+
+
+def _reserved(
+    session: Session, same_card: list[ColumnElement[bool]], invoice: Invoice
+) -> tuple[datetime, ...]:
+    """When the retries of older open invoices tried on this card will run (planned) or ran
+    (running): the newer invoice yields, so two never meet and the oldest goes first."""
+    mine = session.scalar(select(DunningCase).where(DunningCase.invoice_id == invoice.id))
+    if mine is None:
+        return ()
+    on_card = select(PaymentAttempt.invoice_id).where(or_(*same_card))
+    older = or_(
+        DunningCase.opened_at < mine.opened_at,
+        and_(DunningCase.opened_at == mine.opened_at, DunningCase.id < mine.id),
+    )
+    rows = session.execute(
+        select(ScheduledAction.status, ScheduledAction.due_at, ScheduledAction.claimed_at)
+        .join(DunningCase, DunningCase.id == ScheduledAction.case_id)
+        .where(
+            ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
+            ScheduledAction.status.in_([ActionStatus.PLANNED, ActionStatus.CLAIMED]),
+            DunningCase.invoice_id != invoice.id,
+            DunningCase.invoice_id.in_(on_card),
+            DunningCase.state.not_in(TERMINAL),
+            older,
+        )
+    )
+    return tuple(
+        (claimed_at or due_at) if status is ActionStatus.CLAIMED else due_at
+        for status, due_at, claimed_at in rows
     )
 
 

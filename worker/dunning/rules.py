@@ -102,6 +102,9 @@ class CardHistory:
     # Mastercard MAC 03/21 lasts 30 days; a fraud or stop-payment decline, as long as the
     # card is the same (NEVER).
     blocked: tuple[datetime, str] | None = None
+    # Retries of older invoices on this card, planned or running (oldest invoice first): this
+    # one keeps the minimum gap from each, and the budget counts them as attempts.
+    reserved: tuple[datetime, ...] = ()
 
 
 NEVER = datetime.max.replace(tzinfo=UTC)
@@ -286,7 +289,11 @@ def _network_compliant(
         at = card.last_attempt_at + gap
         notes.append(f"minimum gap {policy.retries.min_gap_hours:g} h on this card")
     for _ in range(64):  # each move only goes later; a handful settles it
-        moved = _clear_of_provider(policy, at, card) or _budget_move(policy, at, card, amount)
+        moved = (
+            _clear_of_provider(policy, at, card)
+            or _clear_of_reserved(policy, at, card)
+            or _budget_move(policy, at, card, amount)
+        )
         if moved is None:
             break
         at, note = moved
@@ -309,6 +316,18 @@ def _clear_of_provider(
     return theirs + gap, f"clear of Stripe's own retry at {theirs:%Y-%m-%d %H:%M} UTC"
 
 
+def _clear_of_reserved(
+    policy: Policy, at: datetime, card: CardHistory
+) -> tuple[datetime, str] | None:
+    """After an older invoice's retry on this card by the minimum gap, when closer to it."""
+    gap = timedelta(hours=policy.retries.min_gap_hours)
+    near = [r for r in card.reserved if abs(at - r) < gap]
+    if not near:
+        return None
+    hours = policy.retries.min_gap_hours
+    return max(near) + gap, f"minimum gap {hours:g} h after another invoice's retry on this card"
+
+
 def _budget_move(
     policy: Policy, at: datetime, card: CardHistory, amount: int | None
 ) -> tuple[datetime, str] | None:
@@ -329,10 +348,12 @@ def _budget_move(
         visa = policy.networks.visa.max_declines_30d
         applies_to = "" if card.brand == "visa" else f" (for {card.brand or 'an unknown brand'})"
         rules_ = [(_MONTH, visa, None, f"Visa{applies_to} {visa} declines / 30 days")]
+    # Retries other invoices have planned on the card may each be declined: they count too.
+    attempts = (*card.declines, *((r, None) for r in card.reserved))
     for span, limit, same_amount, label in rules_:
         counted = sorted(
             t
-            for t, a in card.declines
+            for t, a in attempts
             if at - span < t <= at and (same_amount is None or a == same_amount)
         )
         if len(counted) >= limit:
