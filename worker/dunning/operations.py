@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from worker.billing import service as billing
 from worker.billing.domain import Card, Decline
-from worker.billing.models import AttemptOutcome, AttemptSource, Customer, Invoice
+from worker.billing.models import AttemptOutcome, AttemptSource, Customer, Invoice, Subscription
 from worker.config import Policy, RetryMode
 from worker.dunning import emails, planning
 from worker.dunning.cases import (
@@ -97,15 +97,10 @@ def payment_failed(
         return
     ended = ended_subscription(session, invoice)
     if ended is not None:  # processed after its subscription's end (events are not ordered)
-        involuntary = history.ended_for_non_payment(
-            ended.cancellation_reason, ended.status
-        ) or final_action_ended(session, ended.id)
         apply(
             session,
             case,
-            DunningEvent.CANCELLED_INVOLUNTARILY
-            if involuntary
-            else DunningEvent.CANCELLED_VOLUNTARILY,
+            _cancelled(session, ended),
             policy=policy,
             now=now,
             source=source,
@@ -198,31 +193,38 @@ def invoice_closed(
 
 def subscription_ended(
     session: Session,
-    subscription_id: int,
+    subscription: Subscription,
     *,
-    for_non_payment: bool,
     source: str,
     reason: str,
     policy: Policy,
     now: datetime,
 ) -> None:
-    """The subscription ended: its open cases close, as involuntary churn when it ended for
-    non-payment (the provider says so, or a final action of any of its cases is ending it or
-    did) else voluntary."""
-    involuntary = for_non_payment or final_action_ended(session, subscription_id)
-    for case_id in open_cases_of_subscription(session, subscription_id):
+    """The subscription ended: its open cases close (:func:`_cancelled` says how)."""
+    event = _cancelled(session, subscription)
+    for case_id in open_cases_of_subscription(session, subscription.id):
         case = lock_case(session, case_id)
         apply(
             session,
             case,
-            DunningEvent.CANCELLED_INVOLUNTARILY
-            if involuntary
-            else DunningEvent.CANCELLED_VOLUNTARILY,
+            event,
             policy=policy,
             now=now,
             source=source,
             reason=reason,
         )
+
+
+def _cancelled(session: Session, subscription: Subscription) -> DunningEvent:
+    """How an ended subscription ends its cases: as involuntary churn when it ended for
+    non-payment (the provider says so, or a final action of any of its cases is ending it or
+    did), else voluntarily."""
+    involuntary = history.ended_for_non_payment(
+        subscription.cancellation_reason, subscription.status
+    ) or final_action_ended(session, subscription.id)
+    if involuntary:
+        return DunningEvent.CANCELLED_INVOLUNTARILY
+    return DunningEvent.CANCELLED_VOLUNTARILY
 
 
 def card_updated(

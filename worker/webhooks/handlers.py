@@ -146,8 +146,7 @@ def _subscription_changed(session: Session, event: NormalisedEvent, ctx: Context
     if event.kind is EventKind.SUBSCRIPTION_DELETED:
         operations.subscription_ended(
             session,
-            sub.id,
-            for_non_payment=history.ended_for_non_payment(facts.cancellation_reason, facts.status),
+            sub,
             source=event.event_id,
             reason=f"subscription deleted ({facts.cancellation_reason or 'no reason'})",
             policy=ctx.policy,
