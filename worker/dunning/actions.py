@@ -17,12 +17,11 @@ from worker import clock
 from worker.billing import service as billing
 from worker.billing.models import AttemptOutcome, AttemptSource, Invoice, Subscription
 from worker.billing.stripe_client import PaymentResult, ProviderError
-from worker.config import RetryMode
 from worker.dunning import emails
-from worker.dunning.cases import lock_case, policy_of
+from worker.dunning.cases import lock_case, paid_elsewhere, policy_of
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
-from worker.dunning.transitions import apply, failure_event
+from worker.dunning.transitions import apply, case_failure_event
 from worker.email.messages import EmailKind
 from worker.email.sender import PermanentEmailError
 from worker.ledger import history
@@ -109,8 +108,7 @@ def record_retry_result(
         )
     method = action.recovery_method or RecoveryMethod.RETRY
     if result.already_paid:  # someone else paid first; our call only found out
-        observed = case.retries_mode == RetryMode.OBSERVE
-        method = RecoveryMethod.PROVIDER if observed else RecoveryMethod.CUSTOMER
+        method = paid_elsewhere(case)
     if result.succeeded:
         # Paid now, whatever webhooks still in flight say (a late failure must not count).
         invoice.status, invoice.amount_paid = "paid", invoice.amount_due
@@ -154,7 +152,9 @@ def record_retry_result(
         apply(
             session,
             case,
-            failure_event(session, case, decline, policy, requires_action=result.requires_action),
+            case_failure_event(
+                session, case, decline, policy, requires_action=result.requires_action
+            ),
             policy=policy,
             now=now,
             decline=decline,
@@ -278,7 +278,6 @@ def _settle(
 ) -> None:
     """End ``case`` by its invoice's final status (once: a terminal case absorbs it)."""
     if status == "paid":
-        observed = case.retries_mode == RetryMode.OBSERVE
         apply(
             session,
             case,
@@ -286,7 +285,7 @@ def _settle(
             policy=runtime.policy,
             now=clock.now(),
             source=source,
-            method=RecoveryMethod.PROVIDER if observed else RecoveryMethod.CUSTOMER,
+            method=paid_elsewhere(case),
             reason="paid before the final action ran",
         )
     else:

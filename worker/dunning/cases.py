@@ -25,7 +25,7 @@ from worker.dunning.models import (
     ScheduledAction,
 )
 from worker.dunning.state import TERMINAL, DunningState
-from worker.ledger.models import MrrChange
+from worker.ledger.models import MrrChange, RecoveryMethod
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,14 @@ def in_flight(session: Session, case: DunningCase, kind: ActionKind) -> Schedule
             ScheduledAction.status == ActionStatus.CLAIMED,
         )
     ).first()
+
+
+def paid_elsewhere(case: DunningCase) -> RecoveryMethod:
+    """Who paid a case none of our retries paid: the provider's own retry in observe mode,
+    otherwise the customer (hosted page, another card, out of band)."""
+    if case.retries_mode == RetryMode.OBSERVE:
+        return RecoveryMethod.PROVIDER
+    return RecoveryMethod.CUSTOMER
 
 
 def ended_by_final_action(

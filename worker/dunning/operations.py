@@ -29,11 +29,12 @@ from worker.dunning.cases import (
     open_case,
     open_cases_of_subscription,
     open_cases_to_retry,
+    paid_elsewhere,
     policy_of,
 )
 from worker.dunning.models import ActionKind, DunningCase, ScheduledAction
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
-from worker.dunning.transitions import apply, failure_event
+from worker.dunning.transitions import apply, case_failure_event
 from worker.ledger import history
 from worker.ledger.models import RecoveryMethod
 
@@ -111,7 +112,7 @@ def payment_failed(
     apply(
         session,
         case,
-        failure_event(
+        case_failure_event(
             session,
             case,
             decline,
@@ -158,9 +159,7 @@ def recovery_method(session: Session, case: DunningCase, *, now: datetime) -> Re
     ours = in_flight(session, case, ActionKind.RETRY_PAYMENT)
     if ours is not None and ours.claimed_at and now - ours.claimed_at < RECENT_CLAIM:
         return ours.recovery_method or RecoveryMethod.RETRY
-    if case.retries_mode == RetryMode.OBSERVE:
-        return RecoveryMethod.PROVIDER
-    return RecoveryMethod.CUSTOMER
+    return paid_elsewhere(case)
 
 
 def invoice_closed(

@@ -33,7 +33,7 @@ RECOVERED_EMAIL_MAX_AGE = timedelta(days=1)
 FAILURE_EVENTS = frozenset({E.PAYMENT_FAILED, E.PAYMENT_FAILED_HARD, E.ACTION_REQUIRED})
 
 
-def failure_event(
+def case_failure_event(
     session: Session, case: DunningCase, decline: Decline, policy: Policy, *, requires_action: bool
 ) -> DunningEvent:
     """The event a failed charge is for ``case`` (:func:`rules.failure_event`), unless it was
