@@ -4,16 +4,13 @@ the Stripe-compatible peer, through the official library and the real task body.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import stripe
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tests.support import stripe_events as ev
 from tests.support.paths import START
-from tests.support.pipeline import deliver
+from tests.support.pipeline import KEY, deliver, task_runtime
 from tests.support.worked_examples import case_of, invoice_failed
 from worker.clock import ManualClock
 from worker.config import Policy
@@ -21,20 +18,7 @@ from worker.dunning.actions import run_final_action
 from worker.dunning.models import ActionKind, ActionStatus
 from worker.dunning.models import ScheduledAction as Action
 from worker.dunning.state import DunningState
-from worker.runtime import Runtime
-from worker.settings import Secret, Settings
 from worker.sim.stripe_peer import INSUFFICIENT_FUNDS, SUCCEED, CardSpec, StripePeer
-
-KEY = "sk_test_final"
-
-
-@pytest.fixture
-def peer(manual_clock: ManualClock) -> Iterator[tuple[StripePeer, str]]:
-    manual_clock.set(START)
-    account = StripePeer(api_key=KEY, webhook_secret="whsec_final", clock=manual_clock.now)
-    with account.serve() as url:
-        yield account, url
-    account.close()
 
 
 def failed_case(session: Session, policy: Policy, account: StripePeer) -> tuple[str, str, int]:
@@ -56,14 +40,8 @@ def failed_case(session: Session, policy: Policy, account: StripePeer) -> tuple[
 
 
 def run(session: Session, policy: Policy, url: str, action_id: int) -> None:
-    session.commit()  # the task opens its own transactions
-    db = session.get_bind().url.render_as_string(hide_password=False)  # type: ignore[union-attr]
-    settings = Settings(database_url=db, stripe_api_key=Secret(KEY), stripe_api_base=url)
-    runtime = Runtime(settings, policy=policy)
-    try:
+    with task_runtime(session, policy, url) as runtime:
         run_final_action(runtime, action_id)
-    finally:
-        runtime.close()
 
 
 def test_a_customer_who_paid_during_a_backlog_is_not_cancelled(

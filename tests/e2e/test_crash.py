@@ -68,7 +68,7 @@ def test_killed_mid_charge_charges_once(stack_no_worker: Stack, tmp_path: Path) 
         peer.deliver_pending()
         (case,) = wait_for(stack.cases, what="the case")
         with stack.app.runtime.session() as session:
-            retry_now(session, case.id, now=clock.now())
+            retry_now(session, case.id, policy=stack.app.runtime.policy, now=clock.now())
         peer.reply_delay = 30.0  # charge, then keep the worker waiting for the answer
         stack.tick()
         wait_for(lambda: peer.charge_attempts(invoice_id) == 2, what="the charge")

@@ -22,7 +22,9 @@ from worker.sim.stripe_peer import DO_NOT_HONOR, INSUFFICIENT_FUNDS, SUCCEED, Ca
 
 def _retry_now(stack: Stack, case_id: int) -> str:
     with stack.app.runtime.session() as session:
-        return retry_now(session, case_id, now=clock.now()).idempotency_key
+        return retry_now(
+            session, case_id, policy=stack.app.runtime.policy, now=clock.now()
+        ).idempotency_key
 
 
 def test_failure_to_recovery(stack: Stack, manual_clock: clock.ManualClock) -> None:

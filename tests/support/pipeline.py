@@ -8,6 +8,8 @@ Stripe call.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import select
@@ -20,6 +22,8 @@ from worker.config import Policy
 from worker.dunning.actions import record_retry_result
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase
 from worker.dunning.models import ScheduledAction as Action
+from worker.runtime import Runtime
+from worker.settings import Secret, Settings
 from worker.webhooks.handlers import Context
 from worker.webhooks.inbox import store_event
 from worker.webhooks.models import InboxStatus
@@ -86,3 +90,20 @@ class RuntimeStub:
 
 def dunning_record(session: Session, policy: Policy, action_id: int, result: PaymentResult) -> None:
     record_retry_result(session, RuntimeStub(policy), action_id, result)  # type: ignore[arg-type]
+
+
+KEY = "sk_test_peer"  # the API key tests' Stripe peers accept (tests/dunning/conftest.py)
+
+
+@contextmanager
+def task_runtime(session: Session, policy: Policy, url: str) -> Iterator[Runtime]:
+    """A task's runtime on the test's database and the Stripe peer at ``url``: run a task
+    body with it (its own transactions, so the test's work is committed first)."""
+    session.commit()
+    db = session.get_bind().url.render_as_string(hide_password=False)  # type: ignore[union-attr]
+    settings = Settings(database_url=db, stripe_api_key=Secret(KEY), stripe_api_base=url)
+    runtime = Runtime(settings, policy=policy)
+    try:
+        yield runtime
+    finally:
+        runtime.close()

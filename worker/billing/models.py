@@ -93,6 +93,9 @@ class AttemptOutcome(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     ACTION_REQUIRED = "action_required"
+    # accepted, not settled (a bank debit): resolved in place when the provider reports the
+    # charge succeeded or failed; while pending it blocks further retries of its invoice
+    PROCESSING = "processing"
 
 
 class PaymentAttempt(Base):

@@ -164,18 +164,28 @@ def record_attempt(
     at: datetime,
     decline: Decline | None,
     action_id: int | None = None,
+    card: Card | None = None,
 ) -> PaymentAttempt:
-    """Record one charge attempt, or return the row already holding this charge."""
+    """Record one charge attempt, or return the row already holding this charge. ``card``:
+    the card charged, when the report (a success, a processing debit) names none. A report on
+    a payment still processing (a bank debit) settles that row in place: it is the same
+    attempt, and its outcome counts once, when it is known."""
     charge_id = decline.charge_id if decline else None
+    known = None
     if charge_id is not None:
         known = session.scalar(select(PaymentAttempt).where(PaymentAttempt.charge_id == charge_id))
-        if known is not None:
-            if known.invoice_id is None and invoice is not None:
-                known.invoice_id = invoice.id
-            if action_id is not None:  # our own call reported it: it was our attempt
-                known.action_id, known.source = action_id, AttemptSource.OURS
-            return known
-    card = decline.card if decline else None
+    if known is None and invoice is not None and outcome is not AttemptOutcome.PROCESSING:
+        known = pending_attempt(session, invoice.id)  # the provider can run one at a time
+    if known is not None:
+        if known.invoice_id is None and invoice is not None:
+            known.invoice_id = invoice.id
+        if action_id is not None:  # our own call reported it: it was our attempt
+            known.action_id, known.source = action_id, AttemptSource.OURS
+        if known.outcome is AttemptOutcome.PROCESSING and outcome is not known.outcome:
+            known.outcome = outcome
+            if decline is not None:
+                _set_decline(known, decline)
+        return known
     attempt = PaymentAttempt(
         invoice_id=invoice.id if invoice else None,
         action_id=action_id,
@@ -184,22 +194,43 @@ def record_attempt(
         occurred_at=at,
         amount=invoice.amount_due if invoice else None,
         currency=invoice.currency if invoice else None,
-        charge_id=charge_id,
-        payment_intent_id=decline.payment_intent_id if decline else None,
-        code=decline.code if decline else None,
-        decline_code=decline.decline_code if decline else None,
-        advice_code=decline.advice_code if decline else None,
-        network_decline_code=decline.network_decline_code if decline else None,
-        network_advice_code=decline.network_advice_code if decline else None,
-        outcome_type=decline.outcome_type if decline else None,
-        outcome_reason=decline.outcome_reason if decline else None,
-        card_brand=card.brand if card else None,
-        card_fingerprint=card.fingerprint if card else None,
-        payment_method_id=card.payment_method_id if card else None,
     )
+    if decline is not None:
+        _set_decline(attempt, decline)
+    if card is not None and attempt.payment_method_id is None:  # the card we charged
+        _set_card(attempt, card)
     session.add(attempt)
     session.flush()
     return attempt
+
+
+def _set_decline(attempt: PaymentAttempt, decline: Decline) -> None:
+    """The charge, decline signals and card a report carries."""
+    attempt.charge_id = decline.charge_id or attempt.charge_id
+    attempt.payment_intent_id = decline.payment_intent_id or attempt.payment_intent_id
+    attempt.code, attempt.decline_code = decline.code, decline.decline_code
+    attempt.advice_code = decline.advice_code
+    attempt.network_decline_code = decline.network_decline_code
+    attempt.network_advice_code = decline.network_advice_code
+    attempt.outcome_type, attempt.outcome_reason = decline.outcome_type, decline.outcome_reason
+    if decline.card is not None:
+        _set_card(attempt, decline.card)
+
+
+def _set_card(attempt: PaymentAttempt, card: Card) -> None:
+    attempt.card_brand = card.brand or attempt.card_brand
+    attempt.card_fingerprint = card.fingerprint or attempt.card_fingerprint
+    attempt.payment_method_id = card.payment_method_id or attempt.payment_method_id
+
+
+def pending_attempt(session: Session, invoice_id: int) -> PaymentAttempt | None:
+    """The invoice's payment the provider accepted and has not settled (a bank debit)."""
+    return session.scalar(
+        select(PaymentAttempt).where(
+            PaymentAttempt.invoice_id == invoice_id,
+            PaymentAttempt.outcome == AttemptOutcome.PROCESSING,
+        )
+    )
 
 
 def count_once(attempt: PaymentAttempt) -> bool:

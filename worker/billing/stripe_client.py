@@ -58,6 +58,9 @@ class PaymentResult:
     decline: Decline | None = None
     requires_action: bool = False  # the customer must authenticate (3DS)
     already_paid: bool = False  # paid before our attempt (by the customer or the provider)
+    # Accepted but not settled (a bank debit: ACH, SEPA, BACS): the invoice stays open until
+    # the provider reports it paid or failed. Neither a recovery nor a decline yet.
+    processing: bool = False
 
 
 def _header(exc: stripe.StripeError, name: str) -> str | None:
@@ -135,7 +138,7 @@ class StripeGateway:
     def pay_invoice(self, invoice_id: str, *, idempotency_key: str) -> PaymentResult:
         options: Any = {"idempotency_key": idempotency_key}
         try:
-            self._call(lambda: self._client.v1.invoices.pay(invoice_id, options=options))
+            invoice = self._call(lambda: self._client.v1.invoices.pay(invoice_id, options=options))
         except stripe.CardError as exc:
             body = exc.json_body if isinstance(exc.json_body, dict) else {}
             error = body.get("error") or {}
@@ -151,6 +154,8 @@ class StripeGateway:
             if "already paid" in str(exc).lower():
                 return PaymentResult(succeeded=True, already_paid=True)
             raise
+        if _as_dict(invoice).get("status") != "paid":  # 200 with the PaymentIntent processing
+            return PaymentResult(succeeded=False, processing=True)
         return PaymentResult(succeeded=True)
 
     def cancel_subscription(self, subscription_id: str, *, idempotency_key: str) -> None:

@@ -66,17 +66,20 @@ def cases_show(case_id: int, as_json: bool) -> None:
 @click.argument("case_id", type=int)
 @one_line_errors
 def cases_retry_now(case_id: int) -> None:
-    """Plan an immediate retry through the normal path (the scheduler runs it)."""
+    """Plan an immediate retry through the normal path (the scheduler runs it). Skips our
+    schedule and minimum gap, never a network rule (budget, MAC wait, "never retry")."""
     from worker import clock
     from worker.dunning.operations import CaseNotRetryableError, retry_now
 
     runtime = runtime_or_exit(settings_or_exit())
     try:
         with runtime.session() as session:
-            action = retry_now(session, case_id, now=clock.now())
-            key = action.idempotency_key
+            now = clock.now()
+            action = retry_now(session, case_id, policy=runtime.policy, now=now)
+            key, due_at, reason = action.idempotency_key, action.due_at, action.reason
     except LookupError:
         raise BadInput(f"no dunning case {case_id}") from None
     except CaseNotRetryableError as exc:
         raise BadInput(str(exc)) from None
-    click.echo(f"case {case_id}: retry planned now (idempotency key {key})")
+    when = "now" if due_at <= now else f"for {due_at:%Y-%m-%d %H:%M} UTC ({reason})"
+    click.echo(f"case {case_id}: retry planned {when} (idempotency key {key})")

@@ -10,14 +10,24 @@ meanwhile. The provider call itself is made idempotent by the action's key.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import clock
 from worker.billing import service as billing
-from worker.billing.models import AttemptOutcome, AttemptSource, Invoice, Subscription
+from worker.billing.models import (
+    AttemptOutcome,
+    AttemptSource,
+    Invoice,
+    PaymentAttempt,
+    Subscription,
+)
 from worker.billing.stripe_client import PaymentResult, ProviderError
-from worker.dunning import emails
+from worker.config import Policy
+from worker.dunning import emails, planning
+from worker.dunning.cards import charged_card, lock_cards
 from worker.dunning.cases import lock_case, paid_elsewhere, policy_of
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
@@ -30,6 +40,9 @@ from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
 _RUNNABLE = frozenset({ActionStatus.PLANNED, ActionStatus.CLAIMED})
+# How long an email or final action waits before looking again at a payment still processing
+# (bank debits settle in days).
+PROCESSING_RECHECK = timedelta(days=1)
 
 
 def _still_wanted(session: Session, action_id: int) -> ScheduledAction | None:
@@ -45,6 +58,21 @@ def _still_wanted(session: Session, action_id: int) -> ScheduledAction | None:
         # "paused" is the note a resume looks for to put the action back.
         note = "paused" if case.state is DunningState.PAUSED else f"case {case.state.value}"
         _finish(action, ActionStatus.CANCELLED, note)
+        return None
+    if (
+        case is not None
+        and case.state not in TERMINAL
+        and billing.pending_attempt(session, case.invoice_id)
+    ):
+        # A payment is settling (a bank debit): no other charge, and no dunning email or
+        # final action while it may still succeed. A retry waits for the outcome to be
+        # planned again; the rest looks again later.
+        if action.kind is ActionKind.RETRY_PAYMENT:
+            _finish(action, ActionStatus.CANCELLED, "a payment is processing")
+        else:
+            action.status, action.claims = ActionStatus.PLANNED, 0
+            action.due_at = clock.now() + PROCESSING_RECHECK
+            action.note = "waiting: a payment is processing"
         return None
     return action
 
@@ -64,13 +92,24 @@ def _give_up(runtime: Runtime, action_id: int, note: str) -> None:
 
 def run_retry(runtime: Runtime, action_id: int) -> None:
     with runtime.session() as session:
+        owner = session.execute(
+            select(ScheduledAction.case_id, ScheduledAction.customer_id).where(
+                ScheduledAction.id == action_id
+            )
+        ).first()
+        if owner is None or owner.case_id is None:
+            return
+        # Locks in the order every writer takes them: case, customer (its cards), action.
+        case = lock_case(session, owner.case_id)
+        lock_cards(session, owner.customer_id)
         action = _still_wanted(session, action_id)
         if action is None:
             return
+        policy = policy_of(session, case, runtime.policy)
+        if not planning.clear_to_charge(session, case, action, policy=policy, now=clock.now()):
+            return
         key = action.idempotency_key
-        invoice_ref = session.get_one(
-            Invoice, session.get_one(DunningCase, action.case_id).invoice_id
-        ).provider_id
+        invoice_ref = session.get_one(Invoice, case.invoice_id).provider_id
     gateway = runtime.gateway
     if gateway is None:
         _give_up(runtime, action_id, "STRIPE_API_KEY is not set: cannot retry payments")
@@ -113,15 +152,7 @@ def record_retry_result(
         # Paid now, whatever webhooks still in flight say (a late failure must not count).
         invoice.status, invoice.amount_paid = "paid", invoice.amount_due
         if not result.already_paid:  # our charge went through: one attempt on the card
-            billing.record_attempt(
-                session,
-                invoice=invoice,
-                source=AttemptSource.OURS,
-                outcome=AttemptOutcome.SUCCEEDED,
-                at=now,
-                decline=None,
-                action_id=action.id,
-            ).counted = True
+            our_charge(session, case, action, AttemptOutcome.SUCCEEDED, now=now).counted = True
         apply(
             session,
             case,
@@ -133,6 +164,9 @@ def record_retry_result(
             reason="our retry succeeded",
         )
         _finish(action, ActionStatus.DONE, "paid")
+        return
+    if result.processing:
+        _processing(session, case, action, policy=policy, now=now)
         return
     decline = result.decline
     assert decline is not None  # noqa: S101 - a failed PaymentResult always carries one
@@ -160,6 +194,55 @@ def record_retry_result(
             decline=decline,
             source=action.idempotency_key,
             reason=f"our retry declined: {decline.reason or 'unknown'}",
+        )
+
+
+def our_charge(
+    session: Session,
+    case: DunningCase,
+    action: ScheduledAction,
+    outcome: AttemptOutcome,
+    *,
+    now: datetime,
+) -> PaymentAttempt:
+    """Record our retry's charge that the provider answered without a decline (paid, or
+    processing) on the card it charged."""
+    return billing.record_attempt(
+        session,
+        invoice=session.get_one(Invoice, case.invoice_id),
+        source=AttemptSource.OURS,
+        outcome=outcome,
+        at=now,
+        decline=None,
+        action_id=action.id,
+        card=charged_card(session, case),
+    )
+
+
+def _processing(
+    session: Session,
+    case: DunningCase,
+    action: ScheduledAction,
+    *,
+    policy: Policy,
+    now: datetime,
+) -> None:
+    """The provider accepted our retry's charge and has not settled it (a bank debit): not a
+    recovery, not a decline. The attempt stays pending until ``invoice.paid`` or a failure
+    settles it; nothing else is tried meanwhile."""
+    _finish(action, ActionStatus.DONE, "processing: accepted, not settled yet")
+    if session.scalar(select(PaymentAttempt.id).where(PaymentAttempt.action_id == action.id)):
+        return  # the provider's report on this very charge was processed first
+    our_charge(session, case, action, AttemptOutcome.PROCESSING, now=now)
+    if case.state not in TERMINAL:
+        apply(
+            session,
+            case,
+            DunningEvent.PAYMENT_PROCESSING,
+            policy=policy,
+            now=now,
+            source=action.idempotency_key,
+            reason="our retry was accepted and is processing (bank debit)",
         )
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, and_, false, or_, select
 from sqlalchemy.orm import Session
 
+from worker.billing.domain import Card
 from worker.billing.models import (
     AttemptOutcome,
+    Customer,
     Invoice,
     PaymentAttempt,
     PaymentMethod,
@@ -24,6 +26,46 @@ from worker.config import Policy
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.dunning.rules import CardHistory, card_block
 from worker.dunning.state import TERMINAL
+
+
+def lock_cards(session: Session, customer_id: int) -> None:
+    """The per-card lock the check right before a charge holds: a card belongs to one
+    customer at the provider, so the customer's row locks all of its cards (PostgreSQL: FOR
+    NO KEY UPDATE, which leaves the row's key free for inserts that reference it; SQLite: the
+    transaction already holds the database write lock). Take it after the case row, before
+    any action row."""
+    session.execute(
+        select(Customer.id).where(Customer.id == customer_id).with_for_update(key_share=True)
+    )
+
+
+def charged_card(session: Session, case: DunningCase) -> Card | None:
+    """The card a retry of ``case`` charges, as far as we know: the customer's default (what
+    the provider charges), else the card the invoice was last tried on; None if neither."""
+    default = session.scalar(
+        select(Customer.default_payment_method_id).where(Customer.id == case.customer_id)
+    )
+    if default is not None:
+        return Card(payment_method_id=default)
+    last = _last_tried(session, case.invoice_id)
+    if last is None:
+        return None
+    return Card(last.payment_method_id, last.card_brand, fingerprint=last.card_fingerprint)
+
+
+def _last_tried(session: Session, invoice_id: int) -> PaymentAttempt | None:
+    """The invoice's latest attempt that names its card."""
+    return session.scalars(
+        select(PaymentAttempt)
+        .where(
+            PaymentAttempt.invoice_id == invoice_id,
+            or_(
+                PaymentAttempt.card_fingerprint.is_not(None),
+                PaymentAttempt.payment_method_id.is_not(None),
+            ),
+        )
+        .order_by(PaymentAttempt.occurred_at.desc(), PaymentAttempt.id.desc())
+    ).first()
 
 
 def card_history(
@@ -40,17 +82,7 @@ def card_history(
     newest = (PaymentAttempt.occurred_at.desc(), PaymentAttempt.id.desc())
     fingerprints: set[str | None] = set()
     if payment_method_id is None:
-        last_tried = session.scalars(
-            select(PaymentAttempt)
-            .where(
-                PaymentAttempt.invoice_id == invoice.id,
-                or_(
-                    PaymentAttempt.card_fingerprint.is_not(None),
-                    PaymentAttempt.payment_method_id.is_not(None),
-                ),
-            )
-            .order_by(*newest)
-        ).first()
+        last_tried = _last_tried(session, invoice.id)
         if last_tried is not None:
             fingerprints.add(last_tried.card_fingerprint)
             payment_method_id = last_tried.payment_method_id
@@ -81,7 +113,8 @@ def card_history(
     known_card = bool(fingerprints) or payment_method_id is not None
     blocked = _block(session, same_card, policy) if known_card else None
     reserved = _reserved(session, same_card, invoice) if known_card else ()
-    declines = [a for a in attempts if a.outcome is not AttemptOutcome.SUCCEEDED]
+    unsettled = (AttemptOutcome.SUCCEEDED, AttemptOutcome.PROCESSING)
+    declines = [a for a in attempts if a.outcome not in unsettled]
     if fingerprints or payment_method_id is not None:
         last_decline = next(iter(declines), None)
     else:  # no card facts at all: the invoice's own latest decline still carries its advice
@@ -108,31 +141,45 @@ def card_history(
 def _reserved(
     session: Session, same_card: list[ColumnElement[bool]], invoice: Invoice
 ) -> tuple[datetime, ...]:
-    """When the retries of older open invoices tried on this card will run (planned) or ran
-    (running): the newer invoice yields, so two never meet and the oldest goes first."""
-    mine = session.scalar(select(DunningCase).where(DunningCase.invoice_id == invoice.id))
-    if mine is None:
-        return ()
+    """Other invoices' retries on this card that count as attempts already: charges going
+    through right now (whatever their invoice), and the retries of older open invoices,
+    planned or running, so the newer invoice yields, two never meet, and the oldest goes
+    first."""
     on_card = select(PaymentAttempt.invoice_id).where(or_(*same_card))
-    older = or_(
-        DunningCase.opened_at < mine.opened_at,
-        and_(DunningCase.opened_at == mine.opened_at, DunningCase.id < mine.id),
+    charging = and_(
+        ScheduledAction.status == ActionStatus.CLAIMED, ScheduledAction.charging_at.is_not(None)
+    )
+    mine = session.scalar(select(DunningCase).where(DunningCase.invoice_id == invoice.id))
+    waiting = (
+        and_(
+            ScheduledAction.status.in_([ActionStatus.PLANNED, ActionStatus.CLAIMED]),
+            DunningCase.state.not_in(TERMINAL),
+            or_(
+                DunningCase.opened_at < mine.opened_at,
+                and_(DunningCase.opened_at == mine.opened_at, DunningCase.id < mine.id),
+            ),
+        )
+        if mine is not None
+        else false()
     )
     rows = session.execute(
-        select(ScheduledAction.status, ScheduledAction.due_at, ScheduledAction.claimed_at)
+        select(
+            ScheduledAction.status,
+            ScheduledAction.due_at,
+            ScheduledAction.claimed_at,
+            ScheduledAction.charging_at,
+        )
         .join(DunningCase, DunningCase.id == ScheduledAction.case_id)
         .where(
             ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
-            ScheduledAction.status.in_([ActionStatus.PLANNED, ActionStatus.CLAIMED]),
             DunningCase.invoice_id != invoice.id,
             DunningCase.invoice_id.in_(on_card),
-            DunningCase.state.not_in(TERMINAL),
-            older,
+            or_(charging, waiting),
         )
     )
     return tuple(
-        (claimed_at or due_at) if status is ActionStatus.CLAIMED else due_at
-        for status, due_at, claimed_at in rows
+        charging_at or ((claimed_at or due_at) if status is ActionStatus.CLAIMED else due_at)
+        for status, due_at, claimed_at, charging_at in rows
     )
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from worker.config import DeclineClass, RetryMode
@@ -98,4 +98,10 @@ class ScheduledAction(Base):
     created_at: Mapped[datetime]
     claimed_at: Mapped[datetime | None]
     claims: Mapped[int] = mapped_column(default=0)  # hand-outs; bounded by the scheduler
+    # retry_payment only: when the check right before the charge let it go (every other check
+    # on the card counts it as an attempt until its result is recorded) ...
+    charging_at: Mapped[datetime | None]
+    # ... and whether ops asked for it now, which waives our own spacing (the minimum gap, the
+    # gap to the provider's retry), never a network rule.
+    ops_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
     finished_at: Mapped[datetime | None]

@@ -18,7 +18,7 @@ from worker.billing import service as billing
 from worker.billing.domain import Card, Decline
 from worker.billing.models import AttemptOutcome, AttemptSource, Customer, Invoice, Subscription
 from worker.config import Policy, RetryMode
-from worker.dunning import emails, planning
+from worker.dunning import emails, planning, rules
 from worker.dunning.cases import (
     SMART_RETRIES_ON,
     case_for_invoice,
@@ -138,6 +138,10 @@ def invoice_paid(
     now: datetime,
 ) -> None:
     case = case_for_invoice(session, invoice)
+    method = recovery_method(session, case, now=now) if case is not None else None
+    settled = billing.pending_attempt(session, invoice.id)
+    if settled is not None:  # the debit that was processing went through
+        settled.outcome, settled.counted = AttemptOutcome.SUCCEEDED, True
     if case is None:
         return
     apply(
@@ -147,7 +151,7 @@ def invoice_paid(
         policy=policy,
         now=now,
         source=source,
-        method=recovery_method(session, case, now=now),
+        method=method,
         reason=reason,
         occurred_at=occurred_at,
     )
@@ -155,9 +159,13 @@ def invoice_paid(
 
 def recovery_method(session: Session, case: DunningCase, *, now: datetime) -> RecoveryMethod:
     """How a case got paid: our retry (one running right now, scheduled or prompted by a card
-    update), the provider's retry, or the customer."""
+    update, or one whose bank debit was processing), the provider's retry, or the customer."""
     ours = in_flight(session, case, ActionKind.RETRY_PAYMENT)
     if ours is not None and ours.claimed_at and now - ours.claimed_at < RECENT_CLAIM:
+        return ours.recovery_method or RecoveryMethod.RETRY
+    settling = billing.pending_attempt(session, case.invoice_id)
+    if settling is not None and settling.action_id is not None:
+        ours = session.get_one(ScheduledAction, settling.action_id)
         return ours.recovery_method or RecoveryMethod.RETRY
     return paid_elsewhere(case)
 
@@ -263,8 +271,12 @@ class CaseNotRetryableError(ValueError):
     pass
 
 
-def retry_now(session: Session, case_id: int, *, now: datetime) -> ScheduledAction:
-    """Ops: plan an immediate retry through the normal path (own key, own records)."""
+def retry_now(session: Session, case_id: int, *, policy: Policy, now: datetime) -> ScheduledAction:
+    """Ops: plan an immediate retry through the normal path (own key, own records). It skips
+    the schedule and our own spacing, never a network rule: a card out of budget or under a
+    MAC wait gets it at the first compliant time if that is within a day, else (and for a
+    card that must never be retried) not at all (:class:`CaseNotRetryableError`). The
+    window is ours to waive too: ops may retry a case whose window has passed."""
     case = lock_case(session, case_id)
     if case.state in TERMINAL or case.state is DunningState.PAUSED:
         msg = f"case {case_id} is {case.state.value}: nothing to retry"
@@ -272,7 +284,15 @@ def retry_now(session: Session, case_id: int, *, now: datetime) -> ScheduledActi
     if case.retries_mode != RetryMode.OWN:
         msg = f"case {case_id} is in observe mode: the provider retries it, we never do"
         raise CaseNotRetryableError(msg)
+    if billing.pending_attempt(session, case.invoice_id):
+        msg = f"case {case_id}: a payment is processing (bank debit); wait for its outcome"
+        raise CaseNotRetryableError(msg)
     planning.cancel(
         session, case, note="replaced by ops retry-now", kinds=(ActionKind.RETRY_PAYMENT,)
     )
-    return planning.plan_retry(session, case, due_at=now, reason="ops: retry now", now=now)
+    planned = planning.plan_ops_retry(
+        session, case, policy=policy_of(session, case, policy), now=now
+    )
+    if isinstance(planned, rules.DroppedRetry):
+        raise CaseNotRetryableError(f"case {case_id}: {planned.reason}")
+    return planned

@@ -8,15 +8,16 @@ comes from the rules (:mod:`worker.dunning.rules`). Nothing here calls Stripe or
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from worker.billing.models import Customer, Invoice
+from worker.billing.service import pending_attempt
 from worker.config import DeclineClass, Policy, RetryMode
 from worker.dunning import rules
-from worker.dunning.cards import card_history
+from worker.dunning.cards import card_history, charged_card
 from worker.dunning.cases import customer_timezone, retries_done
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.dunning.state import DunningEvent
@@ -25,6 +26,8 @@ from worker.ledger.models import RecoveryMethod
 # What a successful prompt retry counts as, by who updated the card (metrics.md: "customer
 # updated card through our link" vs "card updated by the network then retried").
 PROMPT_RETRY_METHODS = (RecoveryMethod.CARD_UPDATE, RecoveryMethod.NETWORK_UPDATE)
+# How far a network rule may push a retry ops asked for now; later than that it is refused.
+OPS_RETRY_HORIZON = timedelta(days=1)
 _PROMPT_KEY_TAG = {
     RecoveryMethod.CARD_UPDATE: "card-update",
     RecoveryMethod.NETWORK_UPDATE: "network-update",
@@ -96,6 +99,28 @@ def plan_retry(
     )
 
 
+def plan_ops_retry(
+    session: Session, case: DunningCase, *, policy: Policy, now: datetime
+) -> ScheduledAction | rules.DroppedRetry:
+    """The retry ops asked for now (see :func:`worker.dunning.operations.retry_now`), or why
+    a network rule leaves it no time within :data:`OPS_RETRY_HORIZON`."""
+    invoice = session.get_one(Invoice, case.invoice_id)
+    decision = rules.network_compliant(
+        policy,
+        now,
+        "ops: retry now",
+        card_history(session, invoice, now=now, policy=policy),
+        amount=invoice.amount_due,
+        window_ends_at=now + OPS_RETRY_HORIZON,  # even a case whose window is over
+        own_spacing=False,
+    )
+    if isinstance(decision, rules.DroppedRetry):
+        return decision
+    action = plan_retry(session, case, due_at=decision.at, reason=decision.reason, now=now)
+    action.ops_requested = True
+    return action
+
+
 def plan_cadence(
     session: Session, case: DunningCase, event: DunningEvent, *, policy: Policy, now: datetime
 ) -> None:
@@ -133,6 +158,8 @@ def plan_cadence(
 
 
 def plan_next_retry(session: Session, case: DunningCase, *, policy: Policy, now: datetime) -> None:
+    if pending_attempt(session, case.invoice_id):
+        return  # a payment is settling: its failure, if it fails, plans the next one
     invoice = session.get_one(Invoice, case.invoice_id)
     decision = rules.next_retry(
         policy,
@@ -161,9 +188,10 @@ def plan_card_update_retry(
 ) -> None:
     """Exactly one prompt retry per card update, within the new card's network budget. A
     retry already planned or running for an earlier update covers this one too: the charge
-    uses the default card when it runs. ``by_network``: the card network renewed the card
+    uses the default card when it runs; so does a payment still settling (a bank debit).
+    ``by_network``: the card network renewed the card
     (else the customer changed it); ``source`` is the provider event that told us."""
-    if prompt_retry_pending(session, case):
+    if prompt_retry_pending(session, case) or pending_attempt(session, case.invoice_id):
         return
     cancel(session, case, note="a card update replaces it", kinds=(ActionKind.RETRY_PAYMENT,))
     invoice = session.get_one(Invoice, case.invoice_id)
@@ -182,6 +210,46 @@ def plan_card_update_retry(
     _plan_decision(
         session, case, decision, now=now, key=key, dropped_key=key, recovery_method=method
     )
+
+
+def clear_to_charge(
+    session: Session, case: DunningCase, action: ScheduledAction, *, policy: Policy, now: datetime
+) -> bool:
+    """The card's rules checked again right before a retry's charge, under the card's lock:
+    since it was planned, another invoice's retry, the provider or the customer may have used
+    the card. True: charge now (every other check on the card counts this charge from here
+    on). False: the retry moved to the first compliant time, or was dropped when none fits in
+    the window; its note says which rule and why. The caller holds the card's lock
+    (:func:`worker.dunning.cards.lock_cards`) until the charge is marked."""
+    invoice = session.get_one(Invoice, case.invoice_id)
+    card = charged_card(session, case)
+    decision = rules.network_compliant(
+        policy,
+        now,
+        "right before the charge",
+        card_history(
+            session,
+            invoice,
+            now=now,
+            policy=policy,
+            payment_method_id=card.payment_method_id if card else None,
+        ),
+        amount=invoice.amount_due,
+        window_ends_at=(
+            action.created_at + OPS_RETRY_HORIZON if action.ops_requested else case.window_ends_at
+        ),
+        own_spacing=not action.ops_requested,
+    )
+    if isinstance(decision, rules.PlannedRetry) and decision.at <= now:
+        action.charging_at = now
+        return True
+    if isinstance(decision, rules.PlannedRetry):  # a new plan: its hand-outs count afresh
+        action.status, action.due_at, action.claims = ActionStatus.PLANNED, decision.at, 0
+        action.reason = f"{action.reason}; {decision.reason}"  # the timeline shows both
+    else:
+        action.status, action.finished_at = ActionStatus.CANCELLED, now
+        action.note = f"network rule: {decision.reason}"
+    return False
 
 
 def prompt_retry_pending(session: Session, case: DunningCase) -> bool:

@@ -160,7 +160,7 @@ def next_retry(
         return None
     for at, reason in _schedule(policy, cls, opened_at, window_ends_at, zone):
         if at > now and at < window_ends_at:
-            return _network_compliant(
+            return network_compliant(
                 policy,
                 at,
                 reason,
@@ -181,7 +181,7 @@ def prompt_retry(
 ) -> PlannedRetry | DroppedRetry:
     """The one prompt retry a card update earns: now, unless the card's network budget, a
     MAC wait or the minimum gap says later (or, past the window, not at all)."""
-    return _network_compliant(
+    return network_compliant(
         policy,
         now,
         "card updated: one prompt retry",
@@ -264,7 +264,7 @@ def _is_payday(day: date, rule: str) -> bool:
     return day.strftime("%A").lower() == rule
 
 
-def _network_compliant(
+def network_compliant(
     policy: Policy,
     at: datetime,
     reason: str,
@@ -272,7 +272,13 @@ def _network_compliant(
     *,
     amount: int | None,
     window_ends_at: datetime,
+    own_spacing: bool = True,
 ) -> PlannedRetry | DroppedRetry:
+    """``at``, or the first later time at which a charge on the card keeps every network rule
+    ("never retry", MAC waits, budgets) and our own spacing (the minimum gap to any attempt on
+    the card, the gap to the provider's next retry); dropped when that is past the window.
+    ``own_spacing=False`` (ops asked for this retry) waives our spacing, never a network rule.
+    Planning and the check right before the charge both call this."""
     notes = []
     if card.blocked is not None and at < card.blocked[0]:
         until, why = card.blocked
@@ -285,22 +291,21 @@ def _network_compliant(
         at = card.last_declined_at + wait
         notes.append(f"MAC {card.network_advice_code}: not before +{_human(wait)}")
     gap = timedelta(hours=policy.retries.min_gap_hours)
-    if card.last_attempt_at and at < card.last_attempt_at + gap:
+    if own_spacing and card.last_attempt_at and at < card.last_attempt_at + gap:
         at = card.last_attempt_at + gap
         notes.append(f"minimum gap {policy.retries.min_gap_hours:g} h on this card")
     for _ in range(64):  # each move only goes later; a handful settles it
         moved = (
-            _clear_of_provider(policy, at, card)
-            or _clear_of_reserved(policy, at, card)
-            or _budget_move(policy, at, card, amount)
-        )
+            own_spacing
+            and (_clear_of_provider(policy, at, card) or _clear_of_reserved(policy, at, card))
+        ) or _budget_move(policy, at, card, amount)
         if moved is None:
             break
         at, note = moved
         if note not in notes:
             notes.append(note)
     if at >= window_ends_at:
-        return DroppedRetry(f"{reason}: dropped, {'; '.join(notes)} (past the window)")
+        return DroppedRetry(f"{reason}: dropped, {'; '.join([*notes, 'past the window'])}")
     return PlannedRetry(at, reason + (f"; moved: {'; '.join(notes)}" if notes else ""))
 
 

@@ -33,6 +33,9 @@ class DunningEvent(StrEnum):
     # a decline on a card the customer has replaced since: the new card's retry stands
     REPLACED_CARD_DECLINED = "replaced_card_declined"
     PAYMENT_SUCCEEDED = "payment_succeeded"
+    # a charge the provider accepted and has not settled (a bank debit): nothing else is
+    # tried until it ends in payment_succeeded or a failure
+    PAYMENT_PROCESSING = "payment_processing"
     PAYMENT_METHOD_UPDATED = "payment_method_updated"
     RETRY_DUE = "retry_due"  # a planned retry starts
     WINDOW_EXPIRED = "window_expired"  # the final action was taken
@@ -70,6 +73,7 @@ TRANSITIONS: Mapping[tuple[DunningState, DunningEvent], DunningState] = {
     (S.OPEN, E.RETRY_DUE): S.RETRYING,  # ops retry-now on a fresh case
     (S.OPEN, E.OPS_RESUME): S.OPEN,  # nothing paused: a no-op
     (S.OPEN, E.REPLACED_CARD_DECLINED): S.OPEN,  # recorded on that card; nothing changes
+    (S.OPEN, E.PAYMENT_PROCESSING): S.RETRYING,  # ops retry-now on a fresh case, pending
     # retrying
     **{(S.RETRYING, e): s for e, s in _ACTIVE_COMMON.items()},
     # (retrying, payment_failed) -> retrying: another soft decline, the next retry is planned.
@@ -77,6 +81,7 @@ TRANSITIONS: Mapping[tuple[DunningState, DunningEvent], DunningState] = {
     (S.RETRYING, E.RETRY_DUE): S.RETRYING,  # the planned retry runs
     (S.RETRYING, E.OPS_RESUME): S.RETRYING,  # duplicate resume: a no-op
     (S.RETRYING, E.REPLACED_CARD_DECLINED): S.RETRYING,  # the new card's retry stands
+    (S.RETRYING, E.PAYMENT_PROCESSING): S.RETRYING,  # our retry is settling: wait for it
     # awaiting_customer: no blind retries until the customer (or the network updater) acts.
     **{(S.AWAITING_CUSTOMER, e): s for e, s in _ACTIVE_COMMON.items()},
     # (awaiting_customer, payment_failed_hard|action_required) -> itself: repeated news.
@@ -84,12 +89,14 @@ TRANSITIONS: Mapping[tuple[DunningState, DunningEvent], DunningState] = {
     (S.AWAITING_CUSTOMER, E.RETRY_DUE): S.AWAITING_CUSTOMER,  # ops retry-now: still waiting
     (S.AWAITING_CUSTOMER, E.OPS_RESUME): S.AWAITING_CUSTOMER,  # duplicate resume: a no-op
     (S.AWAITING_CUSTOMER, E.REPLACED_CARD_DECLINED): S.AWAITING_CUSTOMER,
+    (S.AWAITING_CUSTOMER, E.PAYMENT_PROCESSING): S.AWAITING_CUSTOMER,  # ops retry, settling
     # paused: facts are recorded, nothing is planned; only success or closing ends it.
     (S.PAUSED, E.PAYMENT_FAILED): S.PAUSED,  # recorded (e.g. provider retry), not acted on
     (S.PAUSED, E.PAYMENT_FAILED_HARD): S.PAUSED,
     (S.PAUSED, E.ACTION_REQUIRED): S.PAUSED,
     (S.PAUSED, E.REPLACED_CARD_DECLINED): S.PAUSED,
     (S.PAUSED, E.PAYMENT_SUCCEEDED): S.RECOVERED,
+    (S.PAUSED, E.PAYMENT_PROCESSING): S.PAUSED,  # a retry claimed just before the pause
     (S.PAUSED, E.PAYMENT_METHOD_UPDATED): S.PAUSED,  # remembered; resume retries it
     (S.PAUSED, E.RETRY_DUE): S.PAUSED,  # a retry claimed just before the pause: skipped
     (S.PAUSED, E.WINDOW_EXPIRED): S.PAUSED,  # the window waits for ops

@@ -136,6 +136,10 @@ def _effects(
         planning.resume(session, case, policy=policy, now=now)
     elif new is S.PAUSED:
         return  # facts are recorded; nothing is planned while ops hold the case
+    elif event is E.PAYMENT_PROCESSING:
+        planning.cancel(
+            session, case, note="a payment is processing", kinds=(ActionKind.RETRY_PAYMENT,)
+        )
     elif event in FAILURE_EVENTS:
         if old is S.OPEN:
             planning.plan_cadence(session, case, event, policy=policy, now=now)

@@ -160,7 +160,7 @@ class ApiHandlers(Billing):
                 param="payment_method",
             )
         outcome = self._attempt(inv, pm_id, automatic=False)
-        if outcome == "paid":
+        if outcome in ("paid", "processing"):  # a bank debit: 200, the invoice still open
             return self._render(inv, ctx)
         pi = self._objs[inv["payment_intent"]]
         error = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.sim import stripe_objects as so
-from worker.sim.stripe_specs import CardSpec, CouponSpec, Decline, card_script
+from worker.sim.stripe_specs import PROCESSING, CardSpec, CouponSpec, Decline, card_script
 from worker.sim.stripe_webhooks import Webhooks
 
 
@@ -132,7 +132,7 @@ class Billing(Webhooks):
     # ---------------------------------------------------------------------------- payments
 
     def _attempt(self, inv: dict[str, Any], pm_id: str, *, automatic: bool) -> str:
-        """One charge attempt: "paid", "declined" or "action_required"."""
+        """One charge attempt: "paid", "declined", "action_required" or "processing"."""
         outcome = self._scripts[pm_id].next()
         self._attempts[inv["id"]] += 1
         pi = self._payment_intent_for(inv, pm_id)
@@ -140,9 +140,47 @@ class Billing(Webhooks):
         if automatic or inv["attempt_count"] == 0:
             inv["attempt_count"] += 1
         pm = self._objs[pm_id]
+        if outcome == PROCESSING:
+            ch = self._store(
+                so.charge(ch_id=so.new_id("ch"), pi=pi, pm=pm, created=self._now(), decline=None)
+            )
+            ch.update(status="pending", paid=False, captured=False, amount_captured=0)
+            pi.update(
+                status="processing",
+                latest_charge=ch["id"],
+                last_payment_error=None,
+                next_action=None,
+            )
+            inv["charge"] = ch["id"]  # the invoice stays open until the bank settles
+            self._emit("charge.pending", ch)
+            self._emit("payment_intent.processing", pi)
+            return "processing"
         if not isinstance(outcome, Decline):
             self._settle_paid(inv, pi, pm)
             return "paid"
+        self._decline(inv, pi, pm, outcome)
+        return "action_required" if outcome.requires_action else "declined"
+
+    def _settle_processing(self, inv: dict[str, Any], outcome: Decline | str) -> None:
+        """The bank settles a pending debit: the same charge succeeds or fails."""
+        pi = self._objs[inv["payment_intent"]]
+        if pi["status"] != "processing":
+            raise ValueError(f"invoice {inv['id']} has no processing payment")
+        pm, ch = self._objs[pi["payment_method"]], self._objs[pi["latest_charge"]]
+        if isinstance(outcome, Decline):
+            self._decline(inv, pi, pm, outcome, ch=ch)
+        else:
+            self._settle_paid(inv, pi, pm, ch=ch)
+
+    def _decline(
+        self,
+        inv: dict[str, Any],
+        pi: dict[str, Any],
+        pm: dict[str, Any],
+        outcome: Decline,
+        *,
+        ch: dict[str, Any] | None = None,
+    ) -> None:
         fields = outcome.details()
         error = {
             "type": "card_error",
@@ -176,10 +214,12 @@ class Billing(Webhooks):
             self._emit("payment_intent.requires_action", pi)
             self._emit("invoice.payment_action_required", inv)
             self._subscription_after_attempt(inv, paid=False)
-            return "action_required"
-        ch = self._store(
-            so.charge(ch_id=so.new_id("ch"), pi=pi, pm=pm, created=self._now(), decline=fields)
-        )
+            return
+        failed = so.charge(ch_id=so.new_id("ch"), pi=pi, pm=pm, created=self._now(), decline=fields)
+        if ch is None:
+            ch = self._store(failed)
+        else:  # a pending debit the bank refused: the same charge fails
+            ch.update({k: v for k, v in failed.items() if k not in ("id", "created")})
         error["charge"] = ch["id"]
         pi.update(
             status="requires_payment_method",
@@ -192,7 +232,6 @@ class Billing(Webhooks):
         self._emit("payment_intent.payment_failed", pi)
         self._emit("invoice.payment_failed", inv)
         self._subscription_after_attempt(inv, paid=False)
-        return "declined"
 
     def _payment_intent_for(self, inv: dict[str, Any], pm_id: str) -> dict[str, Any]:
         if inv["payment_intent"] is None:
@@ -210,9 +249,20 @@ class Billing(Webhooks):
         pi["payment_method"] = pm_id
         return pi
 
-    def _settle_paid(self, inv: dict[str, Any], pi: dict[str, Any], pm: dict[str, Any]) -> None:
+    def _settle_paid(
+        self,
+        inv: dict[str, Any],
+        pi: dict[str, Any],
+        pm: dict[str, Any],
+        *,
+        ch: dict[str, Any] | None = None,
+    ) -> None:
         now = self._now()
-        ch = self._store(so.charge(ch_id=so.new_id("ch"), pi=pi, pm=pm, created=now, decline=None))
+        paid = so.charge(ch_id=so.new_id("ch"), pi=pi, pm=pm, created=now, decline=None)
+        if ch is None:
+            ch = self._store(paid)
+        else:  # a pending debit the bank settled: the same charge succeeds
+            ch.update({k: v for k, v in paid.items() if k not in ("id", "created")})
         pi.update(
             status="succeeded",
             amount_received=pi["amount"],

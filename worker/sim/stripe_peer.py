@@ -56,6 +56,7 @@ from worker.sim.stripe_specs import (
     DO_NOT_HONOR,
     EXPIRED_CARD,
     INSUFFICIENT_FUNDS,
+    PROCESSING,
     PROCESSING_ERROR,
     STOLEN_CARD,
     SUCCEED,
@@ -71,6 +72,7 @@ __all__ = [
     "DO_NOT_HONOR",
     "EXPIRED_CARD",
     "INSUFFICIENT_FUNDS",
+    "PROCESSING",
     "PROCESSING_ERROR",
     "STOLEN_CARD",
     "SUCCEED",
@@ -267,6 +269,13 @@ class StripePeer(HttpWire):
             outcome = self._attempt(inv, self._default_pm(inv), automatic=False)
         self._after_control()
         return outcome == "paid"
+
+    def settle_processing(self, invoice_id: str, outcome: Decline | str = SUCCEED) -> None:
+        """The bank settles the invoice's pending debit (PaymentIntent ``processing``): the
+        same charge succeeds (``invoice.paid``) or fails (``invoice.payment_failed``)."""
+        with self._lock:
+            self._settle_processing(self._require("invoice", invoice_id), outcome)
+        self._after_control()
 
     def cancel_subscription(
         self, subscription_id: str, *, reason: str = "cancellation_requested"

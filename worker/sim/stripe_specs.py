@@ -13,6 +13,9 @@ from typing import Any, Literal
 from worker.sim import stripe_objects as so
 
 SUCCEED = "succeed"
+# A bank debit (ACH, SEPA, BACS): the charge is accepted and stays pending ("processing")
+# until the bank settles it, days later (`StripePeer.settle_processing`).
+PROCESSING = "processing"
 
 
 @dataclass
@@ -111,6 +114,7 @@ class CardScript:
 
 def card_script(spec: CardSpec) -> CardScript:
     for outcome in spec.outcomes:
-        if not isinstance(outcome, Decline) and outcome != SUCCEED:
-            raise ValueError(f"card outcome must be a Decline or SUCCEED, not {outcome!r}")
+        if not isinstance(outcome, Decline) and outcome not in (SUCCEED, PROCESSING):
+            msg = f"card outcome must be a Decline, SUCCEED or PROCESSING, not {outcome!r}"
+            raise ValueError(msg)
     return CardScript(list(spec.outcomes))
