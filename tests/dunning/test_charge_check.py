@@ -17,8 +17,12 @@ from sqlalchemy.orm import Session
 from tests.support.paths import START
 from tests.support.pipeline import deliver, failed, task_runtime
 from tests.support.worked_examples import case_of
+from worker.billing import service as billing
+from worker.billing.domain import CustomerFacts
 from worker.clock import ManualClock
 from worker.config import Policy
+from worker.db import make_engine, make_sessionmaker
+from worker.dunning import operations
 from worker.dunning.actions import run_retry
 from worker.dunning.models import ActionKind, ActionStatus
 from worker.dunning.models import ScheduledAction as Action
@@ -165,3 +169,51 @@ def test_ops_retry_now_waives_our_gap_never_a_network_rule(
     deliver(session, policy, blocked, now=later)
     with pytest.raises(CaseNotRetryableError, match="MAC 03"):
         retry_now(session, case_of(session, newer).id, policy=policy, now=later)
+
+
+def test_a_retry_and_a_card_update_webhook_do_not_deadlock(
+    pg: str, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
+) -> None:
+    """The webhook updates the customer's row and then locks each open case; the retry holds
+    its case while it takes the card lock. That lock is not the customer's row, so the two
+    queue instead of deadlocking (PostgreSQL: SQLite has one writer at a time anyway)."""
+    _, url = peer
+    factory = make_sessionmaker(make_engine(pg))
+    with factory() as setup:
+        deliver(setup, policy, failed("in_dl"))
+        retry = _retry(setup, "in_dl")
+        manual_clock.set(retry.due_at)
+        action_id = _claim(setup, retry, retry.due_at)
+    webhook = factory()
+    new_default = CustomerFacts("cus_test", None, None, "pm_new", None, None)
+    customer = billing.upsert_customer(webhook, new_default, at=manual_clock.now())
+    webhook.flush()  # the customer's row is now locked by the webhook's transaction
+    errors: list[BaseException] = []
+
+    def retry_task() -> None:
+        with task_runtime(factory(), policy, url) as runtime:
+            try:
+                run_retry(runtime, action_id)
+            except BaseException as exc:
+                errors.append(exc)
+
+    task = threading.Thread(target=retry_task)
+    task.start()
+    task.join(0.5)  # it has the case now
+    try:
+        operations.card_updated(
+            webhook,
+            customer,
+            by_network=False,
+            source="evt_card",
+            reason="customer.updated",
+            policy=policy,
+            now=manual_clock.now(),
+        )
+        webhook.commit()
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        task.join(10)
+        webhook.close()
+    assert [f"{type(e).__name__}: {e}".splitlines()[0] for e in errors] == []

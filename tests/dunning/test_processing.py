@@ -7,6 +7,7 @@ peer, through the official library and the real task bodies."""
 
 from __future__ import annotations
 
+import copy
 from datetime import timedelta
 from typing import Any
 
@@ -15,9 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tests.support.paths import START
-from tests.support.pipeline import deliver, failed, paid, task_runtime
+from tests.support.pipeline import deliver, dunning_record, failed, paid, planned, task_runtime
 from tests.support.worked_examples import case_of
 from worker.billing.models import AttemptOutcome, Invoice, PaymentAttempt
+from worker.billing.stripe_client import PaymentResult
 from worker.clock import ManualClock
 from worker.config import Policy
 from worker.dunning.actions import run_final_action, run_retry
@@ -173,3 +175,51 @@ def test_processing_is_not_a_card_decline(
     invoice_row = session.get_one(Invoice, case.invoice_id)
     history = card_history(session, invoice_row, now=manual_clock.now(), policy=policy)
     assert [at for at, _ in history.declines] == [START]  # the first failure only
+
+
+def test_a_refusal_reported_first_by_a_charge_naming_no_invoice_settles_the_debit(
+    session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
+) -> None:
+    """On newer API versions ``charge.failed`` names no invoice, and it is often processed
+    before ``invoice.payment_failed``: the two reports are still one attempt, and the debit
+    is settled, not left pending forever."""
+    account, url = peer
+    invoice, _, pm, charge = _processing_retry(session, policy, account, url, manual_clock)
+    refused_at = manual_clock.now() + timedelta(days=3)
+    manual_clock.set(refused_at)
+    account.settle_processing(invoice, INSUFFICIENT_FUNDS)
+    charge_failed = copy.deepcopy(
+        next(e for e in reversed(account.events) if e["type"] == "charge.failed")
+    )
+    charge_failed["data"]["object"]["invoice"] = None
+    charge_failed["api_version"] = "2025-03-31.basil"
+    deliver(session, policy, charge_failed, now=refused_at)
+    deliver(session, policy, failed(invoice, at=refused_at, card=pm, charge=charge), now=refused_at)
+    session.expire_all()
+    case = case_of(session, invoice)
+    attempts = session.scalars(select(PaymentAttempt).order_by(PaymentAttempt.id)).all()
+    assert [a.outcome for a in attempts] == [AttemptOutcome.FAILED, AttemptOutcome.FAILED]
+    assert attempts[1].charge_id == charge and attempts[1].action_id is not None
+    retries = _actions(session, case.id, ActionKind.RETRY_PAYMENT)
+    assert len([r for r in retries if r.status is ActionStatus.PLANNED]) == 1  # it goes on
+
+
+def test_invoice_paid_processed_before_our_result_leaves_nothing_pending(
+    session: Session, policy: Policy, manual_clock: ManualClock
+) -> None:
+    deliver(session, policy, failed("in_pf"))
+    (retry,) = planned(session, ActionKind.RETRY_PAYMENT)
+    manual_clock.set(retry.due_at)
+    retry.status, retry.claimed_at, retry.charging_at = (
+        ActionStatus.CLAIMED,
+        retry.due_at,
+        retry.due_at,
+    )
+    deliver(session, policy, paid("in_pf", at=retry.due_at), now=retry.due_at)
+    dunning_record(session, policy, retry.id, PaymentResult(succeeded=False, processing=True))
+    case = case_of(session, "in_pf")
+    assert (case.state, case.recovered_method) == (DunningState.RECOVERED, RecoveryMethod.RETRY)
+    outcomes = [
+        a.outcome for a in session.scalars(select(PaymentAttempt).order_by(PaymentAttempt.id))
+    ]
+    assert outcomes == [AttemptOutcome.FAILED, AttemptOutcome.SUCCEEDED]

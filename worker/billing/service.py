@@ -174,8 +174,18 @@ def record_attempt(
     known = None
     if charge_id is not None:
         known = session.scalar(select(PaymentAttempt).where(PaymentAttempt.charge_id == charge_id))
-    if known is None and invoice is not None and outcome is not AttemptOutcome.PROCESSING:
-        known = pending_attempt(session, invoice.id)  # the provider can run one at a time
+    pending = None  # the provider runs one payment of an invoice at a time
+    if invoice is not None and outcome is not AttemptOutcome.PROCESSING:
+        pending = pending_attempt(session, invoice.id)
+    if known is None:
+        known = pending
+    elif pending is not None and pending is not known and _same_charge(pending, known):
+        # The debit's outcome came first in a report that named no invoice (a Charge on newer
+        # API versions): one attempt, ours, settled by what that report said.
+        if pending.action_id is not None:
+            known.action_id, known.source = pending.action_id, AttemptSource.OURS
+        session.delete(pending)
+        session.flush()
     if known is not None:
         if known.invoice_id is None and invoice is not None:
             known.invoice_id = invoice.id
@@ -221,6 +231,15 @@ def _set_card(attempt: PaymentAttempt, card: Card) -> None:
     attempt.card_brand = card.brand or attempt.card_brand
     attempt.card_fingerprint = card.fingerprint or attempt.card_fingerprint
     attempt.payment_method_id = card.payment_method_id or attempt.payment_method_id
+
+
+def _same_charge(pending: PaymentAttempt, reported: PaymentAttempt) -> bool:
+    """``reported`` (recorded from another report) is the outcome of the ``pending`` debit:
+    not an older charge of the invoice, not a different charge."""
+    return reported.occurred_at >= pending.occurred_at and pending.charge_id in (
+        None,
+        reported.charge_id,
+    )
 
 
 def pending_attempt(session: Session, invoice_id: int) -> PaymentAttempt | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from worker import clock
@@ -99,7 +99,7 @@ def run_retry(runtime: Runtime, action_id: int) -> None:
         ).first()
         if owner is None or owner.case_id is None:
             return
-        # Locks in the order every writer takes them: case, customer (its cards), action.
+        # The case, then the card lock (not a row: see lock_cards), then the action.
         case = lock_case(session, owner.case_id)
         lock_cards(session, owner.customer_id)
         action = _still_wanted(session, action_id)
@@ -231,19 +231,31 @@ def _processing(
     recovery, not a decline. The attempt stays pending until ``invoice.paid`` or a failure
     settles it; nothing else is tried meanwhile."""
     _finish(action, ActionStatus.DONE, "processing: accepted, not settled yet")
-    if session.scalar(select(PaymentAttempt.id).where(PaymentAttempt.action_id == action.id)):
-        return  # the provider's report on this very charge was processed first
-    our_charge(session, case, action, AttemptOutcome.PROCESSING, now=now)
-    if case.state not in TERMINAL:
-        apply(
-            session,
-            case,
-            DunningEvent.PAYMENT_PROCESSING,
-            policy=policy,
-            now=now,
-            source=action.idempotency_key,
-            reason="our retry was accepted and is processing (bank debit)",
+    invoice = session.get_one(Invoice, case.invoice_id)
+    if invoice.status == "paid":  # it settled, and invoice.paid was processed first
+        our_charge(session, case, action, AttemptOutcome.SUCCEEDED, now=now).counted = True
+        return
+    since = action.charging_at or now
+    reported = session.scalar(
+        select(PaymentAttempt.id).where(
+            or_(
+                PaymentAttempt.action_id == action.id,
+                (PaymentAttempt.invoice_id == invoice.id) & (PaymentAttempt.occurred_at >= since),
+            )
         )
+    )
+    if reported is not None or case.state in TERMINAL:
+        return  # its outcome was reported first (or the case is over): nothing is pending
+    our_charge(session, case, action, AttemptOutcome.PROCESSING, now=now)
+    apply(
+        session,
+        case,
+        DunningEvent.PAYMENT_PROCESSING,
+        policy=policy,
+        now=now,
+        source=action.idempotency_key,
+        reason="our retry was accepted and is processing (bank debit)",
+    )
 
 
 def run_email(runtime: Runtime, action_id: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, false, or_, select
+from sqlalchemy import ColumnElement, and_, false, or_, select, text
 from sqlalchemy.orm import Session
 
 from worker.billing.domain import Card
@@ -27,16 +27,21 @@ from worker.dunning.models import ActionKind, ActionStatus, DunningCase, Schedul
 from worker.dunning.rules import CardHistory, card_block
 from worker.dunning.state import TERMINAL
 
+# pg_advisory_xact_lock's first key: the namespace of per-customer card locks ("card").
+_CARD_LOCKS = 0x63617264
+
 
 def lock_cards(session: Session, customer_id: int) -> None:
-    """The per-card lock the check right before a charge holds: a card belongs to one
-    customer at the provider, so the customer's row locks all of its cards (PostgreSQL: FOR
-    NO KEY UPDATE, which leaves the row's key free for inserts that reference it; SQLite: the
-    transaction already holds the database write lock). Take it after the case row, before
-    any action row."""
-    session.execute(
-        select(Customer.id).where(Customer.id == customer_id).with_for_update(key_share=True)
-    )
+    """The per-card lock the check right before a charge holds until its transaction ends: a
+    card belongs to one customer at the provider, so one lock per customer covers all of its
+    cards. On PostgreSQL a transaction-level advisory lock, not the customer's row: webhook
+    handlers update that row and then lock cases, and a row lock taken here after the case
+    would deadlock with them. On SQLite the transaction already holds the write lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:space, :key)"),
+            {"space": _CARD_LOCKS, "key": customer_id % 2**31},
+        )
 
 
 def charged_card(session: Session, case: DunningCase) -> Card | None:

@@ -105,11 +105,18 @@ def plan_ops_retry(
     """The retry ops asked for now (see :func:`worker.dunning.operations.retry_now`), or why
     a network rule leaves it no time within :data:`OPS_RETRY_HORIZON`."""
     invoice = session.get_one(Invoice, case.invoice_id)
+    card = charged_card(session, case)  # the card the check before the charge looks at
     decision = rules.network_compliant(
         policy,
         now,
         "ops: retry now",
-        card_history(session, invoice, now=now, policy=policy),
+        card_history(
+            session,
+            invoice,
+            now=now,
+            policy=policy,
+            payment_method_id=card.payment_method_id if card else None,
+        ),
         amount=invoice.amount_due,
         window_ends_at=now + OPS_RETRY_HORIZON,  # even a case whose window is over
         own_spacing=False,
@@ -243,6 +250,7 @@ def clear_to_charge(
     if isinstance(decision, rules.PlannedRetry) and decision.at <= now:
         action.charging_at = now
         return True
+    action.charging_at = None  # not charging: no other check counts it
     if isinstance(decision, rules.PlannedRetry):  # a new plan: its hand-outs count afresh
         action.status, action.due_at, action.claims = ActionStatus.PLANNED, decision.at, 0
         action.reason = f"{action.reason}; {decision.reason}"  # the timeline shows both
