@@ -124,6 +124,9 @@ class Emails(_Strict):
     from_address: str = "billing@example.com"
     company_name: str = "Example SaaS"
     support_email: str = "support@example.com"
+    # An email this late (workers, SMTP or the database were down) is skipped with a note,
+    # not sent: after an outage, customers get no burst of stale reminders.
+    skip_overdue_after_hours: float = Field(12, gt=0)
 
     @field_validator("default_timezone")
     @classmethod

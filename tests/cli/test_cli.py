@@ -18,6 +18,7 @@ import pytest
 
 from tests.support import stripe_events as ev
 from tests.support.paths import REPO, START
+from tests.support.pipeline import failed
 from tests.support.processes import clean_env, dunning, free_port
 
 
@@ -197,3 +198,17 @@ def test_run_serves_works_and_stops_on_embedded_defaults(tmp_path: Path) -> None
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_status_says_what_is_waiting(env: dict[str, str], tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps(failed("in_st", at=START)) + "\n")
+    assert dunning(env, tmp_path, "events", "replay", str(events)).returncode == 0
+    shown = json.loads(dunning(env, tmp_path, "status", "--json").stdout)
+    # The replayed failure's emails and retry are long past their time (it is from March).
+    assert shown["pending_events"] == 0
+    assert shown["overdue_actions"] >= 1
+    assert shown["oldest_overdue_action_s"] > 0
+    line = dunning(env, tmp_path, "status").stdout
+    assert "0 events pending" in line
+    assert "actions overdue (oldest" in line

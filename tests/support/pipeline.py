@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from tests.support import stripe_events as ev
 from tests.support.paths import START
-from worker.billing.stripe_client import PaymentResult
+from worker.billing.stripe_client import PaymentResult, StripeGateway
 from worker.config import Policy
 from worker.dunning.actions import record_retry_result
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase
@@ -96,13 +96,22 @@ KEY = "sk_test_peer"  # the API key tests' Stripe peers accept (tests/dunning/co
 
 
 @contextmanager
-def task_runtime(session: Session, policy: Policy, url: str) -> Iterator[Runtime]:
+def task_runtime(
+    session: Session, policy: Policy, url: str, *, smtp_url: str | None = None
+) -> Iterator[Runtime]:
     """A task's runtime on the test's database and the Stripe peer at ``url``: run a task
-    body with it (its own transactions, so the test's work is committed first)."""
+    body with it (its own transactions, so the test's work is committed first). Stripe calls
+    are tried twice without waiting; emails go to ``smtp_url``."""
     session.commit()
     db = session.get_bind().url.render_as_string(hide_password=False)  # type: ignore[union-attr]
-    settings = Settings(database_url=db, stripe_api_key=Secret(KEY), stripe_api_base=url)
-    runtime = Runtime(settings, policy=policy)
+    settings = Settings(
+        database_url=db,
+        stripe_api_key=Secret(KEY),
+        stripe_api_base=url,
+        smtp_url=Secret(smtp_url) if smtp_url else None,
+    )
+    gateway = StripeGateway(KEY, api_base=url, attempts=2, wait=lambda _: 0)
+    runtime = Runtime(settings, policy=policy, gateway=gateway)
     try:
         yield runtime
     finally:

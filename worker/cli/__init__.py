@@ -8,7 +8,7 @@ import logging
 
 import click
 
-from worker.cli import cases, demo, events, policy, processes, report
+from worker.cli import cases, demo, events, policy, processes, report, status
 
 
 @click.group()
@@ -32,6 +32,7 @@ for command in (
     policy.config,
     policy.policy,
     cases.cases,
+    status.status,
     events.events,
     report.report,
     report.backfill,

@@ -24,16 +24,17 @@ from worker.billing.models import (
     PaymentAttempt,
     Subscription,
 )
-from worker.billing.stripe_client import PaymentResult, ProviderError
+from worker.billing.stripe_client import PaymentResult, ProviderError, TransientProviderError
 from worker.config import Policy
 from worker.dunning import emails, planning
 from worker.dunning.cards import charged_card, lock_cards
 from worker.dunning.cases import lock_case, paid_elsewhere, policy_of
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
+from worker.dunning.scheduler import transient_backoff
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
 from worker.dunning.transitions import apply, case_failure_event
 from worker.email.messages import EmailKind
-from worker.email.sender import PermanentEmailError
+from worker.email.sender import PermanentEmailError, TransientEmailError
 from worker.ledger import history
 from worker.ledger.models import RecoveryMethod
 from worker.runtime import Runtime
@@ -117,7 +118,7 @@ def run_retry(runtime: Runtime, action_id: int) -> None:
     try:
         result = gateway.pay_invoice(invoice_ref, idempotency_key=key)
     except ProviderError as exc:
-        _give_up(runtime, action_id, f"provider refused: {exc}")
+        _retry_refused(runtime, action_id, f"provider refused: {exc}")
         return
     with runtime.session() as session:
         record_retry_result(session, runtime, action_id, result)
@@ -258,11 +259,52 @@ def _processing(
     )
 
 
+def _retry_refused(runtime: Runtime, action_id: int, note: str) -> None:
+    """Stripe refused this retry's request for good (a 4xx, or ``Stripe-Should-Retry:
+    false``): that attempt fails, not the case. The schedule's next retry is planned, with its
+    own key; the refused one is never sent again."""
+    with runtime.session() as session:
+        case_id = session.scalar(
+            select(ScheduledAction.case_id).where(ScheduledAction.id == action_id)
+        )
+        case = lock_case(session, case_id) if case_id is not None else None
+        action = session.get(ScheduledAction, action_id, with_for_update=True)
+        if case is None or action is None or action.status not in _RUNNABLE:
+            return
+        _finish(action, ActionStatus.FAILED, note)
+        if case.state not in TERMINAL and case.state is not DunningState.PAUSED:
+            policy = policy_of(session, case, runtime.policy)
+            planning.plan_next_retry(session, case, policy=policy, now=clock.now())
+    log.warning("retry %s failed: %s", action_id, note)
+
+
+def _postpone(runtime: Runtime, action_id: int, note: str) -> None:
+    """A transient failure (Stripe 5xx or unreachable, SMTP down or 4xx): the action goes back
+    to planned, due again after a back-off that grows with its hand-outs. Nothing fails for
+    an outage, however long; a retry replays with the same key, so a charge Stripe made
+    before the answer was lost is not made twice."""
+    with runtime.session() as session:
+        action = session.get(ScheduledAction, action_id, with_for_update=True)
+        if action is None or action.status not in _RUNNABLE:
+            return
+        due = clock.now() + transient_backoff(action.claims)
+        action.status, action.due_at, action.charging_at = ActionStatus.PLANNED, due, None
+        action.note = f"{note}; tried again at {due:%Y-%m-%d %H:%M} UTC"
+    log.warning("action %s put back: %s", action_id, note)
+
+
 def run_email(runtime: Runtime, action_id: int) -> None:
     try:
         with runtime.session() as session:
             action = _still_wanted(session, action_id)
             if action is None:
+                return
+            now = clock.now()
+            late = now - action.due_at
+            limit = timedelta(hours=runtime.policy.emails.skip_overdue_after_hours)
+            if late > limit:  # after an outage: no burst of stale emails
+                hours = late.total_seconds() / 3600
+                _finish(action, ActionStatus.CANCELLED, f"skipped: {hours:.1f} h overdue")
                 return
             note = emails.send_action_email(
                 session,
@@ -417,3 +459,11 @@ RUNNERS = {
     ActionKind.SEND_EMAIL: run_email,
     ActionKind.FINAL_ACTION: run_final_action,
 }
+
+
+def run_action(runtime: Runtime, kind: ActionKind, action_id: int) -> None:
+    """Run a due action of ``kind``; a transient failure puts it back (:func:`_postpone`)."""
+    try:
+        RUNNERS[kind](runtime, action_id)
+    except (TransientProviderError, TransientEmailError) as exc:
+        _postpone(runtime, action_id, f"transient: {exc}")

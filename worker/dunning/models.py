@@ -97,7 +97,7 @@ class ScheduledAction(Base):
     note: Mapped[str | None] = mapped_column(Text)  # outcome or why cancelled / failed
     created_at: Mapped[datetime]
     claimed_at: Mapped[datetime | None]
-    claims: Mapped[int] = mapped_column(default=0)  # hand-outs; bounded by the scheduler
+    claims: Mapped[int] = mapped_column(default=0)  # hand-outs (sets the transient back-off)
     # retry_payment only: when the check right before the charge let it go (every other check
     # on the card counts it as an attempt until its result is recorded) ...
     charging_at: Mapped[datetime | None]

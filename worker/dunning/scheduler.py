@@ -19,9 +19,18 @@ from worker.dunning.models import ActionKind, ActionStatus, ScheduledAction
 
 BATCH = 500
 # A claimed action not finished after this long was lost between claim and broker (a crash
-# right after commit): it is claimed again. Runners are idempotent, so a slow twin is harmless.
+# right after commit, workers or the broker down): it is claimed again, however often that
+# takes. Runners are idempotent, so a slow twin is harmless. Nothing fails for being handed out
+# often; only a permanent reason fails an action (:mod:`worker.dunning.actions`).
 RECLAIM_AFTER = timedelta(minutes=15)
-MAX_CLAIMS = 8  # an action handed out this often without finishing is marked failed
+# A runner that met a transient failure (Stripe 5xx or unreachable, SMTP down) puts its action
+# back, due again after this back-off: doubling from the first, up to the last.
+RETRY_AFTER_FIRST, RETRY_AFTER_MAX = timedelta(minutes=1), timedelta(minutes=30)
+
+
+def transient_backoff(claims: int) -> timedelta:
+    """How long an action waits after its ``claims``-th hand-out met a transient failure."""
+    return min(RETRY_AFTER_FIRST * 2 ** min(max(claims - 1, 0), 16), RETRY_AFTER_MAX)
 
 
 @dataclass(frozen=True)
@@ -32,7 +41,7 @@ class Claimed:
 
 def claim_due(session: Session, *, now: datetime, limit: int = BATCH) -> list[Claimed]:
     rows = session.execute(
-        select(ScheduledAction.id, ScheduledAction.kind, ScheduledAction.claims)
+        select(ScheduledAction.id, ScheduledAction.kind)
         .where(
             ScheduledAction.due_at <= now,
             or_(
@@ -45,22 +54,10 @@ def claim_due(session: Session, *, now: datetime, limit: int = BATCH) -> list[Cl
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    worn = [row.id for row in rows if row.claims >= MAX_CLAIMS]
-    if worn:  # handed out again and again without finishing: stop, visibly
+    if rows:
         session.execute(
             update(ScheduledAction)
-            .where(ScheduledAction.id.in_(worn))
-            .values(
-                status=ActionStatus.FAILED,
-                finished_at=now,
-                note=f"gave up: not finished after {MAX_CLAIMS} hand-outs",
-            )
-        )
-    claimed = [row for row in rows if row.claims < MAX_CLAIMS]
-    if claimed:
-        session.execute(
-            update(ScheduledAction)
-            .where(ScheduledAction.id.in_([row.id for row in claimed]))
+            .where(ScheduledAction.id.in_([row.id for row in rows]))
             .values(status=ActionStatus.CLAIMED, claimed_at=now, claims=ScheduledAction.claims + 1)
         )
-    return [Claimed(row.id, row.kind) for row in claimed]
+    return [Claimed(row.id, row.kind) for row in rows]

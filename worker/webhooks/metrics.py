@@ -1,4 +1,5 @@
-"""``GET /metrics``: the pipeline's backlog and outcomes in Prometheus text format.
+"""``GET /metrics``: the pipeline's backlog and outcomes in Prometheus text format, and the
+backlog itself for ``dunning status``.
 
 Gauges read from the database on each scrape (a few GROUP BYs over indexed columns), so every
 intake replica reports the same fleet-wide numbers and nothing is lost on restart.
@@ -6,14 +7,49 @@ intake replica reports the same fleet-wide numbers and nothing is lost on restar
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker.dunning.cases import provider_retries_planned
-from worker.dunning.models import DunningCase, ScheduledAction
+from worker.dunning.models import ActionStatus, DunningCase, ScheduledAction
 from worker.webhooks.models import InboxEvent, InboxStatus
+
+# An action is overdue once it is this far past its time: the scheduler ticks every 30 s.
+OVERDUE_AFTER = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What is waiting: events not processed yet, actions past their time (an outage, too few
+    workers) and the oldest of each, in seconds."""
+
+    pending_events: int
+    oldest_pending_event_s: float
+    overdue_actions: int
+    oldest_overdue_action_s: float
+
+
+def backlog(session: Session, *, now: datetime) -> Backlog:
+    events, oldest_event = session.execute(
+        select(func.count(), func.min(InboxEvent.received_at)).where(
+            InboxEvent.status == InboxStatus.PENDING
+        )
+    ).one()
+    actions, oldest_action = session.execute(
+        select(func.count(), func.min(ScheduledAction.due_at)).where(
+            ScheduledAction.status.in_([ActionStatus.PLANNED, ActionStatus.CLAIMED]),
+            ScheduledAction.due_at < now - OVERDUE_AFTER,
+        )
+    ).one()
+    return Backlog(
+        events,
+        (now - oldest_event).total_seconds() if oldest_event else 0.0,
+        actions,
+        (now - oldest_action).total_seconds() if oldest_action else 0.0,
+    )
 
 
 def render_metrics(session: Session, *, now: datetime) -> str:
@@ -31,13 +67,16 @@ def render_metrics(session: Session, *, now: datetime) -> str:
         "Provider events by processing status.",
         [({"status": status.value}, n) for status, n in inbox],
     )
-    oldest = session.scalar(
-        select(func.min(InboxEvent.received_at)).where(InboxEvent.status == InboxStatus.PENDING)
-    )
+    waiting = backlog(session, now=now)
     gauge(
         "dunning_inbox_oldest_pending_seconds",
         "Age of the oldest unprocessed event.",
-        [({}, (now - oldest).total_seconds() if oldest else 0.0)],
+        [({}, waiting.oldest_pending_event_s)],
+    )
+    gauge(
+        "dunning_actions_oldest_overdue_seconds",
+        "How long the oldest action not done yet has been past its time (0: none overdue).",
+        [({}, waiting.oldest_overdue_action_s)],
     )
     gauge(
         "dunning_provider_retries_planned",

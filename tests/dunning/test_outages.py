@@ -1,0 +1,166 @@
+"""Outages never fail work for good (issue #10, item 1): a transient failure puts the action
+back with a back-off by time; only a permanent reason fails it; a request Stripe says not to
+repeat ends that attempt, not the case; emails overdue after an outage are skipped, not sent
+in a burst. Against the Stripe-compatible peer and the real task bodies."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tests.support.paths import START
+from tests.support.pipeline import deliver, task_runtime
+from tests.support.worked_examples import case_of, invoice_failed
+from worker.clock import ManualClock
+from worker.config import Policy
+from worker.dunning.actions import run_action
+from worker.dunning.models import ActionKind, ActionStatus
+from worker.dunning.models import ScheduledAction as Action
+from worker.dunning.scheduler import RETRY_AFTER_FIRST
+from worker.dunning.state import DunningState
+from worker.sim.stripe_peer import INSUFFICIENT_FUNDS, SUCCEED, CardSpec, StripePeer
+
+
+def _failed_invoice(session: Session, policy: Policy, account: StripePeer) -> tuple[str, str]:
+    card = CardSpec(outcomes=[INSUFFICIENT_FUNDS, SUCCEED])
+    customer = account.create_customer(email="down@example.test", name="Down", card=card)
+    sub = account.create_subscription(customer_id=customer, unit_amount=4900)
+    invoice, paid = account.bill(sub)
+    assert not paid
+    deliver(session, policy, invoice_failed(invoice, customer, sub, 4900, START))
+    return invoice, sub
+
+
+def _due(session: Session, invoice: str, kind: ActionKind) -> Action:
+    """The case's first planned action of ``kind``, claimed as the scheduler does."""
+    action = session.scalars(
+        select(Action)
+        .where(
+            Action.case_id == case_of(session, invoice).id,
+            Action.kind == kind,
+            Action.status == ActionStatus.PLANNED,
+        )
+        .order_by(Action.due_at)
+    ).first()
+    assert action is not None
+    action.status, action.claimed_at, action.claims = ActionStatus.CLAIMED, action.due_at, 1
+    return action
+
+
+def test_stripe_down_puts_the_retry_back_and_it_charges_once_later(
+    session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
+) -> None:
+    account, url = peer
+    invoice, _ = _failed_invoice(session, policy, account)
+    retry = _due(session, invoice, ActionKind.RETRY_PAYMENT)
+    manual_clock.set(retry.due_at)
+    account.inject_fault(
+        method="POST", path_prefix=f"/v1/invoices/{invoice}/pay", status=503, times=2
+    )
+    with task_runtime(session, policy, url) as runtime:
+        run_action(runtime, ActionKind.RETRY_PAYMENT, retry.id)
+    session.expire_all()
+    assert retry.status is ActionStatus.PLANNED  # back, not failed
+    assert retry.due_at == manual_clock.now() + RETRY_AFTER_FIRST
+    assert retry.note is not None and retry.note.startswith("transient: stripe")
+    assert account.charge_attempts(invoice) == 1  # only the first automatic attempt
+    # Stripe is back: the same action runs again, with the same key, and charges once.
+    manual_clock.set(retry.due_at)
+    retry.status = ActionStatus.CLAIMED
+    with task_runtime(session, policy, url) as runtime:
+        run_action(runtime, ActionKind.RETRY_PAYMENT, retry.id)
+    session.expire_all()
+    assert (retry.status, retry.note) == (ActionStatus.DONE, "paid")
+    assert account.charge_attempts(invoice) == 2
+    assert case_of(session, invoice).state is DunningState.RECOVERED
+
+
+def test_a_request_stripe_says_not_to_repeat_ends_the_attempt_not_the_case(
+    session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
+) -> None:
+    account, url = peer
+    invoice, _ = _failed_invoice(session, policy, account)
+    retry = _due(session, invoice, ActionKind.RETRY_PAYMENT)
+    manual_clock.set(retry.due_at)
+    account.inject_fault(
+        method="POST", path_prefix=f"/v1/invoices/{invoice}/pay", status=500, should_retry=False
+    )
+    with task_runtime(session, policy, url) as runtime:
+        run_action(runtime, ActionKind.RETRY_PAYMENT, retry.id)
+    session.expire_all()
+    assert retry.status is ActionStatus.FAILED
+    assert retry.note is not None and "provider refused" in retry.note
+    case = case_of(session, invoice)
+    assert case.state is DunningState.RETRYING
+    (following,) = session.scalars(
+        select(Action).where(
+            Action.case_id == case.id,
+            Action.kind == ActionKind.RETRY_PAYMENT,
+            Action.status == ActionStatus.PLANNED,
+        )
+    )
+    assert following.idempotency_key != retry.idempotency_key  # its own key
+    assert following.due_at > manual_clock.now()
+
+
+def test_the_final_action_waits_out_an_outage_and_then_runs(
+    session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
+) -> None:
+    account, url = peer
+    invoice, sub = _failed_invoice(session, policy, account)
+    final = _due(session, invoice, ActionKind.FINAL_ACTION)
+    manual_clock.set(final.due_at + timedelta(hours=2))  # the window ended during the outage
+    account.inject_fault(method="GET", path_prefix=f"/v1/invoices/{invoice}", status=503, times=2)
+    with task_runtime(session, policy, url) as runtime:
+        run_action(runtime, ActionKind.FINAL_ACTION, final.id)
+    session.expire_all()
+    assert final.status is ActionStatus.PLANNED
+    assert account.get(sub)["status"] != "canceled"
+    manual_clock.set(final.due_at)
+    final.status = ActionStatus.CLAIMED
+    with task_runtime(session, policy, url) as runtime:
+        run_action(runtime, ActionKind.FINAL_ACTION, final.id)
+    session.expire_all()
+    assert (final.status, final.note) == (ActionStatus.DONE, "cancel_subscription")
+    assert account.get(sub)["status"] == "canceled"
+    assert case_of(session, invoice).state is DunningState.CHURNED
+
+
+def test_smtp_down_puts_the_email_back(
+    session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
+) -> None:
+    account, url = peer
+    invoice, _ = _failed_invoice(session, policy, account)
+    email = _due(session, invoice, ActionKind.SEND_EMAIL)
+    manual_clock.set(email.due_at)
+    with task_runtime(session, policy, url, smtp_url="smtp://127.0.0.1:1") as runtime:
+        run_action(runtime, ActionKind.SEND_EMAIL, email.id)  # nothing listens there
+    session.expire_all()
+    assert email.status is ActionStatus.PLANNED
+    assert email.note is not None and email.note.startswith("transient:")
+    assert "down@example.test" not in email.note
+
+
+def test_emails_overdue_after_an_outage_are_skipped_not_sent_in_a_burst(
+    session: Session,
+    policy: Policy,
+    peer: tuple[StripePeer, str],
+    manual_clock: ManualClock,
+    tmp_path: Path,
+) -> None:
+    account, url = peer
+    invoice, _ = _failed_invoice(session, policy, account)
+    email = _due(session, invoice, ActionKind.SEND_EMAIL)
+    limit = timedelta(hours=policy.emails.skip_overdue_after_hours)
+    manual_clock.set(email.due_at + limit + timedelta(hours=1))
+    outbox = f"file://{tmp_path}/outbox"
+    with task_runtime(session, policy, url, smtp_url=outbox) as runtime:
+        run_action(runtime, ActionKind.SEND_EMAIL, email.id)
+    session.expire_all()
+    assert email.status is ActionStatus.CANCELLED
+    hours = policy.emails.skip_overdue_after_hours + 1
+    assert email.note == f"skipped: {hours:.1f} h overdue"
+    assert not list(tmp_path.rglob("*.eml"))  # nothing went out
