@@ -36,9 +36,17 @@ def _broker(settings: Settings) -> dict[str, Any]:
     if settings.broker_url != EMBEDDED_BROKER_URL:
         # Redis: a task not acked within this time is redelivered. Long waits never sit in
         # the broker (they live in scheduled_actions), so one hour only covers slow tasks.
+        # Short socket timeouts: a frozen Redis fails a send in seconds, not minutes (the
+        # sweeper hands over what was not sent).
         return {
             "broker_url": settings.broker_url,
-            "broker_transport_options": {"visibility_timeout": 3600},
+            "broker_transport_options": {
+                "visibility_timeout": 3600,
+                "socket_connect_timeout": 2,
+                "socket_timeout": 5,
+                "max_retries": 1,
+            },
+            "broker_connection_timeout": 2,
         }
     folder = (settings.data_dir / "broker").resolve()
     for sub in ("queue", "processed"):

@@ -83,7 +83,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # A server that does not answer a connection within seconds is down for our purposes.
+    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 3}, **kwargs)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -7,6 +7,7 @@ import hmac
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sqlalchemy import select
 
 import worker.webhooks.tasks
 from tests.support import stripe_events as ev
+from tests.support.faults import hanging_port
 from tests.support.paths import REPO, START
 from worker import clock
 from worker.app import DunningCelery, create_app
@@ -213,3 +215,50 @@ def test_readiness_and_metrics_say_when_stripe_retries_too(intake: str, app: Dun
     assert "Smart Retries" in ready.json()["warnings"][0]
     text = httpx.get(f"{intake}/metrics", timeout=10).text
     assert "dunning_provider_retries_planned 1" in text
+
+
+def test_a_hanging_broker_never_stalls_the_intake(
+    pg: str, tmp_path: Path, manual_clock: clock.ManualClock
+) -> None:
+    """Redis frozen: every delivery is answered as soon as it is durable, concurrently, and
+    /readyz says so within a second (issue #10, item 2)."""
+    with hanging_port() as port:
+        frozen = make_app(pg, f"redis://127.0.0.1:{port}/0", tmp_path)
+        with serve_in_thread(build_intake(frozen)) as url:
+            bodies = [event_body(f"evt_frozen_{i}") for i in range(30)]
+            started = time.monotonic()
+            with ThreadPoolExecutor(max_workers=30) as pool:
+                answers = list(pool.map(lambda b: post(url, b, sign(b)), bodies))
+            took = time.monotonic() - started
+            ready_started = time.monotonic()
+            ready = httpx.get(f"{url}/readyz", timeout=10)
+            ready_took = time.monotonic() - ready_started
+        frozen.runtime.close()
+    assert [a.status_code for a in answers] == [200] * 30
+    assert took < 5, f"30 deliveries took {took:.1f} s"  # each one waited on Redis before
+    assert len(inbox(frozen)) == 30  # durable, pending: the sweeper hands them over later
+    assert ready.status_code == 503
+    assert "broker" in ready.json()["problems"][0]
+    assert ready_took < 1.5
+
+
+def test_a_hanging_database_is_503_within_a_second(redis_url: str, tmp_path: Path) -> None:
+    with hanging_port() as port:
+        frozen = make_app(f"postgresql+psycopg://postgres@127.0.0.1:{port}/x", redis_url, tmp_path)
+        with serve_in_thread(build_intake(frozen)) as url:
+            body = event_body()
+            started = time.monotonic()
+            answer = post(url, body, sign(body))
+            took = time.monotonic() - started
+            ready_started = time.monotonic()
+            ready = httpx.get(f"{url}/readyz", timeout=10)
+            ready_took = time.monotonic() - ready_started
+        frozen.runtime.close()
+    assert (answer.status_code, answer.json()) == (
+        503,
+        {"error": "database unavailable, retry later"},
+    )
+    assert took < 1.5
+    assert ready.status_code == 503
+    assert "database" in ready.json()["problems"][0]
+    assert ready_took < 1.5

@@ -11,6 +11,7 @@ threadpool, off the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +35,7 @@ from worker import clock
 from worker.billing.stripe_client import ProviderError, TransientProviderError
 from worker.db import enqueue_after_commit
 from worker.dunning.cases import SMART_RETRIES_ON, provider_retries_planned
-from worker.enqueue import send_safely
+from worker.enqueue import Background
 from worker.links import BadLinkError, ExpiredLinkError, verify_link
 from worker.runtime import Runtime
 from worker.webhooks.inbox import BadEventError, Stored, store_event
@@ -43,6 +44,10 @@ from worker.webhooks.metrics import render_metrics
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024  # 1 MiB: Stripe events are a few KB
+# A database that has not stored an event by then is treated as down (503, Stripe redelivers);
+# readiness checks have as long each, so /readyz answers within a second either way.
+STORE_DEADLINE_S = 1.0
+CHECK_DEADLINE_S = 0.8
 SIGNATURE_TOLERANCE_S = 300  # Stripe's library default; never 0
 
 Enqueue = Callable[[int], Callable[[], None]]  # inbox id -> after-commit callback
@@ -103,10 +108,12 @@ class _Intake:
         except stripe.SignatureVerificationError:
             return _problem(400, "invalid signature")
         try:
-            stored = await run_in_threadpool(self._store, body)
+            stored = await asyncio.wait_for(run_in_threadpool(self._store, body), STORE_DEADLINE_S)
         except BadEventError as exc:
             return _problem(400, str(exc))
-        except (OperationalError, DBAPIError) as exc:
+        except (OperationalError, DBAPIError, TimeoutError) as exc:
+            # A frozen database is down too. Should the late commit still land, Stripe's
+            # redelivery is a duplicate: no second effect.
             log.warning("webhook not stored, database unavailable: %s", type(exc).__name__)
             return _problem(503, "database unavailable, retry later")
         if stored.inbox_id is None:
@@ -153,10 +160,17 @@ class _Intake:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, _: Request) -> Response:
-        problems = await run_in_threadpool(self._readiness)
+        """Answers within a second: each check that has not answered by then is a problem."""
+        found = await asyncio.gather(
+            _within("database", self._database_check), _within("broker", self.broker_check)
+        )
+        problems = [p for p in found if p is not None]
         if problems:
             return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
-        warnings = await run_in_threadpool(self._warnings)
+        try:
+            warnings = await asyncio.wait_for(run_in_threadpool(self._warnings), CHECK_DEADLINE_S)
+        except TimeoutError:
+            warnings = ["warnings not checked: the database answered slowly"]
         return JSONResponse({"status": "ready", **({"warnings": warnings} if warnings else {})})
 
     def _warnings(self) -> list[str]:
@@ -165,18 +179,20 @@ class _Intake:
             both = provider_retries_planned(session, now=clock.now())
         return [f"{both} open case(s): {SMART_RETRIES_ON}"] if both else []
 
-    def _readiness(self) -> list[str]:
-        problems = []
-        try:
-            with self.runtime.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception as exc:  # any failure means not ready
-            problems.append(f"database: {type(exc).__name__}")
-        try:
-            self.broker_check()
-        except Exception as exc:  # any failure means not ready
-            problems.append(f"broker: {type(exc).__name__}")
-        return problems
+    def _database_check(self) -> None:
+        with self.runtime.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+
+async def _within(what: str, check: Callable[[], None]) -> str | None:
+    """A readiness problem (``what: ErrorName``), or None when ``check`` passed in time."""
+    try:
+        await asyncio.wait_for(run_in_threadpool(check), CHECK_DEADLINE_S)
+    except TimeoutError:
+        return f"{what}: no answer within {CHECK_DEADLINE_S:g} s"
+    except Exception as exc:  # any failure means not ready
+        return f"{what}: {type(exc).__name__}"
+    return None
 
 
 def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerCheck) -> Starlette:
@@ -199,11 +215,13 @@ def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerChe
 def build_intake(app: Any) -> Starlette:
     """The intake wired to a Celery app: enqueue through it, check its broker."""
 
+    background = Background(app)
+
     def enqueue(inbox_id: int) -> Callable[[], None]:
-        return send_safely(app, "webhooks.process_event", inbox_id=inbox_id)
+        return background.sender("webhooks.process_event", inbox_id=inbox_id)
 
     def broker_check() -> None:
         with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+            conn.ensure_connection(max_retries=0, timeout=CHECK_DEADLINE_S)
 
     return create_intake(app.runtime, enqueue=enqueue, broker_check=broker_check)
