@@ -5,14 +5,18 @@ in a burst. Against the Stripe-compatible peer and the real task bodies."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from tests.support.paths import START
 from tests.support.pipeline import deliver, task_runtime
+from tests.support.smtp import smtp_server
 from tests.support.worked_examples import case_of, invoice_failed
 from worker.clock import ManualClock
 from worker.config import Policy
@@ -21,6 +25,8 @@ from worker.dunning.models import ActionKind, ActionStatus
 from worker.dunning.models import ScheduledAction as Action
 from worker.dunning.scheduler import RETRY_AFTER_FIRST
 from worker.dunning.state import DunningState
+from worker.email.models import Notification
+from worker.runtime import Runtime
 from worker.sim.stripe_peer import INSUFFICIENT_FUNDS, SUCCEED, CardSpec, StripePeer
 
 
@@ -164,3 +170,69 @@ def test_emails_overdue_after_an_outage_are_skipped_not_sent_in_a_burst(
     hours = policy.emails.skip_overdue_after_hours + 1
     assert email.note == f"skipped: {hours:.1f} h overdue"
     assert not list(tmp_path.rglob("*.eml"))  # nothing went out
+
+
+def test_smtp_talks_outside_any_transaction(
+    session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
+) -> None:
+    """While the server takes its time over DATA, other writers are not held up (on SQLite
+    the write lock is global), and the email is recorded once it is accepted."""
+    account, url = peer
+    invoice, _ = _failed_invoice(session, policy, account)
+    email = _due(session, invoice, ActionKind.SEND_EMAIL)
+    manual_clock.set(email.due_at)
+    action_id = email.id
+    with smtp_server() as (recorder, port):
+        recorder.hold = threading.Event()
+        with task_runtime(session, policy, url, smtp_url=f"smtp://127.0.0.1:{port}") as runtime:
+            sending = threading.Thread(
+                target=run_action, args=(runtime, ActionKind.SEND_EMAIL, action_id)
+            )
+            sending.start()
+            try:
+                _wait_for(lambda: _outbox_status(runtime, email.idempotency_key) == "sending")
+                with runtime.session() as other:  # another writer, mid-conversation
+                    other.execute(text("UPDATE customers SET updated_at = updated_at"))
+            finally:
+                recorder.hold.set()
+                sending.join(30)
+    session.expire_all()
+    assert len(recorder.messages) == 1
+    assert session.get_one(Action, action_id).status is ActionStatus.DONE
+    assert _outbox_status_in(session, email.idempotency_key) == "sent"
+
+
+def test_a_server_that_drops_the_line_before_its_250_gets_the_email_once(
+    session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
+) -> None:
+    account, url = peer
+    invoice, _ = _failed_invoice(session, policy, account)
+    email = _due(session, invoice, ActionKind.SEND_EMAIL)
+    manual_clock.set(email.due_at)
+    with smtp_server() as (recorder, port):
+        recorder.drop_before_answer = True
+        with task_runtime(session, policy, url, smtp_url=f"smtp://127.0.0.1:{port}") as runtime:
+            run_action(runtime, ActionKind.SEND_EMAIL, email.id)
+            run_action(runtime, ActionKind.SEND_EMAIL, email.id)  # a redelivered task
+    session.expire_all()
+    assert len(recorder.messages) == 1  # stored by the server, and never sent again
+    assert email.status is ActionStatus.DONE
+    assert email.note is not None and email.note.startswith("sent, unconfirmed")
+    assert _outbox_status_in(session, email.idempotency_key) == "sent"
+
+
+def _outbox_status(runtime: Runtime, key: str) -> str | None:
+    with runtime.session() as s:
+        return _outbox_status_in(s, key)
+
+
+def _outbox_status_in(session: Session, key: str) -> str | None:
+    status = session.scalar(select(Notification.status).where(Notification.dedupe_key == key))
+    return status.value if status else None
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email import message_from_bytes, policy
@@ -18,6 +20,10 @@ class Recorder:
 
     def __init__(self) -> None:
         self.messages: list[EmailMessage] = []
+        # Scripted faults: hold DATA until this is set; store the message and drop the
+        # connection before answering (the client never sees the 250).
+        self.hold: threading.Event | None = None
+        self.drop_before_answer = False
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -30,7 +36,11 @@ class Recorder:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.hold is not None:
+            await asyncio.to_thread(self.hold.wait, 30)
         self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+        if self.drop_before_answer:
+            server.transport.close()
         return "250 Message accepted for delivery"
 
 

@@ -33,8 +33,15 @@ from worker.dunning.models import ActionKind, ActionStatus, DunningCase, Schedul
 from worker.dunning.scheduler import transient_backoff
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
 from worker.dunning.transitions import apply, case_failure_event
+from worker.email import service as email_outbox
 from worker.email.messages import EmailKind
-from worker.email.sender import PermanentEmailError, TransientEmailError
+from worker.email.models import NotificationStatus
+from worker.email.sender import (
+    PermanentEmailError,
+    TransientEmailError,
+    UnconfirmedEmailError,
+    mask_email,
+)
 from worker.ledger import history
 from worker.ledger.models import RecoveryMethod
 from worker.runtime import Runtime
@@ -294,30 +301,45 @@ def _postpone(runtime: Runtime, action_id: int, note: str) -> None:
 
 
 def run_email(runtime: Runtime, action_id: int) -> None:
+    """Reserve the send (a ``sending`` outbox row), talk SMTP outside any transaction, then
+    record the outcome (:mod:`worker.email.service`). A transient failure leaves the row
+    ``sending`` and the action is tried again (:func:`run_action`)."""
+    with runtime.session() as session:
+        action = _still_wanted(session, action_id)
+        if action is None:
+            return
+        now = clock.now()
+        late = now - action.due_at
+        limit = timedelta(hours=runtime.policy.emails.skip_overdue_after_hours)
+        if late > limit:  # after an outage: no burst of stale emails
+            hours = late.total_seconds() / 3600
+            _finish(action, ActionStatus.CANCELLED, f"skipped: {hours:.1f} h overdue")
+            return
+        prepared = emails.prepare_action_email(
+            session,
+            action,
+            policy=runtime.policy,
+            public_url=runtime.settings.public_url,
+            link_secret=_link_secret(runtime),
+            now=now,
+        )
+        if isinstance(prepared, str):
+            _finish(action, ActionStatus.DONE, prepared)
+            return
+    outcome, status = NotificationStatus.SENT, ActionStatus.DONE
+    note, error = f"sent to {mask_email(prepared.to)}", None
     try:
-        with runtime.session() as session:
-            action = _still_wanted(session, action_id)
-            if action is None:
-                return
-            now = clock.now()
-            late = now - action.due_at
-            limit = timedelta(hours=runtime.policy.emails.skip_overdue_after_hours)
-            if late > limit:  # after an outage: no burst of stale emails
-                hours = late.total_seconds() / 3600
-                _finish(action, ActionStatus.CANCELLED, f"skipped: {hours:.1f} h overdue")
-                return
-            note = emails.send_action_email(
-                session,
-                action,
-                policy=runtime.policy,
-                sender=runtime.sender,
-                public_url=runtime.settings.public_url,
-                link_secret=_link_secret(runtime),
-                now=clock.now(),
-            )
-            _finish(action, ActionStatus.DONE, note)
+        runtime.sender.send(prepared)
+    except UnconfirmedEmailError as exc:  # it may well have arrived: never sent twice
+        note = error = f"sent, unconfirmed: {exc}"
     except PermanentEmailError as exc:  # e.g. 550 unknown recipient: retrying cannot help
-        _give_up(runtime, action_id, f"email refused: {exc}")
+        outcome, status, error = NotificationStatus.FAILED, ActionStatus.FAILED, str(exc)
+        note = f"email refused: {exc}"
+    with runtime.session() as session:
+        email_outbox.record(session, prepared.message_id_key, outcome, now=clock.now(), error=error)
+        action = session.get(ScheduledAction, action_id, with_for_update=True)
+        if action is not None and action.status in _RUNNABLE:
+            _finish(action, status, note)
 
 
 def _link_secret(runtime: Runtime) -> str | None:

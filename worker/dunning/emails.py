@@ -1,5 +1,5 @@
-"""Dunning's emails: planning the card-expiring notice, and sending the email an action names
-with the facts of its case (amount, decline, next retry, access end, the update link).
+"""Dunning's emails: planning the card-expiring notice, and preparing the email an action
+names with the facts of its case (amount, decline, next retry, access end, the update link).
 
 Composing the message and sending it once per key is :mod:`worker.email.service`'s job.
 """
@@ -18,7 +18,7 @@ from worker.dunning.models import ActionKind, ActionStatus, DunningCase, Schedul
 from worker.dunning.rules import customer_zone, outside_quiet_hours
 from worker.email import service as email
 from worker.email.messages import EmailContext, EmailKind
-from worker.email.sender import Sender
+from worker.email.sender import OutgoingEmail
 from worker.links import update_card_url
 
 
@@ -44,17 +44,17 @@ def plan_card_expiring(
     )
 
 
-def send_action_email(
+def prepare_action_email(
     session: Session,
     action: ScheduledAction,
     *,
     policy: Policy,
-    sender: Sender,
     public_url: str,
     link_secret: str | None,
     now: datetime,
-) -> str:
-    """Send the email ``action`` names, once; returns a note for the action row."""
+) -> OutgoingEmail | str:
+    """The email ``action`` names, reserved for sending once (the caller hands it over
+    after this transaction commits), or a note saying why there is nothing to send."""
     if email.already_sent(session, action.idempotency_key):
         return "already sent"
     customer = session.get_one(Customer, action.customer_id)
@@ -69,7 +69,7 @@ def send_action_email(
         link_secret=link_secret,
         now=now,
     )
-    return email.send_once(
+    return email.reserve(
         session,
         EmailKind(action.template or ""),
         context,
@@ -78,7 +78,6 @@ def send_action_email(
         customer_id=customer.id,
         case_id=action.case_id,
         from_address=policy.emails.from_address,
-        sender=sender,
         now=now,
     )
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from worker import clock
@@ -52,6 +52,11 @@ class TransientEmailError(EmailDeliveryError):
 
 class PermanentEmailError(EmailDeliveryError):
     """The server refused this message for good (5xx to MAIL/RCPT/DATA)."""
+
+
+class UnconfirmedEmailError(EmailDeliveryError):
+    """The whole message went to the server, then the connection was lost before its
+    answer: it has most likely been delivered, so it must not be sent again."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,7 @@ class SmtpSender:
             smtp = self._connect()
         except (smtplib.SMTPException, OSError) as exc:  # refused, timeout, TLS, 554 greeting
             raise self._unavailable(exc) from exc
+        transmitted = _watch_for_end_of_data(smtp)
         try:
             if self._starttls:
                 smtp.starttls(context=ssl.create_default_context())
@@ -152,6 +158,9 @@ class SmtpSender:
         except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
             raise _classify(exc.smtp_code, exc.smtp_error, email) from None
         except (smtplib.SMTPException, OSError) as exc:  # AUTH, STARTTLS, dropped connection
+            if transmitted:  # the message is with the server; only its answer was lost
+                msg_ = f"connection lost after the message was sent: {type(exc).__name__}"
+                raise UnconfirmedEmailError(msg_) from exc
             raise self._unavailable(exc) from exc
         finally:
             _close(smtp)
@@ -173,6 +182,27 @@ class SmtpSender:
                 context=ssl.create_default_context(),
             )
         return smtplib.SMTP(self._host, self._port, timeout=SMTP_TIMEOUT_SECONDS)
+
+
+class _Transmitted:
+    def __init__(self) -> None:
+        self.done = False
+
+    def __bool__(self) -> bool:
+        return self.done
+
+
+def _watch_for_end_of_data(smtp: smtplib.SMTP) -> _Transmitted:
+    """Notes when the message's last line (``.``) has been written to the server."""
+    seen, write = _Transmitted(), smtp.send
+
+    def send(data: Any) -> None:
+        write(data)
+        if isinstance(data, bytes) and data.endswith(b"\r\n.\r\n"):
+            seen.done = True
+
+    smtp.send = send  # type: ignore[method-assign,assignment]  # this connection only
+    return seen
 
 
 def _close(smtp: smtplib.SMTP) -> None:

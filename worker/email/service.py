@@ -1,11 +1,13 @@
 """Sending a customer email once per dedupe key, with an outbox row that proves it.
 
-The outbox row (``notifications.dedupe_key`` UNIQUE) is written in the same transaction that
-hands the message to SMTP, and that transaction commits only after the server accepted it. A
-failed hand-off rolls the row back and the task retries; a concurrent duplicate blocks on the
-unique key and then finds the row. The one remaining window (killed after the server's 250,
-before our commit) is covered by a deterministic Message-ID derived from the same key, which
-lets receiving servers drop the copy.
+Three steps, and no transaction is open while SMTP talks: :func:`reserve` writes the outbox
+row (``notifications.dedupe_key`` UNIQUE) as ``sending`` and commits with the caller; the
+caller hands the message to the server; :func:`record` writes the outcome in a new
+transaction. A concurrent duplicate blocks on the unique key and then finds the row. A row
+left ``sending`` (a worker killed around the hand-off, or a transient failure) is sent again
+by the next attempt, with the same deterministic Message-ID, which lets receiving servers drop
+a copy; a message the server received but whose answer was lost is recorded as sent, never
+sent again.
 
 Knows no dunning: callers (:mod:`worker.dunning.emails`) choose the email and its facts.
 """
@@ -19,14 +21,16 @@ from sqlalchemy.orm import Session
 
 from worker.email.messages import EmailContext, EmailKind, build_message
 from worker.email.models import Notification, NotificationStatus
-from worker.email.sender import OutgoingEmail, Sender, mask_email
+from worker.email.sender import OutgoingEmail, mask_email
 
 
 def already_sent(session: Session, key: str) -> bool:
-    return session.scalar(select(Notification.id).where(Notification.dedupe_key == key)) is not None
+    """Sent (or refused for good) under ``key``: nothing more to do."""
+    status = session.scalar(select(Notification.status).where(Notification.dedupe_key == key))
+    return status in (NotificationStatus.SENT, NotificationStatus.FAILED)
 
 
-def send_once(
+def reserve(
     session: Session,
     kind: EmailKind,
     context: EmailContext,
@@ -36,33 +40,41 @@ def send_once(
     customer_id: int,
     case_id: int | None,
     from_address: str,
-    sender: Sender,
     now: datetime,
-) -> str:
-    """Compose ``kind`` from ``context`` and hand it to ``sender``, recorded under ``key``
-    (the caller checked :func:`already_sent`); returns a note saying where it went."""
+) -> OutgoingEmail:
+    """Compose ``kind`` from ``context`` and reserve its send under ``key`` (the caller
+    checked :func:`already_sent`): the row says ``sending`` until :func:`record`."""
+    if session.scalar(select(Notification.id).where(Notification.dedupe_key == key)) is None:
+        session.add(
+            Notification(
+                dedupe_key=key,
+                case_id=case_id,
+                customer_id=customer_id,
+                template=kind.value,
+                to_masked=mask_email(to),
+                status=NotificationStatus.SENDING,
+                created_at=now,
+            )
+        )
+        session.flush()  # claim the unique key now: a concurrent twin waits, then finds it
     message = build_message(kind, context)
-    session.add(
-        Notification(
-            dedupe_key=key,
-            case_id=case_id,
-            customer_id=customer_id,
-            template=kind.value,
-            to_masked=mask_email(to),
-            status=NotificationStatus.SENT,
-            created_at=now,
-            sent_at=now,
-        )
+    return OutgoingEmail(
+        to=to,
+        from_addr=from_address,
+        subject=message.subject,
+        text=message.text,
+        html=message.html,
+        message_id_key=key,
     )
-    session.flush()  # claim the unique key before the hand-off, inside this transaction
-    sender.send(
-        OutgoingEmail(
-            to=to,
-            from_addr=from_address,
-            subject=message.subject,
-            text=message.text,
-            html=message.html,
-            message_id_key=key,
-        )
-    )
-    return f"sent to {mask_email(to)}"
+
+
+def record(
+    session: Session, key: str, status: NotificationStatus, *, now: datetime, error: str | None
+) -> None:
+    """The hand-off's outcome for the row :func:`reserve` wrote (``error``: masked text)."""
+    row = session.scalars(
+        select(Notification).where(Notification.dedupe_key == key).with_for_update()
+    ).one()
+    row.status, row.error = status, error
+    if status is NotificationStatus.SENT:
+        row.sent_at = now
