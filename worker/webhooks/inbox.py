@@ -22,7 +22,8 @@ from worker.webhooks.models import InboxEvent, InboxStatus
 
 SWEEP_AFTER = timedelta(minutes=1)  # an inbox row still pending this long is enqueued again
 MAX_SWEEP_BACKOFF = timedelta(hours=1)
-SWEEP_BATCH = 500
+SWEEP_BATCH = 500  # at most this many rows handed out again per tick
+PROCESSING_HOLD = timedelta(minutes=5)  # a task is killed after 90 s (worker.app)
 
 
 class BadEventError(ValueError):
@@ -95,6 +96,15 @@ def sweep_inbox(session: Session, *, now: datetime, limit: int = SWEEP_BATCH) ->
         row.enqueue_count += 1
         row.sweep_at = now + min(SWEEP_AFTER * 2 ** (row.enqueue_count - 1), MAX_SWEEP_BACKOFF)
     return [row.id for row in rows]
+
+
+def hold(session: Session, inbox_id: int, *, now: datetime) -> None:
+    """A worker has started on the row: the sweeper leaves it alone for a while, so a slow
+    month-start queue does not fill up with copies of events already being processed (each
+    copy would ask Stripe again)."""
+    row = session.get(InboxEvent, inbox_id, with_for_update=True)
+    if row is not None and row.status is InboxStatus.PENDING:
+        row.sweep_at = max(row.sweep_at, now + PROCESSING_HOLD)
 
 
 def note_error(session: Session, inbox_id: int, *, error: str) -> None:

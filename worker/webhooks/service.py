@@ -25,7 +25,7 @@ from worker.webhooks.handlers import (
     discounts_to_fetch,
     handle,
 )
-from worker.webhooks.inbox import finish
+from worker.webhooks.inbox import finish, hold
 from worker.webhooks.models import InboxEvent, InboxStatus
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,10 @@ def process_stored_event(runtime: Runtime, inbox_id: int) -> InboxStatus | None:
     gateway = runtime.gateway
     if gateway is not None:
         with runtime.session() as session:
-            event = _peek(session, inbox_id)
+            event = _peek(session, inbox_id)  # None once processed: no Stripe call then
             ask = event is not None and decline_to_fetch(session, event)
+            if event is not None:
+                hold(session, inbox_id, now=clock.now())
         subscription_id = discounts_to_fetch(event) if event is not None else None
         if subscription_id is not None:
             try:
