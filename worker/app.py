@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
+from worker import redact
 from worker.dunning import tasks as dunning_tasks
 from worker.runtime import Runtime
 from worker.schedule import beat_schedule
@@ -98,3 +99,10 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> DunningCel
     )
     app.runtime = runtime or Runtime(settings)
     return app
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _redact_logs(logger: logging.Logger, **_: Any) -> None:
+    """Worker and beat logs mask email addresses too (:mod:`worker.redact`)."""
+    redact.install(logger)

@@ -78,13 +78,16 @@ class Base(DeclarativeBase):
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine with the per-dialect settings this worker relies on."""
+    """An engine with the per-dialect settings this worker relies on. SQL parameters (a
+    customer's email) never appear in its error messages, which reach logs and error columns."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True, **kwargs)
         _configure_sqlite(engine)
         return engine
     # A server that does not answer a connection within seconds is down for our purposes.
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 3}, **kwargs)
+    return create_engine(
+        url, pool_pre_ping=True, connect_args={"connect_timeout": 3}, hide_parameters=True, **kwargs
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:

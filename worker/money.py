@@ -8,7 +8,7 @@ from decimal import Decimal
 from functools import lru_cache
 
 from babel import Locale, UnknownLocaleError
-from babel.numbers import format_currency
+from babel.numbers import format_currency, list_currencies
 
 FALLBACK_LOCALE = "en_US"
 _CURRENCY_CODE = re.compile(r"[A-Za-z]{3}")
@@ -38,6 +38,16 @@ ZERO_DECIMAL = frozenset(
     }
 )
 THREE_DECIMAL = frozenset({"BHD", "JOD", "KWD", "OMR", "TND"})
+
+
+def is_currency(code: str) -> bool:
+    """An ISO 4217 code (any case) that babel knows: ``usd`` yes, ``xyz`` no."""
+    return _CURRENCY_CODE.fullmatch(code) is not None and code.upper() in _known_currencies()
+
+
+@lru_cache(maxsize=1)
+def _known_currencies() -> frozenset[str]:
+    return frozenset(list_currencies())
 
 
 def minor_unit_exponent(currency: str) -> int:

@@ -544,3 +544,16 @@ def test_the_command_backfills_then_reports_cover_that_history(
     later = ["--format", "json", "--as-of", "2030-01-01T00:00:00Z"]
     shown_again = dunning(env, tmp_path, "report", "retention", *months, *later)
     assert json.loads(shown_again.stdout)["rows"] == list(rows.values())  # nothing doubled
+
+
+def test_verbose_logs_show_no_customer_email(
+    sqlite_url: str, account: Account, tmp_path: Path
+) -> None:
+    """``-v`` logs the Stripe calls, never the customers they return (issue #10, item 5)."""
+    env = clean_env(
+        DUNNING_DATABASE_URL=sqlite_url, STRIPE_API_KEY=API_KEY, STRIPE_API_BASE=account.url
+    )
+    done = dunning(env, tmp_path, "-v", "backfill", "--since", "2025-01-01")
+    assert done.returncode == 0, done.stderr
+    assert "DEBUG" in done.stderr  # verbose indeed
+    assert "@example.test" not in done.stderr + done.stdout

@@ -38,6 +38,7 @@ from worker.billing.domain import (
     SubscriptionItemFacts,
 )
 from worker.billing.payload import Node
+from worker.money import is_currency
 
 PROVIDER: Final = "stripe"
 
@@ -233,9 +234,9 @@ def _invoice(inv: Node) -> InvoiceFacts:
         customer_id=inv.need_ref("customer"),
         subscription_id=_invoice_subscription_id(inv),
         status=inv.text("status"),
-        amount_due=inv.need_integer("amount_due"),
-        amount_paid=inv.integer("amount_paid") or 0,
-        currency=inv.need_text("currency").lower(),
+        amount_due=inv.need_amount("amount_due"),
+        amount_paid=inv.amount("amount_paid") or 0,
+        currency=_currency(inv.need_text("currency"), f"{inv.path}.currency"),
         attempt_count=inv.integer("attempt_count") or 0,
         next_payment_attempt=inv.time("next_payment_attempt"),
         hosted_invoice_url=inv.text("hosted_invoice_url"),
@@ -285,7 +286,7 @@ def _subscription(sub: Node) -> SubscriptionFacts:
         id=sub.need_text("id"),
         customer_id=sub.need_ref("customer"),
         status=sub.need_text("status"),
-        currency=_lower(sub.text("currency") or _item_currency(sub)),
+        currency=_optional_currency(sub.text("currency") or _item_currency(sub), sub.path),
         items=tuple(_subscription_item(holder) for holder in holders),
         cancel_at_period_end=sub.flag("cancel_at_period_end"),
         canceled_at=sub.time("canceled_at"),
@@ -329,8 +330,8 @@ def _discount(discount: Node) -> DiscountFacts:
         raise EventParseError(f"{discount.path}.coupon: required, missing")
     return DiscountFacts(
         percent_off=coupon.number("percent_off"),
-        amount_off=coupon.integer("amount_off"),
-        currency=_lower(coupon.text("currency")),
+        amount_off=coupon.amount("amount_off"),
+        currency=_optional_currency(coupon.text("currency"), coupon.path),
         duration=coupon.text("duration") or "once",
         end=discount.time("end"),
         id=discount.text("id"),
@@ -345,12 +346,12 @@ def _pricing(holder: Node) -> Node | None:
 def _subscription_item(holder: Node) -> SubscriptionItemFacts:
     pricing = _pricing(holder) or Node({}, f"{holder.path}.price")
     cadence = pricing.child("recurring") or pricing  # prices nest it, plans carry it themselves
-    unit_amount = pricing.integer("unit_amount")
+    unit_amount = pricing.amount("unit_amount")
     return SubscriptionItemFacts(
         price_id=holder.ref("price") or holder.ref("plan"),
         product_id=pricing.ref("product"),
-        unit_amount=pricing.integer("amount") if unit_amount is None else unit_amount,
-        quantity=_default(holder.integer("quantity"), 1),  # metered items have none
+        unit_amount=pricing.amount("amount") if unit_amount is None else unit_amount,
+        quantity=_default(holder.amount("quantity"), 1),  # metered items have none
         interval=cadence.text("interval"),
         interval_count=_default(cadence.integer("interval_count"), 1),
         usage_type=cadence.text("usage_type") or "licensed",
@@ -384,8 +385,15 @@ def _customer(cus: Node) -> CustomerFacts:
 # --- small helpers -----------------------------------------------------------------------------
 
 
-def _lower(value: str | None) -> str | None:
-    return value.lower() if value else None
+def _currency(code: str, path: str) -> str:
+    """A currency code we can book money in (lower case, as Stripe sends it)."""
+    if not is_currency(code):
+        raise EventParseError(f"{path}: unknown currency {code[:8]!r}")
+    return code.lower()
+
+
+def _optional_currency(code: str | None, path: str) -> str | None:
+    return None if code is None else _currency(code, f"{path}.currency")
 
 
 def _default(value: int | None, fallback: int) -> int:

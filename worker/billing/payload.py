@@ -18,6 +18,20 @@ from typing import Any
 
 from worker.billing.domain import EventParseError
 
+MAX_AMOUNT = 2**31 - 1  # amounts are INTEGER columns
+
+
+def storable(text: str) -> bool:
+    """Text a database can hold: no NUL (PostgreSQL refuses it), no unpaired surrogate (not
+    encodable as UTF-8)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 def _describe(value: object) -> str:
     """The JSON name of a value's type, for error messages."""
@@ -66,6 +80,8 @@ class Node:
         value = self._need(key)
         if not isinstance(value, str):
             raise self._wrong(key, "a string", value)
+        if not storable(value):
+            raise EventParseError(f"{self.path}.{key}: contains a NUL or an unpaired surrogate")
         return value
 
     def text(self, key: str) -> str | None:
@@ -76,7 +92,20 @@ class Node:
         value = self._need(key)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self._wrong(key, "an integer", value)
+        if not -(2**63) <= value < 2**63:
+            raise EventParseError(f"{self.path}.{key}: {len(str(value))}-digit integer, too large")
         return value
+
+    def need_amount(self, key: str) -> int:
+        """An amount in minor units: never negative, and at most what a database integer
+        holds (Stripe's own ceiling is 8 digits)."""
+        value = self.need_integer(key)
+        if not 0 <= value <= MAX_AMOUNT:
+            raise EventParseError(f"{self.path}.{key}: amount {value} out of range")
+        return value
+
+    def amount(self, key: str) -> int | None:
+        return None if self.raw.get(key) is None else self.need_amount(key)
 
     def integer(self, key: str) -> int | None:
         return None if self.raw.get(key) is None else self.need_integer(key)
@@ -129,6 +158,8 @@ class Node:
             return Node(value, f"{self.path}.{key}").need_text("id")
         if not isinstance(value, str):
             raise self._wrong(key, "an id or an object", value)
+        if not storable(value):
+            raise EventParseError(f"{self.path}.{key}: contains a NUL or an unpaired surrogate")
         return value
 
     def ref(self, key: str) -> str | None:

@@ -8,6 +8,7 @@ import logging
 
 import click
 
+from worker import redact
 from worker.cli import cases, demo, events, policy, processes, report, status
 
 
@@ -21,6 +22,7 @@ def main(ctx: click.Context, verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    redact.install()  # no email address in any log line, -v or not
 
 
 for command in (

@@ -64,7 +64,11 @@ def handle(session: Session, event: NormalisedEvent, ctx: Context) -> None:
 
 
 def _payment_failed(session: Session, event: NormalisedEvent, ctx: Context) -> None:
-    invoice = billing.upsert_invoice(session, _require_invoice(event), at=event.occurred_at)
+    facts = _require_invoice(event)
+    if facts.amount_due <= 0:  # nothing to collect: no case, no retry, no email
+        msg = f"{event.event_type} for invoice {facts.id} with amount_due {facts.amount_due}"
+        raise MissingFactsError(msg)
+    invoice = billing.upsert_invoice(session, facts, at=event.occurred_at)
     decline = merge_declines(_recorded_decline(session, event), ctx.fetched_decline)
     operations.payment_failed(
         session,
@@ -243,7 +247,8 @@ def _attempt_failed(session: Session, event: NormalisedEvent, ctx: Context) -> N
 
 
 class MissingFactsError(ValueError):
-    """A well-formed event without the object its type needs (kept as failed for ops)."""
+    """A well-formed event without the object its type needs, or one nothing can be done
+    for (a failure with nothing to collect): kept as failed for ops, never re-run."""
 
 
 def _require_invoice(event: NormalisedEvent) -> InvoiceFacts:

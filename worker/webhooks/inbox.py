@@ -18,10 +18,14 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from worker.webhooks.models import InboxEvent, InboxStatus
+from worker.billing.payload import storable
+from worker.redact import redact
+from worker.webhooks.models import InboxEvent, InboxStatus, RejectedDelivery
 
 SWEEP_AFTER = timedelta(minutes=1)  # an inbox row still pending this long is enqueued again
 MAX_SWEEP_BACKOFF = timedelta(hours=1)
+MAX_ID_LENGTH = 255  # Stripe's event ids are about 30 characters
+REJECTED_EXCERPT = 64 * 1024
 SWEEP_BATCH = 500  # at most this many rows handed out again per tick
 PROCESSING_HOLD = timedelta(minutes=5)  # a task is killed after 90 s (worker.app)
 
@@ -42,6 +46,10 @@ def parse_envelope(body: bytes) -> tuple[str, str]:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadEventError("malformed JSON") from None
+    except RecursionError:
+        raise BadEventError("JSON nested too deeply") from None
+    except ValueError:  # e.g. an integer of more than 4,300 digits
+        raise BadEventError("JSON number too large") from None
     if not isinstance(data, dict):
         raise BadEventError("not a JSON object")
     event_id, event_type = data.get("id"), data.get("type")
@@ -49,7 +57,23 @@ def parse_envelope(body: bytes) -> tuple[str, str]:
         raise BadEventError("missing event id")
     if not isinstance(event_type, str) or not event_type:
         raise BadEventError("missing event type")
+    for name, value in (("id", event_id), ("type", event_type)):
+        if len(value) > MAX_ID_LENGTH or not storable(value):
+            raise BadEventError(f"event {name}: too long, or a NUL or an unpaired surrogate")
     return event_id, event_type
+
+
+def keep_rejected(
+    session: Session, *, provider: str, body: bytes, reason: str, now: datetime
+) -> None:
+    """Keep a signed body we answered 400 for inspection (its first 64 KiB, as text a
+    database can hold)."""
+    excerpt = body[:REJECTED_EXCERPT].decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+    session.add(
+        RejectedDelivery(
+            provider=provider, received_at=now, reason=reason, size=len(body), excerpt=excerpt
+        )
+    )
 
 
 def store_event(session: Session, *, provider: str, body: bytes, now: datetime) -> Stored:
@@ -112,11 +136,11 @@ def note_error(session: Session, inbox_id: int, *, error: str) -> None:
     backing off) and record why, for ops. Nothing Stripe sent is ever dropped."""
     row = session.get(InboxEvent, inbox_id, with_for_update=True)
     if row is not None and row.status is InboxStatus.PENDING:
-        row.error = error
+        row.error = redact(error)
 
 
 def finish(
     row: InboxEvent, status: InboxStatus, now: datetime, error: str | None = None
 ) -> InboxStatus:
-    row.status, row.error, row.processed_at = status, error, now
+    row.status, row.error, row.processed_at = status, redact(error) if error else None, now
     return status

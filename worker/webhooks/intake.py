@@ -38,7 +38,7 @@ from worker.dunning.cases import SMART_RETRIES_ON, provider_retries_planned
 from worker.enqueue import Background
 from worker.links import BadLinkError, ExpiredLinkError, verify_link
 from worker.runtime import Runtime
-from worker.webhooks.inbox import BadEventError, Stored, store_event
+from worker.webhooks.inbox import BadEventError, Stored, keep_rejected, store_event
 from worker.webhooks.metrics import render_metrics
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class _Intake:
         try:
             stored = await asyncio.wait_for(run_in_threadpool(self._store, body), STORE_DEADLINE_S)
         except BadEventError as exc:
+            await run_in_threadpool(self._keep_rejected, body, str(exc))
             return _problem(400, str(exc))
         except (OperationalError, DBAPIError, TimeoutError) as exc:
             # A frozen database is down too. Should the late commit still land, Stripe's
@@ -126,6 +127,15 @@ class _Intake:
             if stored.inbox_id is not None:
                 enqueue_after_commit(session, self.enqueue(stored.inbox_id))
         return stored
+
+    def _keep_rejected(self, body: bytes, reason: str) -> None:
+        """Signed, so Stripe's (or someone holding our secret): kept for inspection, when
+        the database can take it."""
+        try:
+            with self.runtime.session() as session:
+                keep_rejected(session, provider="stripe", body=body, reason=reason, now=clock.now())
+        except (OperationalError, DBAPIError) as exc:
+            log.warning("rejected delivery not kept: %s", type(exc).__name__)
 
     async def update_card(self, request: Request) -> Response:
         """A customer clicked an email link: mint a portal session and send them there."""

@@ -36,3 +36,18 @@ class InboxEvent(Base):
     sweep_at: Mapped[datetime]  # when the sweeper hands a still-pending row out again
     error: Mapped[str | None] = mapped_column(Text)  # why it failed, or the last retry error
     processed_at: Mapped[datetime | None]
+
+
+class RejectedDelivery(Base):
+    """A correctly signed body that is not an event we can store (broken JSON, hostile
+    nesting or numbers, an id a database cannot hold): answered 400 and kept here for
+    inspection. Unsigned bodies are never kept (anyone could send them)."""
+
+    __tablename__ = "rejected_deliveries"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    provider: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    size: Mapped[int]  # bytes received
+    excerpt: Mapped[str] = mapped_column(Text)  # the first 64 KiB, escaped to storable text

@@ -11,6 +11,7 @@ import json
 import logging
 
 from sqlalchemy import select
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
 from worker import clock
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 def process_event(session: Session, inbox_id: int, ctx: Context) -> InboxStatus | None:
     """Handle one stored event exactly once; returns its new status (None: nothing to do).
 
-    Unparseable events are kept as ``failed`` with the reason and never retried. Other
-    exceptions propagate: the caller's transaction rolls back and the task retries.
+    Unparseable events, events nothing can be done for and values the database refuses are
+    kept as ``failed`` with the reason and never retried. Other exceptions propagate: the
+    caller's transaction rolls back and the task retries.
     """
     row = session.scalar(select(InboxEvent).where(InboxEvent.id == inbox_id).with_for_update())
     if row is None or row.status is not InboxStatus.PENDING:
@@ -51,6 +53,9 @@ def process_event(session: Session, inbox_id: int, ctx: Context) -> InboxStatus 
             handle(session, event, ctx)
     except MissingFactsError as exc:  # a well-formed event we cannot act on: keep it for ops
         return finish(row, InboxStatus.FAILED, ctx.now, error=f"invalid: {exc}")
+    except DataError as exc:  # a value the database cannot hold: retrying cannot help
+        error = f"the database refused a value: {type(exc.orig).__name__}"
+        return finish(row, InboxStatus.FAILED, ctx.now, error=error)
     return finish(row, InboxStatus.PROCESSED, ctx.now)
 
 
