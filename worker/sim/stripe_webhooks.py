@@ -69,6 +69,14 @@ class Webhooks(PeerState):
         with self._lock:
             return list(self._pending)
 
+    def take_pending(self) -> list[dict[str, Any]]:
+        """The undelivered events, in order, for a caller that delivers them itself (late,
+        twice, shuffled); they are no longer pending here."""
+        with self._lock:
+            events = [self._objs[event_id] for event_id in self._pending]
+            self._pending.clear()
+            return events
+
     def _events_only(self, event_id: str) -> dict[str, Any]:
         event = self._objs.get(event_id)
         if event is None or event.get("object") != "event":
