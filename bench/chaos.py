@@ -213,6 +213,7 @@ class System:
             "STRIPE_API_KEY": API_KEY,
             "STRIPE_WEBHOOK_SECRET": SECRET,
             "STRIPE_API_BASE": self.peer_url,
+            "STRIPE_TIMEOUT_SECONDS": "2",  # so a slow answer times out within the run
         }
 
     def spawn(self, name: str, *args: str) -> None:
@@ -602,11 +603,13 @@ def scenario_stripe_storm(sys_: System, p: dict[str, Any]) -> Result:
     sys_.peer.inject_fault(
         method="POST", path_prefix="/v1/invoices/", status=500, times=2, should_retry=False
     )
+    sys_.peer.reply_delay = 3.0  # Stripe charges, and answers after our timeout (2 s)
     with sys_.session() as s:
         for case in cases:
             retry_now(s, case.id, policy=sys_.app.runtime.policy, now=clock.now())
     # Transient failures put retries back for a minute or more; refused ones plan the next.
-    time.sleep(5)
+    time.sleep(15)
+    sys_.peer.reply_delay = 0.0
     for event in _pending_events(sys_):
         sys_.deliver(event)
     deadline = time.monotonic() + 240
@@ -640,8 +643,12 @@ def scenario_stripe_storm(sys_: System, p: dict[str, Any]) -> Result:
             )
         )
         waiting = sum(c.state not in TERMINAL and _has_due_retry(s, c.id) for c in done)
+    paths = {f"/v1/invoices/{i}/pay" for i in invoices}
     observed = {
         "faults": 3 * n + 2,
+        "answers_after_timeout_replayed": sum(
+            r.replayed and r.status == 200 for r in sys_.peer.requests if r.path in paths
+        ),
         "double_charges": _double_charges(sys_, invoices),
         "recovered": sum(c.state is DunningState.RECOVERED for c in done),
         "next_retry_planned": waiting,
@@ -654,8 +661,9 @@ def scenario_stripe_storm(sys_: System, p: dict[str, Any]) -> Result:
         and failed == 2
     )
     return Result(
-        "Stripe 503/429/500 storm, Should-Retry: false",
-        f"{n} x 503, {n} x 429, {n} x 500, 2 x 500 Should-Retry: false on /pay",
+        "Stripe 503/429/500 storm, Should-Retry: false, timeouts after the charge",
+        f"{n} x 503, {n} x 429, {n} x 500, 2 x 500 Should-Retry: false on /pay; for 15 s "
+        "every answer comes after our 2 s timeout",
         "0 double charges; only the two refused attempts fail, and their cases have the next "
         "retry planned; every other case recovers",
         observed,
@@ -817,6 +825,8 @@ def scenario_smtp(sys_: System, p: dict[str, Any]) -> Result:
 def scenario_two_of_everything(sys_: System, p: dict[str, Any]) -> Result:
     """Two workers and two schedulers for a while, with retries and emails due."""
     sys_.start_worker("worker2")
+    for beat in ("beat1", "beat2"):  # real beats too (they tick every 30 s)
+        sys_.spawn(beat, "beat", "--loglevel=WARNING", f"--schedule={sys_.root / beat}")
     second = threading.Event()
     ticker = threading.Thread(target=_tick_until, args=(sys_, second), daemon=True)
     ticker.start()
@@ -832,7 +842,8 @@ def scenario_two_of_everything(sys_: System, p: dict[str, Any]) -> Result:
         sys_.deliver(event)
     sys_.settle(timeout=120)
     second.set()
-    sys_.kill("worker2")
+    for name in ("worker2", "beat1", "beat2"):
+        sys_.kill(name)
     cases = _cases(sys_, invoices)
     observed = {
         "seconds_with_two": p["two_s"],
@@ -848,7 +859,8 @@ def scenario_two_of_everything(sys_: System, p: dict[str, Any]) -> Result:
     )
     return Result(
         "two workers and two schedulers",
-        f"{len(cases)} retries and their emails with two of each running",
+        f"{len(cases)} retries and their emails with two workers, two `dunning beat` and two "
+        "ticking schedulers running",
         "0 double charges, 0 double emails, every case recovered",
         observed,
         ok,

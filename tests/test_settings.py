@@ -37,6 +37,11 @@ def test_production_values() -> None:
     assert settings.stripe_api_key.reveal() == "sk_live_abc"
 
 
+def test_the_stripe_timeout_is_a_number_of_seconds() -> None:
+    assert load_settings({}).stripe_timeout_s == 80
+    assert load_settings({"STRIPE_TIMEOUT_SECONDS": "2.5"}).stripe_timeout_s == 2.5
+
+
 def test_secrets_never_show_themselves() -> None:
     secret = Secret("sk_live_topsecret")
     assert "topsecret" not in repr(secret)
@@ -56,6 +61,9 @@ def test_secrets_never_show_themselves() -> None:
         ("STRIPE_API_KEY", "pk_live_publishable"),
         ("STRIPE_WEBHOOK_SECRET", "secret"),
         ("STRIPE_API_BASE", "localhost:12111"),
+        ("STRIPE_TIMEOUT_SECONDS", "0"),
+        ("STRIPE_TIMEOUT_SECONDS", "ten"),
+        ("STRIPE_TIMEOUT_SECONDS", "601"),
         ("DUNNING_CONFIG", "   "),
     ],
 )

@@ -61,7 +61,11 @@ class Runtime:
         key = self.settings.stripe_api_key
         if key is None:
             return None
-        return StripeGateway(key.reveal(), api_base=self.settings.stripe_api_base)
+        return StripeGateway(
+            key.reveal(),
+            api_base=self.settings.stripe_api_base,
+            timeout_s=self.settings.stripe_timeout_s,
+        )
 
     @cached_property
     def sender(self) -> Sender:

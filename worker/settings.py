@@ -60,6 +60,7 @@ class Settings:
     stripe_api_key: Secret | None = None
     stripe_webhook_secret: Secret | None = None
     stripe_api_base: str | None = None  # None: Stripe's own
+    stripe_timeout_s: float = 80.0  # the stripe library's own default
     data_dir: Path = field(default=DATA_DIR)
 
     @property
@@ -156,4 +157,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             else None
         ),
         stripe_api_base=_http_url("STRIPE_API_BASE", api_base) if api_base else None,
+        stripe_timeout_s=_seconds("STRIPE_TIMEOUT_SECONDS", get("STRIPE_TIMEOUT_SECONDS"), 80.0),
     )
+
+
+def _seconds(name: str, value: str | None, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 600:
+        msg = f"{name}: expected a number of seconds above 0 and at most 600, got {value!r}"
+        raise SettingError(msg)
+    return seconds

@@ -170,7 +170,10 @@ def run_backfill(
         raise ValueError(msg)
     limiter = RateLimiter(requests_per_second)
     gateway = StripeGateway(
-        key.reveal(), api_base=runtime.settings.stripe_api_base, attempts=ATTEMPTS
+        key.reveal(),
+        api_base=runtime.settings.stripe_api_base,
+        attempts=ATTEMPTS,
+        timeout_s=runtime.settings.stripe_timeout_s,
     )
     started = time.monotonic()
     with runtime.session() as session:

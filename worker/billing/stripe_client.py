@@ -109,10 +109,17 @@ class StripeGateway:
         api_base: str | None = None,
         attempts: int = 4,
         wait: Callable[[RetryCallState], float] = _wait,
+        timeout_s: float = 80.0,
     ) -> None:
         base: Any = {"api": api_base} if api_base else None
-        # max_network_retries=0: tenacity below is the single retry layer.
-        self._client = stripe.StripeClient(api_key, base_addresses=base, max_network_retries=0)
+        # max_network_retries=0: tenacity below is the single retry layer. A request that
+        # times out is retried with the same idempotency key (Stripe replays a charge it made).
+        self._client = stripe.StripeClient(
+            api_key,
+            base_addresses=base,
+            max_network_retries=0,
+            http_client=stripe.RequestsClient(timeout=timeout_s),
+        )
         self._retrying = retry(
             retry=retry_if_exception(is_transient),
             wait=wait,
