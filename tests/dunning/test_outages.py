@@ -236,3 +236,29 @@ def _wait_for(condition: Callable[[], bool]) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_an_email_held_up_by_a_long_smtp_outage_is_skipped_not_sent_late(
+    session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
+) -> None:
+    """Each failed try puts the email back a little later; lateness still counts from when
+    it was first due, so the day SMTP comes back customers get no burst of stale emails."""
+    account, url = peer
+    invoice, _ = _failed_invoice(session, policy, account)
+    email = _due(session, invoice, ActionKind.SEND_EMAIL)
+    first_due = email.due_at
+    manual_clock.set(first_due)
+    with task_runtime(session, policy, url, smtp_url="smtp://127.0.0.1:1") as runtime:
+        run_action(runtime, ActionKind.SEND_EMAIL, email.id)  # SMTP down: put back
+    session.expire_all()
+    assert (email.status, email.first_due_at) == (ActionStatus.PLANNED, first_due)
+    manual_clock.set(first_due + timedelta(hours=policy.emails.skip_overdue_after_hours + 1))
+    email.status = ActionStatus.CLAIMED  # SMTP is back, the scheduler hands it out again
+    with smtp_server() as (recorder, port):
+        smtp = f"smtp://127.0.0.1:{port}"
+        with task_runtime(session, policy, url, smtp_url=smtp) as runtime:
+            run_action(runtime, ActionKind.SEND_EMAIL, email.id)
+    session.expire_all()
+    assert recorder.messages == []
+    assert email.status is ActionStatus.CANCELLED
+    assert email.note is not None and email.note.startswith("skipped:")

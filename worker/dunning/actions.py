@@ -295,6 +295,7 @@ def _postpone(runtime: Runtime, action_id: int, note: str) -> None:
         if action is None or action.status not in _RUNNABLE:
             return
         due = clock.now() + transient_backoff(action.claims)
+        action.first_due_at = action.first_due_at or action.due_at
         action.status, action.due_at, action.charging_at = ActionStatus.PLANNED, due, None
         action.note = f"{note}; tried again at {due:%Y-%m-%d %H:%M} UTC"
     log.warning("action %s put back: %s", action_id, note)
@@ -309,7 +310,7 @@ def run_email(runtime: Runtime, action_id: int) -> None:
         if action is None:
             return
         now = clock.now()
-        late = now - action.due_at
+        late = now - (action.first_due_at or action.due_at)
         limit = timedelta(hours=runtime.policy.emails.skip_overdue_after_hours)
         if late > limit:  # after an outage: no burst of stale emails
             hours = late.total_seconds() / 3600

@@ -104,4 +104,7 @@ class ScheduledAction(Base):
     # ... and whether ops asked for it now, which waives our own spacing (the minimum gap, the
     # gap to the provider's retry), never a network rule.
     ops_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # When it was first due, if a transient failure has put it back since (an email more
+    # than emails.skip_overdue_after_hours past this is skipped, not sent late).
+    first_due_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
