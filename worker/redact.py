@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import re
 
-_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
+# Starts only where an address can start (not inside a longer word), so a long run of
+# letters with no "@" is scanned once, not once per position; unicode letters count too.
+_EMAIL = re.compile(r"(?<![\w.%+-])([\w.%+-])[\w.%+-]*@([\w-]+(?:\.[\w-]+)+)")
 
 
 def redact(text: str) -> str:

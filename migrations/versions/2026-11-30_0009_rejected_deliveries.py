@@ -1,4 +1,4 @@
-"""rejected deliveries: signed bodies answered 400, kept for inspection; an action's first due time
+"""rejected deliveries; an action's first due time; when an email's hand-off started
 
 Revision ID: 0009
 Revises: 0008
@@ -7,8 +7,9 @@ Create Date: 2026-11-30 09:30:00.000000
 Rule: each migration must run against the previous release's code; split incompatible changes
 (drop a column still read, add a NOT NULL without default) across releases.
 
-A new table and a nullable column (``scheduled_actions.first_due_at``: when an action put
-back by a transient failure was first due): the previous release never reads or writes them.
+A new table and two nullable columns (``scheduled_actions.first_due_at``: when an action put
+back by a transient failure was first due; ``notifications.sending_since``: when the current
+hand-off of an email started): the previous release never reads or writes them.
 """
 
 from collections.abc import Sequence
@@ -39,9 +40,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("scheduled_actions") as batch:
         batch.add_column(sa.Column("first_due_at", sa.DateTime(timezone=True), nullable=True))
+    with op.batch_alter_table("notifications") as batch:
+        batch.add_column(sa.Column("sending_since", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("notifications") as batch:
+        batch.drop_column("sending_since")
     with op.batch_alter_table("scheduled_actions") as batch:
         batch.drop_column("first_due_at")
     op.drop_index(op.f("ix__rejected_deliveries__received_at"), table_name="rejected_deliveries")

@@ -262,3 +262,33 @@ def test_an_email_held_up_by_a_long_smtp_outage_is_skipped_not_sent_late(
     assert recorder.messages == []
     assert email.status is ActionStatus.CANCELLED
     assert email.note is not None and email.note.startswith("skipped:")
+
+
+def test_a_twin_task_leaves_the_send_to_the_one_already_sending(
+    session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
+) -> None:
+    """A reclaimed or redelivered copy of the email task runs while the first one is still
+    talking to the server: the email goes out once."""
+    account, url = peer
+    invoice, _ = _failed_invoice(session, policy, account)
+    email = _due(session, invoice, ActionKind.SEND_EMAIL)
+    manual_clock.set(email.due_at)
+    action_id, key = email.id, email.idempotency_key
+    with smtp_server() as (recorder, port):
+        recorder.hold = threading.Event()
+        smtp = f"smtp://127.0.0.1:{port}"
+        with task_runtime(session, policy, url, smtp_url=smtp) as runtime:
+            args = (runtime, ActionKind.SEND_EMAIL, action_id)
+            first, twin = (threading.Thread(target=run_action, args=args) for _ in range(2))
+            first.start()
+            try:
+                _wait_for(lambda: _outbox_status(runtime, key) == "sending")
+                twin.start()
+                twin.join(10)
+                assert not twin.is_alive()  # it returned at once, leaving the send alone
+            finally:
+                recorder.hold.set()
+                first.join(30)
+    session.expire_all()
+    assert len(recorder.messages) == 1
+    assert session.get_one(Action, action_id).status is ActionStatus.DONE

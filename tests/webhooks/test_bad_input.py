@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from worker.config import Policy
 from worker.db import make_engine
 from worker.dunning.models import DunningCase
 from worker.httpserver import serve_in_thread
-from worker.redact import RedactingFilter
+from worker.redact import RedactingFilter, redact
 from worker.webhooks.inbox import sweep_inbox
 from worker.webhooks.intake import build_intake
 from worker.webhooks.models import InboxEvent, InboxStatus, RejectedDelivery
@@ -125,3 +126,10 @@ def test_log_lines_mask_email_addresses(caplog: pytest.LogCaptureFixture) -> Non
         logging.getLogger("worker.test").exception("boom")
     assert SECRET_EMAIL not in caplog.text
     assert "j***@example.com" in caplog.text
+
+
+def test_masking_is_linear_and_covers_unicode_and_case() -> None:
+    assert redact("mail JOSÉ.Doe@Exämple.com now") == "mail J***@Exämple.com now"
+    started = time.monotonic()
+    redact("a" * 200_000)  # no "@": one pass, not one per position
+    assert time.monotonic() - started < 1

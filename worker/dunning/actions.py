@@ -44,6 +44,7 @@ from worker.email.sender import (
 )
 from worker.ledger import history
 from worker.ledger.models import RecoveryMethod
+from worker.redact import redact
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -324,6 +325,8 @@ def run_email(runtime: Runtime, action_id: int) -> None:
             link_secret=_link_secret(runtime),
             now=now,
         )
+        if prepared is None:  # a twin is handing it over: it records the outcome
+            return
         if isinstance(prepared, str):
             _finish(action, ActionStatus.DONE, prepared)
             return
@@ -334,8 +337,8 @@ def run_email(runtime: Runtime, action_id: int) -> None:
     except UnconfirmedEmailError as exc:  # it may well have arrived: never sent twice
         note = error = f"sent, unconfirmed: {exc}"
     except PermanentEmailError as exc:  # e.g. 550 unknown recipient: retrying cannot help
-        outcome, status, error = NotificationStatus.FAILED, ActionStatus.FAILED, str(exc)
-        note = f"email refused: {exc}"
+        outcome, status, error = NotificationStatus.FAILED, ActionStatus.FAILED, redact(str(exc))
+        note = f"email refused: {error}"  # the server's text may echo the address
     with runtime.session() as session:
         email_outbox.record(session, prepared.message_id_key, outcome, now=clock.now(), error=error)
         action = session.get(ScheduledAction, action_id, with_for_update=True)

@@ -52,9 +52,10 @@ def prepare_action_email(
     public_url: str,
     link_secret: str | None,
     now: datetime,
-) -> OutgoingEmail | str:
+) -> OutgoingEmail | str | None:
     """The email ``action`` names, reserved for sending once (the caller hands it over
-    after this transaction commits), or a note saying why there is nothing to send."""
+    after this transaction commits), a note saying why there is nothing to send, or None
+    while a twin task is handing it over."""
     if email.already_sent(session, action.idempotency_key):
         return "already sent"
     customer = session.get_one(Customer, action.customer_id)

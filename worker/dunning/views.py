@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from worker.billing.models import Customer, Invoice, PaymentAttempt
 from worker.dunning.models import ActionStatus, CaseTransition, DunningCase, ScheduledAction
 from worker.dunning.state import DunningState
-from worker.email.models import Notification
+from worker.email.models import Notification, NotificationStatus
 from worker.ledger.models import LedgerMovement, MovementKind
 
 
@@ -194,5 +194,10 @@ def recovery_summary(session: Session) -> RecoverySummary:
         at_risk={currency: int(amount) for currency, amount in at_risk},
         recovered_amount=movements.get(MovementKind.RECOVERY, {}),
         involuntary_churn_mrr=movements.get(MovementKind.CHURN_INVOLUNTARY, {}),
-        emails_sent=session.scalar(select(func.count()).select_from(Notification)) or 0,
+        emails_sent=session.scalar(
+            select(func.count())
+            .select_from(Notification)
+            .where(Notification.status == NotificationStatus.SENT)
+        )
+        or 0,
     )

@@ -30,4 +30,7 @@ class Notification(Base):
     status: Mapped[NotificationStatus]
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+    # When the current hand-off started: a twin task finding the row 'sending' since less
+    # than SENDING_HOLD ago leaves the send to it (worker.email.service).
+    sending_since: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
