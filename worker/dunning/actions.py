@@ -4,7 +4,11 @@ Each runner takes the :class:`~worker.runtime.Runtime` and an action id and is s
 twice (Celery redelivery, a second beat). Provider calls happen *between* two short
 transactions, never while a row lock is held: the first checks the action is still wanted,
 the second records the outcome under the case lock and re-checks that nobody recorded it
-meanwhile. The provider call itself is made idempotent by the action's key.
+meanwhile. The provider call itself is made idempotent by the action's key. A retry's first
+transaction also checks the card's rules again (:func:`worker.dunning.planning.clear_to_charge`).
+
+:func:`run_action` is what the Celery tasks call: a transient failure (Stripe 5xx, SMTP down)
+puts the action back with a back-off; only a permanent reason fails it.
 """
 
 from __future__ import annotations
@@ -91,7 +95,9 @@ def _finish(action: ScheduledAction, status: ActionStatus, note: str) -> None:
 
 
 def _give_up(runtime: Runtime, action_id: int, note: str) -> None:
-    """A permanent provider refusal: the action fails visibly instead of being retried."""
+    """The action cannot run here at all (no Stripe key): it fails visibly instead of being
+    handed out again and again. Refusals and outages have their own paths
+    (:func:`_retry_refused`, :func:`_postpone`)."""
     with runtime.session() as session:
         action = session.get(ScheduledAction, action_id, with_for_update=True)
         if action is not None and action.status in _RUNNABLE:
