@@ -104,20 +104,12 @@ def plan_ops_retry(
 ) -> ScheduledAction | rules.DroppedRetry:
     """The retry ops asked for now (see :func:`worker.dunning.operations.retry_now`), or why
     a network rule leaves it no time within :data:`OPS_RETRY_HORIZON`."""
-    invoice = session.get_one(Invoice, case.invoice_id)
-    card = charged_card(session, case)  # the card the check before the charge looks at
-    decision = rules.network_compliant(
-        policy,
-        now,
-        "ops: retry now",
-        card_history(
-            session,
-            invoice,
-            now=now,
-            policy=policy,
-            payment_method_id=card.payment_method_id if card else None,
-        ),
-        amount=invoice.amount_due,
+    decision = _charge_at(
+        session,
+        case,
+        policy=policy,
+        now=now,
+        reason="ops: retry now",
         window_ends_at=now + OPS_RETRY_HORIZON,  # even a case whose window is over
         own_spacing=False,
     )
@@ -219,6 +211,38 @@ def plan_card_update_retry(
     )
 
 
+def _charge_at(
+    session: Session,
+    case: DunningCase,
+    *,
+    policy: Policy,
+    now: datetime,
+    reason: str,
+    window_ends_at: datetime,
+    own_spacing: bool,
+) -> rules.PlannedRetry | rules.DroppedRetry:
+    """When a charge asked for ``now`` may go, on the card it will use (the customer's
+    default, else the invoice's last card), by :func:`rules.network_compliant`."""
+    invoice = session.get_one(Invoice, case.invoice_id)
+    card = charged_card(session, case)
+    history = card_history(
+        session,
+        invoice,
+        now=now,
+        policy=policy,
+        payment_method_id=card.payment_method_id if card else None,
+    )
+    return rules.network_compliant(
+        policy,
+        now,
+        reason,
+        history,
+        amount=invoice.amount_due,
+        window_ends_at=window_ends_at,
+        own_spacing=own_spacing,
+    )
+
+
 def clear_to_charge(
     session: Session, case: DunningCase, action: ScheduledAction, *, policy: Policy, now: datetime
 ) -> bool:
@@ -228,20 +252,12 @@ def clear_to_charge(
     on). False: the retry moved to the first compliant time, or was dropped when none fits in
     the window; its note says which rule and why. The caller holds the card's lock
     (:func:`worker.dunning.cards.lock_cards`) until the charge is marked."""
-    invoice = session.get_one(Invoice, case.invoice_id)
-    card = charged_card(session, case)
-    decision = rules.network_compliant(
-        policy,
-        now,
-        "right before the charge",
-        card_history(
-            session,
-            invoice,
-            now=now,
-            policy=policy,
-            payment_method_id=card.payment_method_id if card else None,
-        ),
-        amount=invoice.amount_due,
+    decision = _charge_at(
+        session,
+        case,
+        policy=policy,
+        now=now,
+        reason="right before the charge",
         window_ends_at=(
             action.created_at + OPS_RETRY_HORIZON if action.ops_requested else case.window_ends_at
         ),
