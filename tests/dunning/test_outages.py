@@ -56,6 +56,21 @@ def _due(session: Session, invoice: str, kind: ActionKind) -> Action:
     return action
 
 
+def _run(
+    session: Session,
+    policy: Policy,
+    url: str,
+    kind: ActionKind,
+    action_id: int,
+    *,
+    smtp_url: str | None = None,
+) -> None:
+    """The task body for ``kind`` (claimed by the test), then the test's view refreshed."""
+    with task_runtime(session, policy, url, smtp_url=smtp_url) as runtime:
+        run_action(runtime, kind, action_id)
+    session.expire_all()
+
+
 def test_stripe_down_puts_the_retry_back_and_it_charges_once_later(
     session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
 ) -> None:
@@ -66,9 +81,7 @@ def test_stripe_down_puts_the_retry_back_and_it_charges_once_later(
     account.inject_fault(
         method="POST", path_prefix=f"/v1/invoices/{invoice}/pay", status=503, times=2
     )
-    with task_runtime(session, policy, url) as runtime:
-        run_action(runtime, ActionKind.RETRY_PAYMENT, retry.id)
-    session.expire_all()
+    _run(session, policy, url, ActionKind.RETRY_PAYMENT, retry.id)
     assert retry.status is ActionStatus.PLANNED  # back, not failed
     assert retry.due_at == manual_clock.now() + RETRY_AFTER_FIRST
     assert retry.note is not None and retry.note.startswith("transient: stripe")
@@ -76,9 +89,7 @@ def test_stripe_down_puts_the_retry_back_and_it_charges_once_later(
     # Stripe is back: the same action runs again, with the same key, and charges once.
     manual_clock.set(retry.due_at)
     retry.status = ActionStatus.CLAIMED
-    with task_runtime(session, policy, url) as runtime:
-        run_action(runtime, ActionKind.RETRY_PAYMENT, retry.id)
-    session.expire_all()
+    _run(session, policy, url, ActionKind.RETRY_PAYMENT, retry.id)
     assert (retry.status, retry.note) == (ActionStatus.DONE, "paid")
     assert account.charge_attempts(invoice) == 2
     assert case_of(session, invoice).state is DunningState.RECOVERED
@@ -94,9 +105,7 @@ def test_a_request_stripe_says_not_to_repeat_ends_the_attempt_not_the_case(
     account.inject_fault(
         method="POST", path_prefix=f"/v1/invoices/{invoice}/pay", status=500, should_retry=False
     )
-    with task_runtime(session, policy, url) as runtime:
-        run_action(runtime, ActionKind.RETRY_PAYMENT, retry.id)
-    session.expire_all()
+    _run(session, policy, url, ActionKind.RETRY_PAYMENT, retry.id)
     assert retry.status is ActionStatus.FAILED
     assert retry.note is not None and "provider refused" in retry.note
     case = case_of(session, invoice)
@@ -120,16 +129,12 @@ def test_the_final_action_waits_out_an_outage_and_then_runs(
     final = _due(session, invoice, ActionKind.FINAL_ACTION)
     manual_clock.set(final.due_at + timedelta(hours=2))  # the window ended during the outage
     account.inject_fault(method="GET", path_prefix=f"/v1/invoices/{invoice}", status=503, times=2)
-    with task_runtime(session, policy, url) as runtime:
-        run_action(runtime, ActionKind.FINAL_ACTION, final.id)
-    session.expire_all()
+    _run(session, policy, url, ActionKind.FINAL_ACTION, final.id)
     assert final.status is ActionStatus.PLANNED
     assert account.get(sub)["status"] != "canceled"
     manual_clock.set(final.due_at)
     final.status = ActionStatus.CLAIMED
-    with task_runtime(session, policy, url) as runtime:
-        run_action(runtime, ActionKind.FINAL_ACTION, final.id)
-    session.expire_all()
+    _run(session, policy, url, ActionKind.FINAL_ACTION, final.id)
     assert (final.status, final.note) == (ActionStatus.DONE, "cancel_subscription")
     assert account.get(sub)["status"] == "canceled"
     assert case_of(session, invoice).state is DunningState.CHURNED
@@ -142,9 +147,9 @@ def test_smtp_down_puts_the_email_back(
     invoice, _ = _failed_invoice(session, policy, account)
     email = _due(session, invoice, ActionKind.SEND_EMAIL)
     manual_clock.set(email.due_at)
-    with task_runtime(session, policy, url, smtp_url="smtp://127.0.0.1:1") as runtime:
-        run_action(runtime, ActionKind.SEND_EMAIL, email.id)  # nothing listens there
-    session.expire_all()
+    _run(
+        session, policy, url, ActionKind.SEND_EMAIL, email.id, smtp_url="smtp://127.0.0.1:1"
+    )  # nothing listens there
     assert email.status is ActionStatus.PLANNED
     assert email.note is not None and email.note.startswith("transient:")
     assert "down@example.test" not in email.note
@@ -163,9 +168,7 @@ def test_emails_overdue_after_an_outage_are_skipped_not_sent_in_a_burst(
     limit = timedelta(hours=policy.emails.skip_overdue_after_hours)
     manual_clock.set(email.due_at + limit + timedelta(hours=1))
     outbox = f"file://{tmp_path}/outbox"
-    with task_runtime(session, policy, url, smtp_url=outbox) as runtime:
-        run_action(runtime, ActionKind.SEND_EMAIL, email.id)
-    session.expire_all()
+    _run(session, policy, url, ActionKind.SEND_EMAIL, email.id, smtp_url=outbox)
     assert email.status is ActionStatus.CANCELLED
     hours = policy.emails.skip_overdue_after_hours + 1
     assert email.note == f"skipped: {hours:.1f} h overdue"
@@ -248,9 +251,9 @@ def test_an_email_held_up_by_a_long_smtp_outage_is_skipped_not_sent_late(
     email = _due(session, invoice, ActionKind.SEND_EMAIL)
     first_due = email.due_at
     manual_clock.set(first_due)
-    with task_runtime(session, policy, url, smtp_url="smtp://127.0.0.1:1") as runtime:
-        run_action(runtime, ActionKind.SEND_EMAIL, email.id)  # SMTP down: put back
-    session.expire_all()
+    _run(
+        session, policy, url, ActionKind.SEND_EMAIL, email.id, smtp_url="smtp://127.0.0.1:1"
+    )  # SMTP down: put back
     assert (email.status, email.first_due_at) == (ActionStatus.PLANNED, first_due)
     manual_clock.set(first_due + timedelta(hours=policy.emails.skip_overdue_after_hours + 1))
     email.status = ActionStatus.CLAIMED  # SMTP is back, the scheduler hands it out again
