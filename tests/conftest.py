@@ -8,12 +8,14 @@ that uses it. Redis uses database 15, flushed before each test that uses it.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 import redis
+from playwright.sync_api import Browser, sync_playwright
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
@@ -96,3 +98,19 @@ def manual_clock() -> Iterator[clock.ManualClock]:
     with clock.use_clock(clock.ManualClock(START)) as installed:
         assert isinstance(installed, clock.ManualClock)
         yield installed
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium (``make browser``) through Playwright: Playwright's own
+    browser download is not reachable from CI."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.fail(
+            "chromium is not installed (not on PATH): run `make browser`, which installs "
+            "Debian's chromium package (scripts/browser). This test must run, not skip."
+        )
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, headless=True)
+        yield launched
+        launched.close()

@@ -127,6 +127,8 @@ class Emails(_Strict):
     # An email this late (workers, SMTP or the database were down) is skipped with a note,
     # not sent: after an outage, customers get no burst of stale reminders.
     skip_overdue_after_hours: float = Field(12, gt=0)
+    # How long the one-click card-update link in an email keeps working.
+    link_lifetime_days: int = Field(30, ge=1, le=365)
 
     @field_validator("default_timezone")
     @classmethod

@@ -6,6 +6,7 @@ from worker.db import Base
 from worker.dunning import models as dunning
 from worker.email import models as email
 from worker.ledger import models as ledger
+from worker.links import models as links
 from worker.webhooks import models as webhooks
 
-__all__ = ["Base", "backfill", "billing", "dunning", "email", "ledger", "webhooks"]
+__all__ = ["Base", "backfill", "billing", "dunning", "email", "ledger", "links", "webhooks"]

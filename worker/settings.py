@@ -13,6 +13,7 @@ Nothing here is read at import time: callers use :func:`load_settings`, and test
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,18 @@ class Secret(str):
 
 
 @dataclass(frozen=True)
+class LinkKey:
+    """One key for the signed card-update links: ``kid`` names it inside each token."""
+
+    kid: str
+    secret: Secret
+
+
+_KID = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+LINK_SECRET_MIN = 32
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     broker_url: str = EMBEDDED_BROKER_URL
@@ -61,6 +74,8 @@ class Settings:
     stripe_webhook_secret: Secret | None = None
     stripe_api_base: str | None = None  # None: Stripe's own
     stripe_timeout_s: float = 80.0  # the stripe library's own default
+    # Card-update link keys, newest first: the first signs, all verify (rotation).
+    link_keys: tuple[LinkKey, ...] = ()
     data_dir: Path = field(default=DATA_DIR)
 
     @property
@@ -158,7 +173,30 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         stripe_api_base=_http_url("STRIPE_API_BASE", api_base) if api_base else None,
         stripe_timeout_s=_seconds("STRIPE_TIMEOUT_SECONDS", get("STRIPE_TIMEOUT_SECONDS"), 80.0),
+        link_keys=_link_keys(get("DUNNING_LINK_KEYS")),
     )
+
+
+def _link_keys(value: str | None) -> tuple[LinkKey, ...]:
+    """``kid:secret[,kid:secret...]``, newest first. Rotate by putting a new key in front and
+    dropping the old one once its links have expired."""
+    if value is None:
+        return ()
+    keys: list[LinkKey] = []
+    for part in value.split(","):
+        kid, sep, secret = part.strip().partition(":")
+        if not sep or not _KID.match(kid) or len(secret) < LINK_SECRET_MIN:
+            msg = (
+                "DUNNING_LINK_KEYS: expected kid:secret[,kid:secret...] with kid of 1-16 "
+                f"letters, digits, '-' or '_' and secrets of at least {LINK_SECRET_MIN} "
+                f"characters (a key {kid[:16]!r} is not)"
+            )
+            raise SettingError(msg)
+        if any(k.kid == kid for k in keys):
+            msg = f"DUNNING_LINK_KEYS: key id {kid!r} appears twice"
+            raise SettingError(msg)
+        keys.append(LinkKey(kid, Secret(secret)))
+    return tuple(keys)
 
 
 def _seconds(name: str, value: str | None, default: float) -> float:

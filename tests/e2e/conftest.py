@@ -11,17 +11,26 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 
 from tests.support.paths import REPO
+from tests.support.processes import free_port
 from tests.support.smtp import Recorder, smtp_server
 from tests.support.stack import API_KEY, WEBHOOK_SECRET, Stack
 from worker.app import create_app
 from worker.httpserver import serve_in_thread
-from worker.settings import Secret, Settings
+from worker.settings import DEFAULT_PUBLIC_URL, LinkKey, Secret, Settings
 from worker.sim.stripe_peer import StripePeer
 from worker.webhooks.intake import build_intake
 
+LINK_KEY = LinkKey("e2e", Secret("e2e-link-key-" + "x" * 32))
+
 
 def e2e_settings(
-    *, database_url: str, broker_url: str, smtp_port: int, api_base: str, data_dir: Path
+    *,
+    database_url: str,
+    broker_url: str,
+    smtp_port: int,
+    api_base: str,
+    data_dir: Path,
+    public_url: str = DEFAULT_PUBLIC_URL,
 ) -> Settings:
     return Settings(
         database_url=database_url,
@@ -31,6 +40,8 @@ def e2e_settings(
         stripe_api_key=Secret(API_KEY),
         stripe_webhook_secret=Secret(WEBHOOK_SECRET),
         stripe_api_base=api_base,
+        public_url=public_url,
+        link_keys=(LINK_KEY,),
         data_dir=data_dir,
     )
 
@@ -60,15 +71,17 @@ def stack_no_worker(
     """Intake, peer, SMTP and the scheduler; the test brings its own worker."""
     stripe_peer, api_base = peer
     recorder, smtp_port = mail
+    port = free_port()  # known before the app, so email links point at this intake
     settings = e2e_settings(
         database_url=pg,
         broker_url=redis_url,
         smtp_port=smtp_port,
         api_base=api_base,
         data_dir=tmp_path / ".dunning",
+        public_url=f"http://127.0.0.1:{port}",
     )
     app = create_app(settings)
-    with serve_in_thread(build_intake(app)) as intake_url:
+    with serve_in_thread(build_intake(app), port=port) as intake_url:
         stripe_peer.webhook_url = f"{intake_url}/webhooks/stripe"
         yield Stack(app, settings, stripe_peer, intake_url, recorder)
     app.runtime.close()

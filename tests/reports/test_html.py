@@ -9,7 +9,6 @@ browser download is not reachable from CI.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from fractions import Fraction
 from html.parser import HTMLParser
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Request, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Request
 
 from worker.ledger.periods import Period, parse_month, periods
 from worker.reports.html import MAX_BLOCKS, MAX_DAYS, MISSING, to_html
@@ -94,20 +93,6 @@ def recovery_report() -> Report:
 
 
 # --- the browser ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        pytest.fail(
-            "chromium is not installed (not on PATH): run `make browser`, which installs "
-            "Debian's chromium package (scripts/browser). This test must run, not skip."
-        )
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, headless=True)
-        yield launched
-        launched.close()
 
 
 @dataclass

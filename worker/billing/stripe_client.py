@@ -248,12 +248,12 @@ class StripeGateway:
         listed = self._call(attempt)
         return Page([obj.to_dict() for obj in listed.data], has_more=bool(listed.has_more))
 
-    def portal_url(self, customer_id: str, *, return_url: str) -> str:
-        params: Any = {
-            "customer": customer_id,
-            "return_url": return_url,
-            "flow_data": {"type": "payment_method_update"},
-        }
+    def portal_url(self, customer_id: str, *, return_url: str, flow: bool = True) -> str:
+        """A fresh billing-portal session; with ``flow``, straight to updating the payment
+        method (refused by accounts whose portal configuration turns that feature off)."""
+        params: Any = {"customer": customer_id, "return_url": return_url}
+        if flow:
+            params["flow_data"] = {"type": "payment_method_update"}
         session = self._call(lambda: self._client.v1.billing_portal.sessions.create(params))
         return str(session.url)
 

@@ -9,7 +9,7 @@ import logging
 import click
 
 from worker import redact
-from worker.cli import cases, demo, events, policy, processes, report, status
+from worker.cli import cases, demo, events, links, policy, processes, report, status
 
 
 @click.group()
@@ -34,6 +34,7 @@ for command in (
     policy.config,
     policy.policy,
     cases.cases,
+    links.links,
     status.status,
     events.events,
     report.report,

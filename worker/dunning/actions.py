@@ -328,7 +328,7 @@ def run_email(runtime: Runtime, action_id: int) -> None:
             action,
             policy=runtime.policy,
             public_url=runtime.settings.public_url,
-            link_secret=_link_secret(runtime),
+            link_keys=runtime.settings.link_keys,
             now=now,
         )
         if prepared is None:  # a twin is handing it over: it records the outcome
@@ -350,11 +350,6 @@ def run_email(runtime: Runtime, action_id: int) -> None:
         action = session.get(ScheduledAction, action_id, with_for_update=True)
         if action is not None and action.status in _RUNNABLE:
             _finish(action, status, note)
-
-
-def _link_secret(runtime: Runtime) -> str | None:
-    secret = runtime.settings.stripe_webhook_secret
-    return secret.reveal() if secret else None
 
 
 def run_final_action(runtime: Runtime, action_id: int) -> None:

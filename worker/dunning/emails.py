@@ -6,7 +6,7 @@ Composing the message and sending it once per key is :mod:`worker.email.service`
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,7 +19,8 @@ from worker.dunning.rules import customer_zone, outside_quiet_hours
 from worker.email import service as email
 from worker.email.messages import EmailContext, EmailKind
 from worker.email.sender import OutgoingEmail
-from worker.links import update_card_url
+from worker.links.service import link_for_email
+from worker.settings import LinkKey
 
 
 def plan_card_expiring(
@@ -50,7 +51,7 @@ def prepare_action_email(
     *,
     policy: Policy,
     public_url: str,
-    link_secret: str | None,
+    link_keys: tuple[LinkKey, ...],
     now: datetime,
 ) -> OutgoingEmail | str | None:
     """The email ``action`` names, reserved for sending once (the caller hands it over
@@ -67,7 +68,7 @@ def prepare_action_email(
         customer,
         policy=policy,
         public_url=public_url,
-        link_secret=link_secret,
+        link_keys=link_keys,
         now=now,
     )
     return email.reserve(
@@ -90,7 +91,7 @@ def _context(
     *,
     policy: Policy,
     public_url: str,
-    link_secret: str | None,
+    link_keys: tuple[LinkKey, ...],
     now: datetime,
 ) -> EmailContext:
     case = session.get(DunningCase, action.case_id) if action.case_id else None
@@ -114,13 +115,22 @@ def _context(
             )
             .order_by(ScheduledAction.due_at)
         )
-    # A dunning email links to the invoice's hosted page (it also handles 3-D Secure); a
-    # card-expiring notice has no open invoice and links to our signed card-update page.
-    update_url = (
-        invoice.hosted_invoice_url
-        if case and invoice and invoice.hosted_invoice_url
-        else update_card_url(public_url, link_secret, customer.provider_id, now=now)
-    )
+    # Our signed one-click link (a fresh portal session on click) in every email that asks
+    # for something; without link keys, the invoice's hosted page (it also takes a new card
+    # and handles 3-D Secure).
+    link = None
+    if action.template != EmailKind.PAYMENT_RECOVERED:
+        link = link_for_email(
+            session,
+            link_keys,
+            public_url=public_url,
+            issued_for=action.idempotency_key,
+            customer_id=customer.id,
+            invoice_id=invoice.id if case and invoice else None,
+            lifetime=timedelta(days=policy.emails.link_lifetime_days),
+            now=now,
+        )
+    update_url = link or (invoice.hosted_invoice_url if case and invoice else None) or public_url
     return EmailContext(
         customer_name=customer.name,
         amount_due=invoice.amount_due if invoice else 0,

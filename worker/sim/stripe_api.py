@@ -323,6 +323,12 @@ class ApiHandlers(Billing):
                 "Missing required param: customer.", param="customer", code="parameter_missing"
             )
         cust = self._fetch("customer", ctx.params["customer"], param="customer")
+        if self.portal == "off":
+            raise invalid_request(
+                "You can't create a portal session in test mode until you save your customer "
+                "portal settings in test mode at "
+                "https://dashboard.stripe.com/test/settings/billing/portal."
+            )
         flow = ctx.params.get("flow_data") or {}
         flow_type = flow.get("type") if isinstance(flow, dict) else None
         allowed = (
@@ -336,6 +342,12 @@ class ApiHandlers(Billing):
                 f"Invalid flow_data[type]: must be one of {', '.join(allowed)}",
                 param="flow_data[type]",
             )
+        if flow_type == "payment_method_update" and self.portal == "no_flows":
+            raise invalid_request(
+                "You cannot create a portal session with flow_data.type 'payment_method_update' "
+                "because payment method updates are disabled in this portal configuration.",
+                param="flow_data[type]",
+            )
         session = self._store(
             so.portal_session(
                 bps_id=so.new_id("bps"),
@@ -344,6 +356,7 @@ class ApiHandlers(Billing):
                 return_url=ctx.params.get("return_url"),
                 flow_type=flow_type,
                 locale=ctx.params.get("locale"),
+                base_url=self.base_url,
             )
         )
         return self._render(session, ctx)

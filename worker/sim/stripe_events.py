@@ -16,6 +16,7 @@ def portal_session(
     return_url: str | None,
     flow_type: str | None,
     locale: str | None,
+    base_url: str | None,
 ) -> dict[str, Any]:
     flow = None
     if flow_type:
@@ -38,7 +39,7 @@ def portal_session(
         "locale": locale,
         "on_behalf_of": None,
         "return_url": return_url,
-        "url": f"https://billing.stripe.test/p/session/{bps_id}",
+        "url": f"{base_url or 'https://billing.stripe.test'}/p/session/{bps_id}",
     }
 
 

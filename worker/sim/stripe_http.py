@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from html import escape
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -21,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from worker.httpserver import serve_in_thread
@@ -50,20 +51,57 @@ class HttpWire(ApiHandlers):
 
     @contextmanager
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-        """Run the API with uvicorn in a daemon thread; yields the base URL."""
+        """Run the API with uvicorn in a daemon thread; yields the base URL (portal sessions
+        created meanwhile point at the portal page served there)."""
         with serve_in_thread(self.asgi_app, host, port) as url:
-            yield url
+            self.base_url = url
+            try:
+                yield url
+            finally:
+                self.base_url = None
 
     def _asgi_app(self) -> Starlette:
         return Starlette(
             routes=[
+                Route("/p/session/{bps_id}", self._portal_page, methods=["GET"]),
+                Route("/p/session/{bps_id}/card", self._portal_card, methods=["POST"]),
                 Route(
                     "/{path:path}",
                     self._endpoint,
                     methods=["GET", "POST", "DELETE", "PUT", "PATCH"],
-                )
+                ),
             ]
         )
+
+    async def _portal_page(self, request: Request) -> Response:
+        """The customer portal a session URL opens: one form to save a new card."""
+        with self._lock:
+            session = self._objs.get(request.path_params["bps_id"])
+        if session is None:
+            return HTMLResponse("<!doctype html><title>Expired</title><p>Session expired", 404)
+        flow = (session.get("flow") or {}).get("type") or "portal_homepage"
+        body = (
+            '<!doctype html><html lang="en"><meta charset="utf-8"><title>Billing portal</title>'
+            f'<main data-flow="{escape(flow)}" data-customer="{escape(session["customer"])}">'
+            "<h1>Update your payment method</h1>"
+            f'<form method="post" action="/p/session/{escape(session["id"])}/card">'
+            '<button id="save" type="submit">Save card</button></form></main></html>'
+        )
+        return HTMLResponse(body)
+
+    async def _portal_card(self, request: Request) -> Response:
+        """Save ``portal_card`` as the customer's new default, as the portal does, and go
+        back to the session's return_url."""
+        with self._lock:
+            session = self._objs.get(request.path_params["bps_id"])
+        if session is None:
+            return HTMLResponse("<!doctype html><title>Expired</title><p>Session expired", 404)
+        await run_in_threadpool(self.portal_saved, session["customer"])
+        return RedirectResponse(session["return_url"] or "/", status_code=303)
+
+    def portal_saved(self, customer_id: str) -> str:
+        """A customer saved a new card in the portal (the peer attaches it as default)."""
+        raise NotImplementedError
 
     async def _endpoint(self, request: Request) -> Response:
         body = await request.body()

@@ -258,6 +258,9 @@ class StripePeer(HttpWire):
         self._after_control()
         return pm["id"]
 
+    def portal_saved(self, customer_id: str) -> str:
+        return self.update_card(customer_id, self.portal_card, via="customer")
+
     def customer_pays_on_hosted_page(self, invoice_id: str) -> bool:
         """A customer-initiated attempt (e.g. after 3DS) with the default card's next outcome."""
         with self._lock:

@@ -15,13 +15,13 @@ from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
 from worker.sim import stripe_objects as so
 from worker.sim.stripe_objects import Shape, invalid_request, resource_missing
-from worker.sim.stripe_specs import CardScript
+from worker.sim.stripe_specs import CardScript, CardSpec
 
 
 @dataclass
@@ -94,6 +94,12 @@ class PeerState:
         self.api_shape: Shape = api_shape
         self.api_key = api_key
         self.auto_deliver = False
+        # The account's customer portal: "flows" (payment-method update flow on), "no_flows"
+        # (portal on, that feature off: a session with the flow is refused), "off" (never
+        # saved: every session is refused, as in a new account).
+        self.portal: Literal["flows", "no_flows", "off"] = "flows"
+        self.portal_card = CardSpec()  # what a customer enters on the served portal page
+        self.base_url: str | None = None  # set while serving: portal session URLs point here
         self.latency = 0.0  # seconds slept (outside the lock) by every routed API request
         # Seconds slept after a request took effect, before answering: a client killed in
         # this gap has charged the card without hearing so (crash-recovery tests).

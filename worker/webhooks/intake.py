@@ -5,7 +5,8 @@
 event is durable (also for a duplicate, with no second effect). ``GET /healthz`` says the
 process is up; ``GET /readyz`` that the database and the broker answer; ``GET /metrics`` the
 backlog and case states for Prometheus; ``GET /u/<token>`` turns a signed email link into a
-fresh billing-portal session (``worker.links``). Blocking database work runs in Starlette's
+fresh billing-portal session (``worker.links``), and ``GET /u/<token>/done`` thanks the customer
+back from it. Blocking database work runs in Starlette's
 threadpool, off the event loop.
 """
 
@@ -32,11 +33,11 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from worker import clock
-from worker.billing.stripe_client import ProviderError, TransientProviderError
 from worker.db import enqueue_after_commit
 from worker.dunning.cases import SMART_RETRIES_ON, provider_retries_planned
 from worker.enqueue import Background
-from worker.links import BadLinkError, ExpiredLinkError, verify_link
+from worker.links.pages import Page, render_page
+from worker.links.service import LinkState, OpenedLink, destination, open_link
 from worker.runtime import Runtime
 from worker.webhooks.inbox import BadEventError, Stored, keep_rejected, store_event
 from worker.webhooks.metrics import render_metrics
@@ -49,6 +50,9 @@ MAX_BODY = 1024 * 1024  # 1 MiB: Stripe events are a few KB
 STORE_DEADLINE_S = 1.0
 CHECK_DEADLINE_S = 0.8
 SIGNATURE_TOLERANCE_S = 300  # Stripe's library default; never 0
+
+# A link's token is in its URL: never cached, never sent on as a referrer.
+_PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
 Enqueue = Callable[[int], Callable[[], None]]  # inbox id -> after-commit callback
 BrokerCheck = Callable[[], None]
@@ -73,15 +77,6 @@ async def _read_body(request: Request) -> bytes:
 
 def _problem(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status)
-
-
-def _page(status: int, message: str) -> HTMLResponse:
-    """A plain page for customers (the messages are ours, no input is echoed)."""
-    body = (
-        f'<!doctype html><html lang="en"><meta charset="utf-8">'
-        f"<title>Billing</title><p>{message}</p></html>"
-    )
-    return HTMLResponse(body, status_code=status)
 
 
 class _Intake:
@@ -138,22 +133,40 @@ class _Intake:
             log.warning("rejected delivery not kept: %s", type(exc).__name__)
 
     async def update_card(self, request: Request) -> Response:
-        """A customer clicked an email link: mint a portal session and send them there."""
+        """A customer clicked an email link: a fresh portal session, or a page that says
+        why not and offers another way to pay."""
+        token = request.path_params["token"]
         try:
-            customer_ref = verify_link(self.secret, request.path_params["token"], now=clock.now())
-        except ExpiredLinkError:
-            return _page(410, "This link has expired. Please use the link in our latest email.")
-        except (BadLinkError, ValueError, UnicodeDecodeError):
-            return _page(400, "This link is not valid.")
+            opened = await run_in_threadpool(self._open_link, token)
+        except (OperationalError, DBAPIError):
+            return self._page(Page.UNAVAILABLE, None)
+        if opened.state is not LinkState.OPEN:
+            return self._page(Page(opened.state.value), opened.pay_url)
         gateway = self.runtime.gateway
-        if gateway is None:
-            return _page(503, "Card updates are not available right now.")
-        home = f"{self.runtime.settings.public_url}/"
-        try:
-            url = await run_in_threadpool(gateway.portal_url, customer_ref, return_url=home)
-        except (ProviderError, TransientProviderError):
-            return _page(503, "We could not open the billing page. Please try again shortly.")
-        return RedirectResponse(url, status_code=303)
+        back = f"{self.runtime.settings.public_url}/u/{token}/done"
+        url = None
+        if gateway is not None:
+            url = await run_in_threadpool(destination, gateway, opened, return_url=back)
+        if url is None:
+            return self._page(Page.UNAVAILABLE, opened.pay_url)
+        return RedirectResponse(url, status_code=303, headers=_PRIVATE)
+
+    async def update_card_done(self, _: Request) -> Response:
+        return self._page(Page.DONE, None)
+
+    def _open_link(self, token: str) -> OpenedLink:
+        with self.runtime.session() as session:
+            return open_link(session, self.runtime.settings.link_keys, token, now=clock.now())
+
+    def _page(self, page: Page, pay_url: str | None) -> HTMLResponse:
+        emails = self.runtime.policy.emails
+        status, html = render_page(
+            page,
+            pay_url=pay_url,
+            support_email=emails.support_email,
+            company_name=emails.company_name,
+        )
+        return HTMLResponse(html, status_code=status, headers=_PRIVATE)
 
     async def metrics(self, _: Request) -> Response:
         try:
@@ -215,6 +228,7 @@ def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerChe
         routes=[
             Route("/webhooks/stripe", intake.stripe_webhook, methods=["POST"]),
             Route("/u/{token}", intake.update_card, methods=["GET"]),
+            Route("/u/{token}/done", intake.update_card_done, methods=["GET"]),
             Route("/healthz", intake.healthz, methods=["GET"]),
             Route("/readyz", intake.readyz, methods=["GET"]),
             Route("/metrics", intake.metrics, methods=["GET"]),

@@ -1,0 +1,94 @@
+"""The pages a customer sees at ``/u/<token>`` when the link does not lead to the portal.
+
+Every page says what happened in plain words and offers a way forward: the invoice's own
+secure payment page when it is still open, and the support address. Nothing from the request
+is echoed; the template is autoescaped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+
+import jinja2
+
+from worker.email.render import default_templates_dir, make_environment
+
+
+class Page(StrEnum):
+    PAID = "paid"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    INVALID = "invalid"
+    UNAVAILABLE = "unavailable"
+    DONE = "done"  # back from the portal
+
+
+@dataclass(frozen=True)
+class _Text:
+    status: int
+    title: str
+    message: str
+
+
+_PAGES = {
+    Page.PAID: _Text(
+        200,
+        "Nothing to do",
+        "This invoice is paid. Thank you, there's nothing more you need to do.",
+    ),
+    Page.EXPIRED: _Text(
+        410,
+        "This link has expired",
+        "For your security, card-update links only work for a limited time.",
+    ),
+    Page.REVOKED: _Text(
+        410,
+        "This link no longer works",
+        "For your security, this link was switched off. Our most recent email has a new one.",
+    ),
+    Page.INVALID: _Text(
+        400,
+        "We couldn't open this link",
+        "The link may be incomplete. Please use the button in our most recent email.",
+    ),
+    Page.UNAVAILABLE: _Text(
+        503,
+        "The billing page is taking a break",
+        "We couldn't open your billing page just now. Please try again in a few minutes.",
+    ),
+    Page.DONE: _Text(
+        200,
+        "Thank you",
+        "If you updated your card, we'll try the payment again in the next few minutes. "
+        "There's nothing else you need to do.",
+    ),
+}
+
+
+def render_page(
+    page: Page, *, pay_url: str | None, support_email: str, company_name: str
+) -> tuple[int, str]:
+    """The HTTP status and the HTML of ``page``."""
+    text = _PAGES[page]
+    html = (
+        _environment()
+        .get_template("pages/link.html")
+        .render(
+            lang="en",
+            title=text.title,
+            message=text.message,
+            pay_url=pay_url,
+            pay_label="Pay the invoice on the secure payment page",
+            help="Questions? Write to us at",
+            support_email=support_email,
+            company_name=company_name,
+        )
+    )
+    return text.status, html
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return make_environment(default_templates_dir())
