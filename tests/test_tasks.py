@@ -16,6 +16,7 @@ EXPECTED = {
     "dunning.retry_payment",
     "dunning.send_email",
     "dunning.final_action",
+    "cards.scan_expiring",
 }
 # Task class attributes, plus the options Celery's task decorator documents but does not
 # declare on Task (autoretry), plus what the decorator itself sets.
@@ -44,3 +45,11 @@ def test_tasks_are_registered_named_and_routed(tmp_path: Path) -> None:
         }
         assert unknown == set(), f"{name}: unknown task options {unknown}"
         assert any(name == r or (r.endswith("*") and name.startswith(r[:-1])) for r in ROUTES)
+
+
+def test_the_beat_runs_the_card_expiry_scan_daily() -> None:
+    from worker.schedule import beat_schedule
+
+    entry = beat_schedule()["card-expiry-scan"]
+    assert entry["task"] == "cards.scan_expiring"
+    assert entry["schedule"] == 24 * 3600

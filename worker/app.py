@@ -26,6 +26,8 @@ ROUTES = {
     "dunning.retry_payment": {"queue": "payments"},
     "dunning.final_action": {"queue": "payments"},
     "dunning.send_email": {"queue": "emails"},
+    # Minutes of paging on a large account: never in front of the tick or a retry.
+    "cards.scan_expiring": {"queue": "emails"},
 }
 
 

@@ -158,6 +158,19 @@ class Paydays(_Strict):
     max_retries: int = Field(3, ge=0, le=8)
 
 
+class CardExpiry(_Strict):
+    # Notices before a card expires (the end of its expiry month), in days: one per card
+    # and step, the nearest step reached; none once the card changed or was renewed.
+    notice_days_before: list[Annotated[int, Field(ge=1, le=120)]] = [30, 7]
+    # Brands whose network account updater usually renews cards in time: no notice.
+    skip_brands: list[str] = []
+
+    @field_validator("skip_brands")
+    @classmethod
+    def _lower(cls, value: list[str]) -> list[str]:
+        return [brand.strip().lower() for brand in value]
+
+
 class FinalAction(_Strict):
     action: Literal["cancel_subscription", "mark_uncollectible", "leave_past_due"] = (
         "cancel_subscription"
@@ -207,6 +220,7 @@ class Policy(_Strict):
     networks: Networks = Networks()
     classes: Classes = Classes()
     emails: Emails = Emails()
+    card_expiry: CardExpiry = CardExpiry()
     final_action: FinalAction = FinalAction()
     # The FIRST segment (in file order) whose conditions all match applies; it replaces only
     # the settings it names. No match: the settings above.

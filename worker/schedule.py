@@ -6,8 +6,12 @@ from datetime import timedelta
 from typing import Any
 
 TICK_EVERY = timedelta(seconds=30)  # claim due actions, sweep the inbox
+CARD_SCAN_EVERY = timedelta(days=1)  # default cards expiring soon (worker.dunning.expiring)
 
-SCHEDULE: tuple[tuple[str, timedelta, str], ...] = (("scheduler-tick", TICK_EVERY, "dunning.tick"),)
+SCHEDULE: tuple[tuple[str, timedelta, str], ...] = (
+    ("scheduler-tick", TICK_EVERY, "dunning.tick"),
+    ("card-expiry-scan", CARD_SCAN_EVERY, "cards.scan_expiring"),
+)
 
 
 def beat_schedule() -> dict[str, dict[str, Any]]:

@@ -21,10 +21,11 @@ from sqlalchemy.orm import Session
 
 from tests.support.processes import clean_env, dunning
 from worker.backfill.models import BackfillCursor, BackfillResource
-from worker.backfill.service import BackfillSummary, RateLimiter, backfill_states, run_backfill
+from worker.backfill.service import BackfillSummary, backfill_states, run_backfill
 from worker.billing.domain import SubscriptionFacts
 from worker.billing.models import Customer, Invoice, Subscription
 from worker.billing.normalise import normalise_stripe_event
+from worker.billing.ratelimit import RateLimiter
 from worker.billing.stripe_client import ProviderError
 from worker.clock import ManualClock
 from worker.config import Policy

@@ -87,8 +87,15 @@ def inbox(app: DunningCelery) -> list[InboxEvent]:
         return list(session.scalars(select(InboxEvent).order_by(InboxEvent.id)))
 
 
-def queued(redis_url: str, queue: str = "intake") -> int:
-    return int(redis.Redis.from_url(redis_url).llen(queue))
+def queued(redis_url: str, queue: str = "intake", *, at_least: int = 1) -> int:
+    """Messages in ``queue`` once ``at_least`` arrived (the intake enqueues from a background
+    thread after answering) or 2 s passed, and a moment more for any extra one."""
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 2.0
+    while int(client.llen(queue)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    return int(client.llen(queue))
 
 
 def test_a_signed_event_is_stored_and_enqueued_once(

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final, NamedTuple
@@ -58,6 +57,7 @@ from worker.billing import normalise
 from worker.billing import service as billing
 from worker.billing.domain import EventParseError, SubscriptionFacts
 from worker.billing.models import Subscription
+from worker.billing.ratelimit import RateLimiter
 from worker.billing.stripe_client import StripeGateway
 from worker.dunning import cases
 from worker.ledger import history
@@ -75,31 +75,6 @@ SOURCE_PREFIX: Final = "backfill:"
 # its coupon in `source.coupon`). Items embed their prices: nothing to expand there.
 EXPAND_SUBSCRIPTIONS: Final = ("data.discounts.source.coupon",)
 START, TRIAL_END, END = "start", "trial-end", "end"
-
-
-class RateLimiter:
-    """Spaces calls at least ``1 / per_second`` apart (one caller: a backfill is sequential)."""
-
-    def __init__(
-        self,
-        per_second: float,
-        *,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if per_second <= 0:
-            msg = f"requests per second must be positive, got {per_second}"
-            raise ValueError(msg)
-        self._interval = 1.0 / per_second
-        self._monotonic, self._sleep = monotonic, sleep
-        self._next: float | None = None
-
-    def wait(self) -> None:
-        now = self._monotonic()
-        if self._next is not None and now < self._next:
-            self._sleep(self._next - now)
-            now = self._next
-        self._next = now + self._interval
 
 
 @dataclass

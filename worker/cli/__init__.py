@@ -9,7 +9,7 @@ import logging
 import click
 
 from worker import redact
-from worker.cli import cases, demo, events, links, policy, processes, report, status
+from worker.cli import cards, cases, demo, events, links, policy, processes, report, status
 
 
 @click.group()
@@ -34,6 +34,7 @@ for command in (
     policy.config,
     policy.policy,
     cases.cases,
+    cards.cards,
     links.links,
     status.status,
     events.events,

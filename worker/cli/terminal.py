@@ -115,3 +115,15 @@ def preview_table(result: Preview) -> None:
         f"{retries} automatic retr{'y' if retries == 1 else 'ies'}; "
         f"then: {result.final_action['action']}"
     )
+
+
+def plain_table(title: str, columns: dict[str, str], rows: list[dict[str, Any]]) -> None:
+    """Rows of plain values, ``columns`` mapping each key to its (short) header; numbers
+    right-aligned; a value too wide folds, never truncates."""
+    table = Table(title=title)
+    for column, header in columns.items():
+        numeric = bool(rows) and all(isinstance(row[column], int) for row in rows)
+        table.add_column(header, justify="right" if numeric else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*(str(row[column]) for column in columns))
+    console.print(table)

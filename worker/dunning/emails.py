@@ -1,5 +1,6 @@
-"""Dunning's emails: planning the card-expiring notice, and preparing the email an action
-names with the facts of its case (amount, decline, next retry, access end, the update link).
+"""Dunning's emails: preparing the email an action names with the facts of its case (amount,
+decline, next retry, access end, the update link). Card-expiring notices are planned by
+:mod:`worker.dunning.expiring`, which also says when one has gone stale.
 
 Composing the message and sending it once per key is :mod:`worker.email.service`'s job.
 """
@@ -11,38 +12,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker.billing.domain import Card
 from worker.billing.models import Customer, Invoice
 from worker.config import Policy
+from worker.dunning import expiring
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
-from worker.dunning.rules import customer_zone, outside_quiet_hours
 from worker.email import service as email
 from worker.email.messages import EmailContext, EmailKind
 from worker.email.sender import OutgoingEmail
 from worker.links.service import link_for_email
 from worker.settings import LinkKey
-
-
-def plan_card_expiring(
-    session: Session, customer: Customer, card: Card, *, policy: Policy, now: datetime
-) -> None:
-    expiry = f"{card.exp_year}-{card.exp_month}"
-    key = f"customer:{customer.id}:card-expiring:{card.payment_method_id}:{expiry}"
-    if session.scalar(select(ScheduledAction.id).where(ScheduledAction.idempotency_key == key)):
-        return
-    zone = customer_zone(customer.timezone, policy)
-    session.add(
-        ScheduledAction(
-            customer_id=customer.id,
-            case_id=None,
-            kind=ActionKind.SEND_EMAIL,
-            due_at=outside_quiet_hours(now, zone, policy.emails.quiet_hours),
-            idempotency_key=key,
-            template=EmailKind.CARD_EXPIRING,
-            reason="card on file expires soon",
-            created_at=now,
-        )
-    )
 
 
 def prepare_action_email(
@@ -62,6 +40,10 @@ def prepare_action_email(
     customer = session.get_one(Customer, action.customer_id)
     if not customer.email:
         return "skipped: the customer has no email address"
+    if action.template == EmailKind.CARD_EXPIRING:
+        stale = expiring.stale_notice(session, customer, action, policy=policy, now=now)
+        if stale is not None:
+            return stale
     context = _context(
         session,
         action,

@@ -107,4 +107,23 @@ class ScheduledAction(Base):
     # When it was first due, if a transient failure has put it back since (an email more
     # than emails.skip_overdue_after_hours past this is skipped, not sent late).
     first_due_at: Mapped[datetime | None]
+    # The provider's payment method this action is about: the card a retry charges, the card
+    # a card-expiring notice warns of.
+    payment_method: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[datetime | None]
+
+
+class CardExpiryNotice(Base):
+    """A card we warned about before it expires: one row per card and expiry month, and
+    whether (and when, provider time) it was replaced or renewed in time."""
+
+    __tablename__ = "card_expiry_notices"
+    __table_args__ = (UniqueConstraint("payment_method", "expires"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    payment_method: Mapped[str] = mapped_column(Text)
+    expires: Mapped[str] = mapped_column(Text)  # YYYY-MM, the card's expiry month
+    first_planned_at: Mapped[datetime]
+    replaced_at: Mapped[datetime | None]
+    replaced_by: Mapped[str | None] = mapped_column(Text)  # customer | network

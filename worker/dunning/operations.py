@@ -18,7 +18,7 @@ from worker.billing import service as billing
 from worker.billing.domain import Card, Decline
 from worker.billing.models import AttemptOutcome, AttemptSource, Customer, Invoice, Subscription
 from worker.config import Policy, RetryMode
-from worker.dunning import emails, planning, rules
+from worker.dunning import expiring, planning, rules
 from worker.dunning.cases import (
     SMART_RETRIES_ON,
     case_for_invoice,
@@ -260,11 +260,20 @@ def card_updated(
         )
 
 
+def cards_on_file_changed(
+    session: Session, customer: Customer, *, by_network: bool, at: datetime
+) -> None:
+    """A card event for the customer: notices about a card that is no longer the one we
+    charge, or that was renewed, are settled (for the report: updated before expiry)."""
+    expiring.note_replaced(session, customer, at=at, by_network=by_network)
+
+
 def card_expiring(
     session: Session, customer: Customer, card: Card, *, policy: Policy, now: datetime
 ) -> None:
-    """A card on file expires soon: tell the customer once, outside their quiet hours."""
-    emails.plan_card_expiring(session, customer, card, policy=policy, now=now)
+    """The provider says a card on file expires soon: tell the customer once, outside their
+    quiet hours."""
+    expiring.plan_notice(session, customer, card, policy=policy, now=now, announced=True)
 
 
 class CaseNotRetryableError(ValueError):

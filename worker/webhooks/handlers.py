@@ -186,6 +186,9 @@ def _payment_method_updated(session: Session, event: NormalisedEvent, ctx: Conte
         before = billing.card_details(session, event.card.payment_method_id)
         billing.upsert_payment_method(session, event.card, customer=customer, at=event.occurred_at)
         changed = billing.card_details(session, event.card.payment_method_id) != before
+    operations.cards_on_file_changed(
+        session, customer, by_network=event.event_type == _NETWORK_UPDATE, at=event.occurred_at
+    )
     if not _new_card_to_charge(event, customer.default_payment_method_id, changed=changed):
         return
     operations.card_updated(
