@@ -66,6 +66,11 @@ class Retries(_Strict):
     # Never retry this close to the provider's own next attempt (Smart Retries left on).
     provider_retry_gap_hours: float = Field(4, ge=0)
     offsets_hours: Offsets = Offsets()
+    # One retry on another saved card of the customer: never; after the default card is
+    # declined as needing a new card or runs out of network budget; or also after it failed
+    # backup_after_failures times on the invoice.
+    backup_methods: Literal["never", "after_hard", "after_n"] = "after_hard"
+    backup_after_failures: int = Field(3, ge=1, le=8)
 
 
 class VisaLimits(_Strict):

@@ -163,7 +163,10 @@ class Account:
 
     # ---- the gateway our tasks call (StripeGateway's methods)
 
-    def pay_invoice(self, invoice_id: str, *, idempotency_key: str) -> PaymentResult:
+    def pay_invoice(
+        self, invoice_id: str, *, idempotency_key: str, payment_method: str | None = None
+    ) -> PaymentResult:
+        assert payment_method is None, "the default card only (backups are off here)"
         status = self.invoice_status[invoice_id]
         if status == "paid":
             return PaymentResult(succeeded=True, already_paid=True)
@@ -241,7 +244,10 @@ def harness(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
             "visa": policy.networks.visa.model_copy(update={"max_declines_30d": VISA_PER_MONTH}),
         }
     )
-    tight = policy.model_copy(update={"networks": networks})
+    # Backup cards are off: this model charges the default card only (their card rules are
+    # tested in tests/dunning/test_backup_cards.py).
+    retries = policy.retries.model_copy(update={"backup_methods": "never"})
+    tight = policy.model_copy(update={"networks": networks, "retries": retries})
     gateway = Gateway()
     runtime = Runtime(Settings(database_url=url), policy=tight, gateway=gateway)  # type: ignore[arg-type]
     engine = make_engine(url)
@@ -371,7 +377,9 @@ def _checked_charges(account: Account, seen: Seen, policy: Policy) -> None:
     """Invariants 1 and 2, checked at each of our charges, against what we knew then."""
     pay = account.pay_invoice
 
-    def checked(invoice_id: str, *, idempotency_key: str) -> PaymentResult:
+    def checked(
+        invoice_id: str, *, idempotency_key: str, payment_method: str | None = None
+    ) -> PaymentResult:
         now, card = account.clock.now(), account.default
         assert account.sub_of(invoice_id) not in seen.voluntary_end, "charged after a cancellation"
         known = [(at, declined) for at, declined in seen.attempts.get(card, {}).values()]
@@ -386,7 +394,7 @@ def _checked_charges(account: Account, seen: Seen, policy: Policy) -> None:
         else:
             in_month = [at for at in declines if now - at < timedelta(days=30)]
             assert len(in_month) < VISA_PER_MONTH, "Visa budget broken"
-        return pay(invoice_id, idempotency_key=idempotency_key)
+        return pay(invoice_id, idempotency_key=idempotency_key, payment_method=payment_method)
 
     account.pay_invoice = checked  # type: ignore[method-assign]
 

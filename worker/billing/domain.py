@@ -26,6 +26,7 @@ class EventKind(StrEnum):
     SUBSCRIPTION_DELETED = "subscription_deleted"  # customer.subscription.deleted
     # payment_method.automatically_updated | payment_method.updated | payment_method.attached
     PAYMENT_METHOD_UPDATED = "payment_method_updated"
+    PAYMENT_METHOD_DETACHED = "payment_method_detached"  # payment_method.detached
     DEFAULT_PAYMENT_METHOD_CHANGED = "default_payment_method_changed"  # customer.updated
     CARD_EXPIRING = "card_expiring"  # customer.source.expiring
     CUSTOMER_UPDATED = "customer_updated"  # customer.created, customer.updated (other fields)

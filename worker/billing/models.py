@@ -43,6 +43,7 @@ class PaymentMethod(Base):
     exp_year: Mapped[int | None]
     fingerprint: Mapped[str | None] = mapped_column(Text, index=True)
     updated_at: Mapped[datetime]
+    detached_at: Mapped[datetime | None]  # the customer removed it (payment_method.detached)
 
 
 class Subscription(Base):

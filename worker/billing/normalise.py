@@ -55,6 +55,7 @@ _EVENT_KINDS: Final[Mapping[str, EventKind]] = {
     "payment_method.automatically_updated": EventKind.PAYMENT_METHOD_UPDATED,
     "payment_method.updated": EventKind.PAYMENT_METHOD_UPDATED,
     "payment_method.attached": EventKind.PAYMENT_METHOD_UPDATED,
+    "payment_method.detached": EventKind.PAYMENT_METHOD_DETACHED,
     # Downgraded to CUSTOMER_UPDATED unless the default payment method really changed.
     "customer.updated": EventKind.DEFAULT_PAYMENT_METHOD_CHANGED,
     "customer.created": EventKind.CUSTOMER_UPDATED,
@@ -79,6 +80,7 @@ _OBJECT_TYPES: Final[Mapping[EventKind, frozenset[str]]] = {
     EventKind.SUBSCRIPTION_UPDATED: frozenset({"subscription"}),
     EventKind.SUBSCRIPTION_DELETED: frozenset({"subscription"}),
     EventKind.PAYMENT_METHOD_UPDATED: frozenset({"payment_method"}),
+    EventKind.PAYMENT_METHOD_DETACHED: frozenset({"payment_method"}),
     EventKind.DEFAULT_PAYMENT_METHOD_CHANGED: frozenset({"customer"}),
     EventKind.CUSTOMER_UPDATED: frozenset({"customer"}),
     EventKind.CARD_EXPIRING: frozenset({"card", "source"}),
@@ -191,6 +193,8 @@ def _event_facts(kind: EventKind, obj: Node, previous: Node) -> tuple[EventKind,
             return kind, {"subscription": subscription, "customer_id": subscription.customer_id}
         case EventKind.PAYMENT_METHOD_UPDATED | EventKind.CARD_EXPIRING:
             return kind, {"card": payment_method_card(obj), "customer_id": obj.ref("customer")}
+        case EventKind.PAYMENT_METHOD_DETACHED:  # the object no longer names its customer
+            return kind, {"card": payment_method_card(obj), "customer_id": previous.ref("customer")}
         case EventKind.DEFAULT_PAYMENT_METHOD_CHANGED | EventKind.CUSTOMER_UPDATED:
             customer = _customer(obj)
             if not _default_payment_method_changed(obj, previous):

@@ -63,12 +63,22 @@ def upsert_payment_method(
     elif at < pm.updated_at:
         return pm
     pm.customer_id = customer.id if customer else pm.customer_id
+    if customer is not None:
+        pm.detached_at = None  # attached (again)
     pm.brand, pm.last4 = card.brand or pm.brand, card.last4 or pm.last4
     pm.exp_month, pm.exp_year = card.exp_month or pm.exp_month, card.exp_year or pm.exp_year
     pm.fingerprint = card.fingerprint or pm.fingerprint
     pm.updated_at = at
     session.flush()
     return pm
+
+
+def detach_payment_method(session: Session, card: Card, *, at: datetime) -> None:
+    """The customer removed the card: it stays in the mirror (its attempts name it), never
+    again a candidate for a charge."""
+    pm = upsert_payment_method(session, card, customer=None, at=at)
+    if pm is not None and pm.detached_at is None:
+        pm.detached_at = at
 
 
 def card_details(session: Session, payment_method_id: str | None) -> tuple[object, ...] | None:

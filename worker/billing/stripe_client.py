@@ -32,8 +32,8 @@ from worker.billing.declines import (
     decline_from_payment_intent,
     merge_declines,
 )
-from worker.billing.domain import Decline, DiscountFacts
-from worker.billing.normalise import subscription_facts
+from worker.billing.domain import Card, Decline, DiscountFacts
+from worker.billing.normalise import parse_stripe_object, subscription_facts
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -142,10 +142,17 @@ class StripeGateway:
 
     # ---- mutations (always with our idempotency key) ----
 
-    def pay_invoice(self, invoice_id: str, *, idempotency_key: str) -> PaymentResult:
+    def pay_invoice(
+        self, invoice_id: str, *, idempotency_key: str, payment_method: str | None = None
+    ) -> PaymentResult:
+        """Pay the open invoice off-session: with the customer's default card, or with
+        ``payment_method`` (another card of that customer)."""
         options: Any = {"idempotency_key": idempotency_key}
+        params: Any = {"payment_method": payment_method} if payment_method else {}
         try:
-            invoice = self._call(lambda: self._client.v1.invoices.pay(invoice_id, options=options))
+            invoice = self._call(
+                lambda: self._client.v1.invoices.pay(invoice_id, params, options=options)
+            )
         except stripe.CardError as exc:
             body = exc.json_body if isinstance(exc.json_body, dict) else {}
             error = body.get("error") or {}
@@ -174,6 +181,19 @@ class StripeGateway:
         self._call(lambda: self._client.v1.invoices.mark_uncollectible(invoice_id, options=options))
 
     # ---- reads ----
+
+    def saved_card(self, payment_method_id: str) -> tuple[str | None, Card]:
+        """A PaymentMethod as it is now: the customer it is attached to (None once detached)
+        and its card."""
+        found = _as_dict(
+            self._call(lambda: self._client.v1.payment_methods.retrieve(payment_method_id))
+        )
+        card = parse_stripe_object(found)
+        if not isinstance(card, Card):
+            msg = f"{payment_method_id} is not a card"
+            raise ProviderError(msg)
+        customer = found.get("customer")
+        return (customer if isinstance(customer, str) else None), card
 
     def fetch_discounts(self, subscription_id: str) -> tuple[DiscountFacts, ...]:
         """A subscription's discounts with their coupons (webhooks carry only their ids)."""

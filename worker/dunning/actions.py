@@ -14,6 +14,7 @@ puts the action back with a back-off; only a permanent reason fails it.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select
@@ -24,14 +25,20 @@ from worker.billing import service as billing
 from worker.billing.models import (
     AttemptOutcome,
     AttemptSource,
+    Customer,
     Invoice,
     PaymentAttempt,
     Subscription,
 )
-from worker.billing.stripe_client import PaymentResult, ProviderError, TransientProviderError
+from worker.billing.stripe_client import (
+    PaymentResult,
+    ProviderError,
+    StripeGateway,
+    TransientProviderError,
+)
 from worker.config import Policy
 from worker.dunning import emails, planning
-from worker.dunning.cards import charged_card, lock_cards
+from worker.dunning.cards import action_card, expiry_end, lock_cards
 from worker.dunning.cases import lock_case, paid_elsewhere, policy_of
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.dunning.scheduler import transient_backoff
@@ -125,17 +132,41 @@ def run_retry(runtime: Runtime, action_id: int) -> None:
             return
         key = action.idempotency_key
         invoice_ref = session.get_one(Invoice, case.invoice_id).provider_id
+        customer_ref = session.get_one(Customer, case.customer_id).provider_id
+        backup = (
+            action.payment_method
+            if action.recovery_method is RecoveryMethod.BACKUP_METHOD
+            else None
+        )
     gateway = runtime.gateway
     if gateway is None:
         _give_up(runtime, action_id, "STRIPE_API_KEY is not set: cannot retry payments")
         return
     try:
-        result = gateway.pay_invoice(invoice_ref, idempotency_key=key)
+        if backup is not None and (unusable := _backup_unusable(gateway, backup, customer_ref)):
+            _retry_refused(runtime, action_id, unusable)
+            return
+        result = gateway.pay_invoice(invoice_ref, idempotency_key=key, payment_method=backup)
     except ProviderError as exc:
         _retry_refused(runtime, action_id, f"provider refused: {exc}")
         return
     with runtime.session() as session:
         record_retry_result(session, runtime, action_id, result)
+
+
+def _backup_unusable(gateway: StripeGateway, payment_method: str, customer_ref: str) -> str | None:
+    """Why the backup card may not be charged as Stripe has it now (the mirror may be
+    behind): detached, moved to another customer, or expired. None: charge it."""
+    attached_to, card = gateway.saved_card(payment_method)
+    if attached_to != customer_ref:
+        return "backup card no longer on file: not charged"
+    if (
+        card.exp_year
+        and card.exp_month
+        and expiry_end(card.exp_year, card.exp_month) <= clock.now()
+    ):
+        return "backup card expired: not charged"
+    return None
 
 
 def record_retry_result(
@@ -186,6 +217,9 @@ def record_retry_result(
     decline = result.decline
     assert decline is not None  # noqa: S101 - a failed PaymentResult always carries one
     outcome = AttemptOutcome.ACTION_REQUIRED if result.requires_action else AttemptOutcome.FAILED
+    backup = action.recovery_method is RecoveryMethod.BACKUP_METHOD
+    if backup and (decline.card is None or decline.card.payment_method_id is None):
+        decline = replace(decline, card=action_card(session, case, action))
     attempt = billing.record_attempt(
         session,
         invoice=invoice,
@@ -194,6 +228,7 @@ def record_retry_result(
         at=now,
         decline=decline,
         action_id=action.id,
+        card=action_card(session, case, action) if backup else None,
     )
     # Finish first: planning the next retry counts finished retries.
     _finish(action, ActionStatus.DONE, f"declined: {decline.reason or 'unknown'}")
@@ -230,7 +265,7 @@ def our_charge(
         at=now,
         decline=None,
         action_id=action.id,
-        card=charged_card(session, case),
+        card=action_card(session, case, action),
     )
 
 

@@ -8,7 +8,7 @@ the card, so its history includes every fingerprint it has had.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, false, or_, select, text
 from sqlalchemy.orm import Session
@@ -26,6 +26,7 @@ from worker.config import Policy
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.dunning.rules import CardHistory, card_block
 from worker.dunning.state import TERMINAL
+from worker.ledger.models import RecoveryMethod
 
 # pg_advisory_xact_lock's first key: the namespace of per-customer card locks ("card").
 _CARD_LOCKS = 0x63617264
@@ -56,6 +57,68 @@ def charged_card(session: Session, case: DunningCase) -> Card | None:
     if last is None:
         return None
     return Card(last.payment_method_id, last.card_brand, fingerprint=last.card_fingerprint)
+
+
+def action_card(session: Session, case: DunningCase, action: ScheduledAction) -> Card | None:
+    """The card ``action`` (a retry) charges: the backup card it names, else
+    :func:`charged_card`."""
+    if action.recovery_method is RecoveryMethod.BACKUP_METHOD and action.payment_method:
+        return saved_card(session, action.payment_method) or Card(action.payment_method)
+    return charged_card(session, case)
+
+
+def saved_card(session: Session, payment_method_id: str) -> Card | None:
+    """What the mirror knows of a card on file."""
+    pm = session.scalar(select(PaymentMethod).where(PaymentMethod.provider_id == payment_method_id))
+    if pm is None:
+        return None
+    return Card(pm.provider_id, pm.brand, pm.last4, pm.exp_month, pm.exp_year, pm.fingerprint)
+
+
+def backup_cards(
+    session: Session, case: DunningCase, *, failing: Card | None, now: datetime
+) -> list[Card]:
+    """The customer's other saved cards a backup retry may charge, newest first: still
+    attached, not expired, and not the failing card under another id (same fingerprint)."""
+    rows = session.scalars(
+        select(PaymentMethod)
+        .where(
+            PaymentMethod.customer_id == case.customer_id,
+            PaymentMethod.detached_at.is_(None),
+        )
+        .order_by(PaymentMethod.updated_at.desc(), PaymentMethod.id.desc())
+    ).all()
+    failing_pm = failing.payment_method_id if failing else None
+    failing_fp = saved_fingerprint(session, failing)
+    cards = []
+    for pm in rows:
+        if pm.provider_id == failing_pm or (failing_fp and pm.fingerprint == failing_fp):
+            continue
+        if (
+            pm.exp_year is None
+            or pm.exp_month is None
+            or expiry_end(pm.exp_year, pm.exp_month) <= now
+        ):
+            continue  # expired, or an expiry we cannot tell
+        cards.append(
+            Card(pm.provider_id, pm.brand, pm.last4, pm.exp_month, pm.exp_year, pm.fingerprint)
+        )
+    return cards
+
+
+def saved_fingerprint(session: Session, card: Card | None) -> str | None:
+    if card is None:
+        return None
+    if card.fingerprint:
+        return card.fingerprint
+    saved = saved_card(session, card.payment_method_id) if card.payment_method_id else None
+    return saved.fingerprint if saved else None
+
+
+def expiry_end(exp_year: int, exp_month: int) -> datetime:
+    """The first instant after the card's expiry month (cards work through its last day)."""
+    year, month = (exp_year + 1, 1) if exp_month == 12 else (exp_year, exp_month + 1)
+    return datetime(year, month, 1, tzinfo=UTC)
 
 
 def _last_tried(session: Session, invoice_id: int) -> PaymentAttempt | None:

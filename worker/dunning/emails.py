@@ -15,10 +15,12 @@ from sqlalchemy.orm import Session
 from worker.billing.models import Customer, Invoice
 from worker.config import Policy
 from worker.dunning import expiring
+from worker.dunning.cards import saved_card
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.email import service as email
 from worker.email.messages import EmailContext, EmailKind
 from worker.email.sender import OutgoingEmail
+from worker.ledger.models import RecoveryMethod
 from worker.links.service import link_for_email
 from worker.settings import LinkKey
 
@@ -127,4 +129,32 @@ def _context(
         timezone=customer.timezone or policy.emails.default_timezone,
         company_name=policy.emails.company_name,
         support_email=policy.emails.support_email,
+        paid_with=_backup_that_paid(session, case) if case else None,
     )
+
+
+def _backup_that_paid(session: Session, case: DunningCase) -> str | None:
+    """The backup card that recovered ``case``, in words, or None."""
+    if case.recovered_method is not RecoveryMethod.BACKUP_METHOD:
+        return None
+    paid = session.scalar(
+        select(ScheduledAction.payment_method).where(
+            ScheduledAction.case_id == case.id,
+            ScheduledAction.recovery_method == RecoveryMethod.BACKUP_METHOD,
+            ScheduledAction.status == ActionStatus.DONE,
+        )
+    )
+    card = saved_card(session, paid) if paid else None
+    if card is None:
+        return None
+    brand = _BRAND_NAMES.get(card.brand or "", (card.brand or "card").replace("_", " ").title())
+    return f"{brand} ending {card.last4}" if card.last4 else brand
+
+
+_BRAND_NAMES = {
+    "amex": "American Express",
+    "jcb": "JCB",
+    "unionpay": "UnionPay",
+    "diners": "Diners Club",
+    "cartes_bancaires": "Cartes Bancaires",
+}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import select
@@ -31,6 +31,7 @@ from worker.billing.domain import Card, CustomerFacts, EventParseError
 from worker.billing.models import Customer, PaymentMethod
 from worker.billing.ratelimit import RateLimiter
 from worker.config import Policy
+from worker.dunning.cards import expiry_end
 from worker.dunning.models import ActionKind, CardExpiryNotice, ScheduledAction
 from worker.dunning.rules import customer_zone, outside_quiet_hours
 from worker.email.messages import EmailKind
@@ -41,12 +42,6 @@ log = logging.getLogger(__name__)
 EXPAND: Final = ("data.invoice_settings.default_payment_method",)
 PAGE_SIZE: Final = 100
 REQUESTS_PER_SECOND: Final = 10.0  # as the backfill: room for the running worker
-
-
-def expiry_end(exp_year: int, exp_month: int) -> datetime:
-    """The first instant after the card's expiry month (cards work through its last day)."""
-    year, month = (exp_year + 1, 1) if exp_month == 12 else (exp_year, exp_month + 1)
-    return datetime(year, month, 1, tzinfo=UTC)
 
 
 def plan_notice(

@@ -13,11 +13,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from worker.billing.models import Customer, Invoice
+from worker.billing.domain import Card
+from worker.billing.models import AttemptOutcome, Customer, Invoice, PaymentAttempt
 from worker.billing.service import pending_attempt
 from worker.config import DeclineClass, Policy, RetryMode
 from worker.dunning import rules
-from worker.dunning.cards import card_history, charged_card
+from worker.dunning.cards import action_card, backup_cards, card_history, charged_card
 from worker.dunning.cases import customer_timezone, retries_done
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.dunning.state import DunningEvent
@@ -45,14 +46,20 @@ def plan(
     now: datetime,
     template: str | None = None,
     recovery_method: RecoveryMethod | None = None,
+    payment_method: str | None = None,
 ) -> ScheduledAction:
     """Plan an action once: a second call with the same key returns the existing row.
-    ``recovery_method``: what a retry's success counts as (default: our retry)."""
+    ``recovery_method``: what a retry's success counts as (default: our retry).
+    ``payment_method``: the card a retry charges (default: the customer's default, else the
+    invoice's last card, as far as we know now; a backup retry names its own)."""
     existing = session.scalar(select(ScheduledAction).where(ScheduledAction.idempotency_key == key))
     if existing is not None:
         return existing
-    if kind is ActionKind.RETRY_PAYMENT and recovery_method is None:
-        recovery_method = RecoveryMethod.RETRY
+    if kind is ActionKind.RETRY_PAYMENT:
+        recovery_method = recovery_method or RecoveryMethod.RETRY
+        if payment_method is None:
+            card = charged_card(session, case)
+            payment_method = card.payment_method_id if card else None
     action = ScheduledAction(
         case_id=case.id,
         customer_id=case.customer_id,
@@ -62,6 +69,7 @@ def plan(
         template=template,
         reason=reason,
         recovery_method=recovery_method,
+        payment_method=payment_method,
         created_at=now,
     )
     session.add(action)
@@ -157,6 +165,8 @@ def plan_cadence(
 
 
 def plan_next_retry(session: Session, case: DunningCase, *, policy: Policy, now: datetime) -> None:
+    """The schedule's next retry on the card the case charges, then, when the policy says
+    so, one retry on a backup card (:func:`plan_backup`)."""
     if pending_attempt(session, case.invoice_id):
         return  # a payment is settling: its failure, if it fails, plans the next one
     invoice = session.get_one(Invoice, case.invoice_id)
@@ -174,6 +184,106 @@ def plan_next_retry(session: Session, case: DunningCase, *, policy: Policy, now:
     )
     dropped_key = f"dunning:{invoice.provider_id}:retry-dropped:{_retry_count(session, case) + 1}"
     _plan_decision(session, case, decision, now=now, dropped_key=dropped_key)
+    plan_backup(
+        session,
+        case,
+        policy=policy,
+        now=now,
+        out_of_budget=isinstance(decision, rules.DroppedRetry),
+    )
+
+
+def plan_backup(
+    session: Session, case: DunningCase, *, policy: Policy, now: datetime, out_of_budget: bool
+) -> ScheduledAction | None:
+    """One retry on another saved card of the customer, when ``retries.backup_methods`` says
+    the default card has had its chance: declined as needing a new card (class ``hard``), out
+    of network budget (``out_of_budget``), or (``after_n``) failed that many times on this
+    invoice. Never for fraud or a stop order, never twice for a case (a backup that never
+    charged, cancelled by a newer failure, may be planned again), only on a card still
+    attached and not expired, at the first time that card's own network rules allow."""
+    settings = policy.retries
+    if settings.backup_methods == "never" or case.retries_mode != RetryMode.OWN:
+        return None
+    backups = session.scalars(
+        select(ScheduledAction).where(
+            ScheduledAction.case_id == case.id,
+            ScheduledAction.recovery_method == RecoveryMethod.BACKUP_METHOD,
+        )
+    ).all()
+    if any(b.status is not ActionStatus.CANCELLED or b.charging_at for b in backups):
+        return None
+    failing = charged_card(session, case)
+    why = _backup_reason(session, case, failing, policy=policy, out_of_budget=out_of_budget)
+    if why is None:
+        return None
+    invoice = session.get_one(Invoice, case.invoice_id)
+    for card in backup_cards(session, case, failing=failing, now=now):
+        decision = rules.network_compliant(
+            policy,
+            now,
+            f"backup card {card.brand or 'card'} ending {card.last4 or '?'}: {why}",
+            card_history(
+                session, invoice, now=now, policy=policy, payment_method_id=card.payment_method_id
+            ),
+            amount=invoice.amount_due,
+            window_ends_at=case.window_ends_at,
+        )
+        if isinstance(decision, rules.PlannedRetry):
+            return plan(
+                session,
+                case,
+                ActionKind.RETRY_PAYMENT,
+                due_at=decision.at,
+                now=now,
+                key=f"dunning:{invoice.provider_id}:backup:{len(backups) + 1}",
+                reason=decision.reason,
+                recovery_method=RecoveryMethod.BACKUP_METHOD,
+                payment_method=card.payment_method_id,
+            )
+    return None
+
+
+def tried_as_backup(session: Session, case: DunningCase, payment_method_id: str) -> bool:
+    """A backup retry of ``case`` charged (or is charging) this card."""
+    found = session.scalar(
+        select(ScheduledAction.id).where(
+            ScheduledAction.case_id == case.id,
+            ScheduledAction.recovery_method == RecoveryMethod.BACKUP_METHOD,
+            ScheduledAction.payment_method == payment_method_id,
+            ScheduledAction.status.in_([ActionStatus.CLAIMED, ActionStatus.DONE]),
+        )
+    )
+    return found is not None
+
+
+def _backup_reason(
+    session: Session,
+    case: DunningCase,
+    failing: Card | None,
+    *,
+    policy: Policy,
+    out_of_budget: bool,
+) -> str | None:
+    """Why the default card has had its chance, or None while it has not."""
+    if case.decline_class == DeclineClass.HARD:
+        return "the default card needs replacing"
+    if out_of_budget:
+        return "the default card is out of network budget"
+    if policy.retries.backup_methods == "after_n" and failing is not None:
+        failures = session.scalar(
+            select(func.count())
+            .select_from(PaymentAttempt)
+            .where(
+                PaymentAttempt.invoice_id == case.invoice_id,
+                PaymentAttempt.payment_method_id == failing.payment_method_id,
+                PaymentAttempt.outcome == AttemptOutcome.FAILED,
+                PaymentAttempt.counted.is_(True),
+            )
+        )
+        if (failures or 0) >= policy.retries.backup_after_failures:
+            return f"the default card failed {failures} times"
+    return None
 
 
 def plan_card_update_retry(
@@ -220,11 +330,12 @@ def _charge_at(
     reason: str,
     window_ends_at: datetime,
     own_spacing: bool,
+    card: Card | None = None,
 ) -> rules.PlannedRetry | rules.DroppedRetry:
-    """When a charge asked for ``now`` may go, on the card it will use (the customer's
-    default, else the invoice's last card), by :func:`rules.network_compliant`."""
+    """When a charge asked for ``now`` may go, on the card it will use (``card``, else the
+    customer's default, else the invoice's last card), by :func:`rules.network_compliant`."""
     invoice = session.get_one(Invoice, case.invoice_id)
-    card = charged_card(session, case)
+    card = card or charged_card(session, case)
     history = card_history(
         session,
         invoice,
@@ -252,6 +363,7 @@ def clear_to_charge(
     on). False: the retry moved to the first compliant time, or was dropped when none fits in
     the window; its note says which rule and why. The caller holds the card's lock
     (:func:`worker.dunning.cards.lock_cards`) until the charge is marked."""
+    card = action_card(session, case, action)
     decision = _charge_at(
         session,
         case,
@@ -262,9 +374,11 @@ def clear_to_charge(
             action.created_at + OPS_RETRY_HORIZON if action.ops_requested else case.window_ends_at
         ),
         own_spacing=not action.ops_requested,
+        card=card,
     )
     if isinstance(decision, rules.PlannedRetry) and decision.at <= now:
         action.charging_at = now
+        action.payment_method = card.payment_method_id if card else action.payment_method
         return True
     action.charging_at = None  # not charging: no other check counts it
     if isinstance(decision, rules.PlannedRetry):  # a new plan: its hand-outs count afresh

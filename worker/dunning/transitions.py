@@ -37,14 +37,18 @@ def case_failure_event(
     session: Session, case: DunningCase, decline: Decline, policy: Policy, *, requires_action: bool
 ) -> DunningEvent:
     """The event a failed charge is for ``case`` (:func:`rules.failure_event`), unless it was
-    declined on a card the customer has replaced since: then the retry planned for the new
-    card stands (a decline applies to the card it happened on)."""
+    declined on a card other than the one the case charges: a card the customer has replaced
+    since (the retry planned for the new card stands) or the backup card we tried (the case
+    goes on as before). A decline applies to the card it happened on."""
     declined_on = decline.card.payment_method_id if decline.card else None
     if declined_on is not None and case.state is not S.OPEN:
         default = session.scalar(
             select(Customer.default_payment_method_id).where(Customer.id == case.customer_id)
         )
-        if default not in (None, declined_on) and planning.prompt_retry_pending(session, case):
+        if default not in (None, declined_on) and (
+            planning.prompt_retry_pending(session, case)
+            or planning.tried_as_backup(session, case, declined_on)
+        ):
             return E.REPLACED_CARD_DECLINED
     return rules.failure_event(decline, policy, requires_action=requires_action)
 
@@ -148,6 +152,8 @@ def _effects(
         )
         if new is S.RETRYING:
             planning.plan_next_retry(session, case, policy=policy, now=now)
+        elif event is E.PAYMENT_FAILED_HARD:  # no blind retry; another card may still pay
+            planning.plan_backup(session, case, policy=policy, now=now, out_of_budget=False)
     elif (
         event is E.PAYMENT_METHOD_UPDATED
         and new is S.RETRYING

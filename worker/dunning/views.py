@@ -132,6 +132,9 @@ def show_case(session: Session, case_id: int) -> dict[str, Any] | None:
             "reason": a.reason,
             "note": a.note,
             "idempotency_key": a.idempotency_key,
+            # the card a retry charges (the provider's id): the default as known when planned
+            # and again right before the charge, or the backup card it names
+            "payment_method": a.payment_method,
         }
         for a in session.scalars(
             select(ScheduledAction)

@@ -88,6 +88,8 @@ class EmailContext:
     timezone: str  # IANA; unknown -> UTC
     company_name: str
     support_email: str
+    # The saved card that paid when it was not the usual one ("Visa ending 4242").
+    paid_with: str | None = None
 
     def __post_init__(self) -> None:
         if self.update_url and urlsplit(self.update_url).scheme not in {"https", "http"}:
@@ -193,4 +195,4 @@ def card_expiring(ctx: EmailContext) -> dict[str, object]:
 
 @email(EmailKind.PAYMENT_RECOVERED)
 def payment_recovered(ctx: EmailContext) -> dict[str, object]:
-    return _common(ctx)
+    return {**_common(ctx), "paid_with": ctx.paid_with}

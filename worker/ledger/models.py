@@ -27,6 +27,7 @@ class RecoveryMethod(StrEnum):
     NETWORK_UPDATE = "network_update"  # our prompt retry after the network updated the card
     PROVIDER = "provider"  # the provider's own retry (observe mode)
     CUSTOMER = "customer"  # paid another way, out of band included
+    BACKUP_METHOD = "backup_method"  # our retry on another saved card of the customer
 
 
 class LedgerMovement(Base):

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from worker.dunning.expiring import expiry_end
+from worker.dunning.cards import expiry_end
 from worker.dunning.models import CardExpiryNotice
 from worker.email.models import Notification, NotificationStatus
 

@@ -94,7 +94,9 @@ _AT_RISK = Swatch("at risk", "#cbd5e1")
 _METHODS = {
     m: Swatch(m.replace("_", " "), colour)
     for m, colour in zip(
-        RECOVERY_METHODS, ("#2563eb", "#16a34a", "#0891b2", "#9333ea", "#0d9488"), strict=True
+        RECOVERY_METHODS,
+        ("#2563eb", "#16a34a", "#0891b2", "#9333ea", "#0d9488", "#ca8a04"),
+        strict=True,
     )
 }
 _UNATTRIBUTED = Swatch("no method recorded", "#94a3b8")

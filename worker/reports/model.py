@@ -28,7 +28,7 @@ RETENTION_COLUMNS = (
     "ending_mrr",
     *RATIOS,
 )
-RECOVERY_METHODS = tuple(method.value for method in RecoveryMethod)  # retry .. customer
+RECOVERY_METHODS = tuple(method.value for method in RecoveryMethod)  # retry .. backup_method
 RECOVERY_COLUMNS = (
     "period",
     "period_start",

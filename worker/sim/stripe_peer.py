@@ -258,6 +258,26 @@ class StripePeer(HttpWire):
         self._after_control()
         return pm["id"]
 
+    def attach_card(self, customer_id: str, card: CardSpec) -> str:
+        """Another saved card of the customer, not its default (payment_method.attached)."""
+        with self._lock:
+            cust = self._require("customer", customer_id)
+            pm = self._new_payment_method(so.new_id("pm"), cust, card)
+            self._emit("payment_method.attached", pm)
+        self._after_control()
+        return str(pm["id"])
+
+    def detach_card(self, payment_method_id: str, *, notify: bool = True) -> None:
+        """The customer removes a saved card (payment_method.detached; ``notify=False``: the
+        event is lost, so only Stripe knows)."""
+        with self._lock:
+            pm = self._require("payment_method", payment_method_id)
+            before = self._view(pm)
+            pm["customer"] = None
+            if notify:
+                self._emit_update("payment_method.detached", pm, before)
+        self._after_control()
+
     def portal_saved(self, customer_id: str) -> str:
         return self.update_card(customer_id, self.portal_card, via="customer")
 

@@ -57,6 +57,9 @@ def handle(session: Session, event: NormalisedEvent, ctx: Context) -> None:
         case EventKind.CUSTOMER_UPDATED:
             if event.customer is not None:
                 billing.upsert_customer(session, event.customer, at=event.occurred_at)
+        case EventKind.PAYMENT_METHOD_DETACHED:
+            if event.card is not None:
+                billing.detach_payment_method(session, event.card, at=event.occurred_at)
         case EventKind.CARD_EXPIRING:
             _card_expiring(session, event, ctx)
         case EventKind.CHARGE_FAILED | EventKind.PAYMENT_INTENT_FAILED:
