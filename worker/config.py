@@ -132,6 +132,9 @@ class Emails(_Strict):
     # An email this late (workers, SMTP or the database were down) is skipped with a note,
     # not sent: after an outage, customers get no burst of stale reminders.
     skip_overdue_after_hours: float = Field(12, gt=0)
+    # At most this many dunning emails per customer in any rolling 7 days, across all their
+    # invoices (several invoices due together share one email).
+    max_per_customer_7d: int = Field(3, ge=1, le=20)
     # How long the one-click card-update link in an email keeps working.
     link_lifetime_days: int = Field(30, ge=1, le=365)
 

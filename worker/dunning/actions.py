@@ -37,7 +37,7 @@ from worker.billing.stripe_client import (
     TransientProviderError,
 )
 from worker.config import Policy
-from worker.dunning import emails, planning
+from worker.dunning import contact, emails, planning
 from worker.dunning.cards import action_card, expiry_end, lock_cards
 from worker.dunning.cases import lock_case, paid_elsewhere, policy_of
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
@@ -348,6 +348,13 @@ def run_email(runtime: Runtime, action_id: int) -> None:
     record the outcome (:mod:`worker.email.service`). A transient failure leaves the row
     ``sending`` and the action is tried again (:func:`run_action`)."""
     with runtime.session() as session:
+        customer_id = session.scalar(
+            select(ScheduledAction.customer_id).where(ScheduledAction.id == action_id)
+        )
+        if customer_id is None:
+            return
+        # The customer's emails one at a time (contact rules), taken before the action's row.
+        contact.lock_contact(session, customer_id)
         action = _still_wanted(session, action_id)
         if action is None:
             return
@@ -367,6 +374,10 @@ def run_email(runtime: Runtime, action_id: int) -> None:
             now=now,
         )
         if prepared is None:  # a twin is handing it over: it records the outcome
+            return
+        if isinstance(prepared, contact.Postpone):  # due again later, measured from then
+            action.status, action.claims, action.note = ActionStatus.PLANNED, 0, prepared.note
+            action.due_at = action.first_due_at = prepared.until
             return
         if isinstance(prepared, str):
             _finish(action, ActionStatus.DONE, prepared)

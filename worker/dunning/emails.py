@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session
 
 from worker.billing.models import Customer, Invoice
 from worker.config import Policy
-from worker.dunning import expiring
+from worker.dunning import contact, expiring
 from worker.dunning.cards import saved_card
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.email import service as email
-from worker.email.messages import EmailContext, EmailKind
+from worker.email.messages import EmailContext, EmailKind, OtherInvoice
 from worker.email.sender import OutgoingEmail
 from worker.ledger.models import RecoveryMethod
 from worker.links.service import link_for_email
@@ -33,10 +33,12 @@ def prepare_action_email(
     public_url: str,
     link_keys: tuple[LinkKey, ...],
     now: datetime,
-) -> OutgoingEmail | str | None:
+) -> OutgoingEmail | str | contact.Postpone | None:
     """The email ``action`` names, reserved for sending once (the caller hands it over
-    after this transaction commits), a note saying why there is nothing to send, or None
-    while a twin task is handing it over."""
+    after this transaction commits), a note saying why there is nothing to send, a
+    :class:`~worker.dunning.contact.Postpone` when the customer's contact rules say later, or
+    None while a twin task is handing it over. The caller holds the customer's contact lock
+    (:func:`worker.dunning.contact.lock_contact`)."""
     if email.already_sent(session, action.idempotency_key):
         return "already sent"
     customer = session.get_one(Customer, action.customer_id)
@@ -46,6 +48,10 @@ def prepare_action_email(
         stale = expiring.stale_notice(session, customer, action, policy=policy, now=now)
         if stale is not None:
             return stale
+    verdict = contact.check(session, action, customer, policy=policy, now=now)
+    if verdict is not None:
+        return verdict
+    others = contact.ride_along(session, action, now=now)
     context = _context(
         session,
         action,
@@ -54,6 +60,7 @@ def prepare_action_email(
         public_url=public_url,
         link_keys=link_keys,
         now=now,
+        others=others,
     )
     return email.reserve(
         session,
@@ -77,6 +84,7 @@ def _context(
     public_url: str,
     link_keys: tuple[LinkKey, ...],
     now: datetime,
+    others: tuple[OtherInvoice, ...] = (),
 ) -> EmailContext:
     case = session.get(DunningCase, action.case_id) if action.case_id else None
     # The invoice in question, or for a card-expiring notice the customer's latest one (what
@@ -130,6 +138,7 @@ def _context(
         company_name=policy.emails.company_name,
         support_email=policy.emails.support_email,
         paid_with=_backup_that_paid(session, case) if case else None,
+        other_invoices=others,
     )
 
 

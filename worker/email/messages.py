@@ -74,6 +74,15 @@ def explain_decline(code: str | None) -> str:
 
 
 @dataclass(frozen=True)
+class OtherInvoice:
+    """Another unpaid invoice of the customer that one dunning email also covers."""
+
+    number: str | None
+    amount_due: int  # minor units
+    currency: str
+
+
+@dataclass(frozen=True)
 class EmailContext:
     customer_name: str | None
     amount_due: int  # minor units
@@ -90,6 +99,8 @@ class EmailContext:
     support_email: str
     # The saved card that paid when it was not the usual one ("Visa ending 4242").
     paid_with: str | None = None
+    # Other unpaid invoices this email is also about (one email for several invoices).
+    other_invoices: tuple[OtherInvoice, ...] = ()
 
     def __post_init__(self) -> None:
         if self.update_url and urlsplit(self.update_url).scheme not in {"https", "http"}:
@@ -149,6 +160,7 @@ def _common(ctx: EmailContext) -> dict[str, object]:
         "product_name": _one_line(ctx.product_name),
         "company_name": ctx.company_name,
         "support_email": ctx.support_email,
+        "other_invoices": ctx.other_invoices,
     }
 
 
