@@ -17,6 +17,8 @@ EXPECTED = {
     "dunning.send_email",
     "dunning.final_action",
     "cards.scan_expiring",
+    "dunning.access_change",
+    "dunning.notify_app",
 }
 # Task class attributes, plus the options Celery's task decorator documents but does not
 # declare on Task (autoretry), plus what the decorator itself sets.

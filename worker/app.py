@@ -26,6 +26,10 @@ ROUTES = {
     "dunning.retry_payment": {"queue": "payments"},
     "dunning.final_action": {"queue": "payments"},
     "dunning.send_email": {"queue": "emails"},
+    # Access changes and the app's webhooks: customer-facing like emails, never in front of
+    # a charge.
+    "dunning.access_change": {"queue": "emails"},
+    "dunning.notify_app": {"queue": "emails"},
     # Minutes of paging on a large account: never in front of the tick or a retry.
     "cards.scan_expiring": {"queue": "emails"},
 }

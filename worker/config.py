@@ -179,6 +179,20 @@ class CardExpiry(_Strict):
         return [brand.strip().lower() for brand in value]
 
 
+class Access(_Strict):
+    # What the customer's app is told to do meanwhile, in days after the case opened: full
+    # access with a banner (grace) from the start, then limited, then blocked.
+    limited_after_days: float = Field(7, ge=0, le=60)
+    blocked_after_days: float = Field(14, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _in_order(self) -> Access:
+        if self.blocked_after_days < self.limited_after_days:
+            msg = "blocked_after_days must not come before limited_after_days"
+            raise ValueError(msg)
+        return self
+
+
 class FinalAction(_Strict):
     action: Literal["cancel_subscription", "mark_uncollectible", "leave_past_due"] = (
         "cancel_subscription"
@@ -229,6 +243,7 @@ class Policy(_Strict):
     classes: Classes = Classes()
     emails: Emails = Emails()
     card_expiry: CardExpiry = CardExpiry()
+    access: Access = Access()
     final_action: FinalAction = FinalAction()
     # The FIRST segment (in file order) whose conditions all match applies; it replaces only
     # the settings it names. No match: the settings above.

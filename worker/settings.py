@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
@@ -76,6 +77,11 @@ class Settings:
     stripe_timeout_s: float = 80.0  # the stripe library's own default
     # Card-update link keys, newest first: the first signs, all verify (rotation).
     link_keys: tuple[LinkKey, ...] = ()
+    # The customer's app: where signed access webhooks go, the secret that signs them, and
+    # the token its GET /v1/customers/{id}/access calls present.
+    app_webhook_url: str | None = None
+    app_webhook_secret: Secret | None = None
+    app_api_token: Secret | None = None
     data_dir: Path = field(default=DATA_DIR)
 
     @property
@@ -174,7 +180,31 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         stripe_api_base=_http_url("STRIPE_API_BASE", api_base) if api_base else None,
         stripe_timeout_s=_seconds("STRIPE_TIMEOUT_SECONDS", get("STRIPE_TIMEOUT_SECONDS"), 80.0),
         link_keys=_link_keys(get("DUNNING_LINK_KEYS")),
+        **_app(get),
     )
+
+
+def _app(get: Callable[[str], str | None]) -> dict[str, Any]:
+    """The app-facing settings: a webhook URL needs its signing secret, and both the secret
+    and the API token must be long enough not to be guessed."""
+    url, secret, token = (
+        get("DUNNING_APP_WEBHOOK_URL"),
+        get("DUNNING_APP_WEBHOOK_SECRET"),
+        get("DUNNING_APP_API_TOKEN"),
+    )
+    if url is not None and secret is None:
+        msg = "DUNNING_APP_WEBHOOK_SECRET: required with DUNNING_APP_WEBHOOK_URL, not set"
+        raise SettingError(msg)
+    for name, value in (("DUNNING_APP_WEBHOOK_SECRET", secret), ("DUNNING_APP_API_TOKEN", token)):
+        if value is not None and len(value) < LINK_SECRET_MIN:
+            msg = f"{name}: at least {LINK_SECRET_MIN} characters"
+            raise SettingError(msg)
+    return {
+        # checked, kept as given (a trailing slash may matter to the receiver)
+        "app_webhook_url": url if url and _http_url("DUNNING_APP_WEBHOOK_URL", url) else None,
+        "app_webhook_secret": Secret(secret) if secret else None,
+        "app_api_token": Secret(token) if token else None,
+    }
 
 
 def _link_keys(value: str | None) -> tuple[LinkKey, ...]:

@@ -75,8 +75,9 @@ def test_replay_then_inspect_cases(env: dict[str, str], tmp_path: Path) -> None:
     assert shown["state"] == "awaiting_customer"
     assert shown["transitions"][0]["event"] == "payment_failed_hard"
     # A failure from March replayed today is past its window: no email, no retry; only the
-    # final action, which asks the provider before acting.
-    assert {a["kind"] for a in shown["actions"]} == {"final_action"}
+    # final action, which asks the provider before acting, and the app's access levels,
+    # all due now.
+    assert {a["kind"] for a in shown["actions"]} == {"final_action", "access_change"}
     text = dunning(env, tmp_path, "cases", "show", str(b))
     assert text.returncode == 0
     assert "awaiting_customer" in text.stdout

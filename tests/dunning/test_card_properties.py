@@ -364,10 +364,7 @@ def _run_due(session: Session, runtime: Runtime, account: Account, seen: Seen) -
         action_id, kind = due.id, due.kind
         session.commit()
         charges = len(account.charges)
-        if kind is ActionKind.RETRY_PAYMENT:
-            actions.run_retry(runtime, action_id)
-        else:
-            actions.run_final_action(runtime, action_id)
+        actions.RUNNERS[kind](runtime, action_id)  # retries, final actions, the app's access
         session.expire_all()
         for at, card, charge, declined in account.charges[charges:]:  # ours count from now on
             seen.attempts.setdefault(card, {}).setdefault(charge, (at, declined))

@@ -91,14 +91,11 @@ def _pipeline_timeline(
     actions = session.scalars(
         select(Action).where(
             Action.case_id == case_id,
-            Action.kind != ActionKind.FINAL_ACTION,
+            Action.kind.not_in([ActionKind.FINAL_ACTION, ActionKind.NOTIFY_APP]),
             Action.status != ActionStatus.CANCELLED,
         )
     )
-    return sorted(
-        ("retry" if a.kind is ActionKind.RETRY_PAYMENT else "email", a.due_at, a.template)
-        for a in actions
-    )
+    return sorted((_PREVIEW_KIND[a.kind], a.due_at, a.template) for a in actions)
 
 
 def the_case_id(session: Session, invoice_ref: str) -> int:
@@ -107,6 +104,13 @@ def the_case_id(session: Session, invoice_ref: str) -> int:
         .join(Invoice, Invoice.id == DunningCase.invoice_id)
         .where(Invoice.provider_id == invoice_ref)
     ).one()
+
+
+_PREVIEW_KIND = {
+    ActionKind.RETRY_PAYMENT: "retry",
+    ActionKind.SEND_EMAIL: "email",
+    ActionKind.ACCESS_CHANGE: "access",
+}
 
 
 @pytest.mark.parametrize(

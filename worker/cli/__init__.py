@@ -9,7 +9,18 @@ import logging
 import click
 
 from worker import redact
-from worker.cli import cards, cases, demo, events, links, policy, processes, report, status
+from worker.cli import (
+    cards,
+    cases,
+    deliveries,
+    demo,
+    events,
+    links,
+    policy,
+    processes,
+    report,
+    status,
+)
 
 
 @click.group()
@@ -35,6 +46,7 @@ for command in (
     policy.policy,
     cases.cases,
     cards.cards,
+    deliveries.deliveries,
     links.links,
     status.status,
     events.events,

@@ -122,8 +122,8 @@ def plain_table(title: str, columns: dict[str, str], rows: list[dict[str, Any]])
     right-aligned; a value too wide folds, never truncates."""
     table = Table(title=title)
     for column, header in columns.items():
-        numeric = bool(rows) and all(isinstance(row[column], int) for row in rows)
+        numeric = bool(rows) and all(isinstance(row[column], int | None) for row in rows)
         table.add_column(header, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
-        table.add_row(*(str(row[column]) for column in columns))
+        table.add_row(*("-" if row[c] is None else str(row[c]) for c in columns))
     console.print(table)

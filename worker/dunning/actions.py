@@ -13,6 +13,7 @@ puts the action back with a back-off; only a permanent reason fails it.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -20,7 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from worker import clock
+from worker import appwebhook, clock
 from worker.billing import service as billing
 from worker.billing.models import (
     AttemptOutcome,
@@ -37,10 +38,16 @@ from worker.billing.stripe_client import (
     TransientProviderError,
 )
 from worker.config import Policy
-from worker.dunning import contact, emails, planning
+from worker.dunning import access, contact, emails, planning
 from worker.dunning.cards import action_card, expiry_end, lock_cards
 from worker.dunning.cases import lock_case, paid_elsewhere, policy_of
-from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
+from worker.dunning.models import (
+    ActionKind,
+    ActionStatus,
+    AppEvent,
+    DunningCase,
+    ScheduledAction,
+)
 from worker.dunning.scheduler import transient_backoff
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState
 from worker.dunning.transitions import apply, case_failure_event
@@ -527,10 +534,73 @@ def _take_final_action(
     return what
 
 
+def run_access_change(runtime: Runtime, action_id: int) -> None:
+    """The case's next access level is due (a paused or ended case cancels it first)."""
+    with runtime.session() as session:
+        case_id = session.scalar(
+            select(ScheduledAction.case_id).where(ScheduledAction.id == action_id)
+        )
+        if case_id is None:
+            return
+        case = lock_case(session, case_id)
+        action = _still_wanted(session, action_id)
+        if action is None:
+            return
+        level = access.Access(action.template or access.Access.FULL)
+        _finish(action, ActionStatus.DONE, access.change(session, case, level, now=clock.now()))
+
+
+def run_notify_app(runtime: Runtime, action_id: int) -> None:
+    """POST one signed event to the app, outside any transaction; any 2xx delivers it. No
+    answer or another status: tried again after a back-off, until
+    :data:`~worker.dunning.access.DELIVERY_HORIZON` after it was planned."""
+    url, secret = runtime.settings.app_webhook_url, runtime.settings.app_webhook_secret
+    with runtime.session() as session:
+        action = _still_wanted(session, action_id)
+        if action is None:
+            return
+        if url is None or secret is None:
+            _finish(action, ActionStatus.DONE, "not sent: DUNNING_APP_WEBHOOK_URL is not set")
+            return
+        event = session.scalars(
+            select(AppEvent).where(AppEvent.dedupe_key == action.idempotency_key)
+        ).one()
+        event_id, body = event.id, json.dumps(event.payload, sort_keys=True).encode()
+    now = clock.now()
+    status: int | None = None
+    try:
+        answered = appwebhook.post(url, secret.reveal(), body, timestamp=int(now.timestamp()))
+        status, error = answered, (None if 200 <= answered < 300 else f"HTTP {answered}")
+    except appwebhook.NoAnswerError as exc:
+        error = f"no answer: {exc}"
+    with runtime.session() as session:
+        event = session.get_one(AppEvent, event_id, with_for_update=True)
+        event.attempts += 1
+        event.last_attempt_at, event.last_status, event.last_error = now, status, error
+        action = session.get(ScheduledAction, action_id, with_for_update=True)
+        if action is None or action.status not in _RUNNABLE:
+            return
+        if error is None:
+            event.delivered_at = now
+            _finish(action, ActionStatus.DONE, f"delivered (HTTP {status})")
+        elif now - action.created_at >= access.DELIVERY_HORIZON:
+            _finish(
+                action, ActionStatus.FAILED, f"gave up after {event.attempts} attempts: {error}"
+            )
+        else:
+            due = now + transient_backoff(action.claims)
+            action.status, action.due_at = ActionStatus.PLANNED, due
+            action.note = f"{error}; tried again at {due:%Y-%m-%d %H:%M} UTC"
+    if error is not None:
+        log.warning("app webhook %s not delivered: %s", action_id, error)
+
+
 RUNNERS = {
     ActionKind.RETRY_PAYMENT: run_retry,
     ActionKind.SEND_EMAIL: run_email,
     ActionKind.FINAL_ACTION: run_final_action,
+    ActionKind.ACCESS_CHANGE: run_access_change,
+    ActionKind.NOTIFY_APP: run_notify_app,
 }
 
 

@@ -19,6 +19,8 @@ class ActionKind(StrEnum):
     RETRY_PAYMENT = "retry_payment"
     SEND_EMAIL = "send_email"
     FINAL_ACTION = "final_action"
+    ACCESS_CHANGE = "access_change"  # the app's access level moves on (template: the level)
+    NOTIFY_APP = "notify_app"  # one signed webhook to the app (key: its app_events row)
 
 
 class ActionStatus(StrEnum):
@@ -57,6 +59,10 @@ class DunningCase(Base):
     closed_at: Mapped[datetime | None]
     recovered_method: Mapped[RecoveryMethod | None]
     updated_at: Mapped[datetime]
+    # What the customer's app should allow while the case is open (grace, limited, blocked);
+    # None once it no longer restricts anything (worker.dunning.access).
+    access: Mapped[str | None] = mapped_column(Text)
+    access_since: Mapped[datetime | None]
 
 
 class CaseTransition(Base):
@@ -127,3 +133,25 @@ class CardExpiryNotice(Base):
     first_planned_at: Mapped[datetime]
     replaced_at: Mapped[datetime | None]
     replaced_by: Mapped[str | None] = mapped_column(Text)  # customer | network
+
+
+class AppEvent(Base):
+    """One event for the customer's app (case.opened, access.limited, ...): its payload and
+    the log of its delivery. The NOTIFY_APP action with the same key delivers it."""
+
+    __tablename__ = "app_events"
+    __table_args__ = (UniqueConstraint("event_id"), UniqueConstraint("dedupe_key"))
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    event_id: Mapped[str] = mapped_column(Text)  # evt_..., what the receiver dedupes on
+    dedupe_key: Mapped[str] = mapped_column(Text)  # app:case:<id>:<type>
+    type: Mapped[str] = mapped_column(Text)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    case_id: Mapped[int | None] = mapped_column(ForeignKey("dunning_cases.id"), index=True)
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]  # when the fact happened
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_attempt_at: Mapped[datetime | None]
+    last_status: Mapped[int | None]  # the receiver's HTTP status (None: no answer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]

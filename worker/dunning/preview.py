@@ -12,12 +12,12 @@ from typing import Any
 
 from worker.billing.domain import Decline
 from worker.config import DeclineClass, Policy, RetryMode, SegmentFacts
-from worker.dunning import rules
+from worker.dunning import access, rules
 
 
 @dataclass(frozen=True)
 class PreviewAction:
-    kind: str  # retry | email
+    kind: str  # retry | email | access
     at: datetime  # UTC
     template: str | None
     reason: str
@@ -114,6 +114,10 @@ def preview(
         actions.append(PreviewAction("retry", decision.at, None, decision.reason))
         declines.append((decision.at, amount))
         now, done = decision.at, done + 1
+    actions += [
+        PreviewAction("access", at, level.value, reason)
+        for level, at, reason in access.schedule(policy, opened_at=failed_at, now=failed_at)
+    ]
     own = policy.retries.mode == RetryMode.OWN
     final = (
         {"action": policy.final_action.action, "at": window_ends_at}

@@ -25,6 +25,8 @@ TASK_FOR = {
     ActionKind.RETRY_PAYMENT: "dunning.retry_payment",
     ActionKind.SEND_EMAIL: "dunning.send_email",
     ActionKind.FINAL_ACTION: "dunning.final_action",
+    ActionKind.ACCESS_CHANGE: "dunning.access_change",
+    ActionKind.NOTIFY_APP: "dunning.notify_app",
 }
 
 
@@ -41,6 +43,16 @@ def send_email(self: Any, *, action_id: int) -> None:
 @shared_task(name="dunning.final_action", bind=True)
 def final_action(self: Any, *, action_id: int) -> None:
     actions.run_action(self.app.runtime, ActionKind.FINAL_ACTION, action_id)
+
+
+@shared_task(name="dunning.access_change", bind=True)
+def access_change(self: Any, *, action_id: int) -> None:
+    actions.run_action(self.app.runtime, ActionKind.ACCESS_CHANGE, action_id)
+
+
+@shared_task(name="dunning.notify_app", bind=True)
+def notify_app(self: Any, *, action_id: int) -> None:
+    actions.run_action(self.app.runtime, ActionKind.NOTIFY_APP, action_id)
 
 
 @shared_task(name="cards.scan_expiring", bind=True)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from worker.billing.domain import Decline
 from worker.billing.models import Customer
 from worker.config import Policy, RetryMode
-from worker.dunning import planning, rules
+from worker.dunning import access, planning, rules
 from worker.dunning.cases import policy_of
 from worker.dunning.models import ActionKind, CaseTransition, DunningCase
 from worker.dunning.state import TERMINAL, DunningEvent, DunningState, next_state
@@ -147,6 +147,7 @@ def _effects(
     elif event in FAILURE_EVENTS:
         if old is S.OPEN:
             planning.plan_cadence(session, case, event, policy=policy, now=now)
+            access.on_open(session, case, policy=policy, now=now)
         planning.cancel(
             session, case, note="superseded by a newer failure", kinds=(ActionKind.RETRY_PAYMENT,)
         )
@@ -179,6 +180,7 @@ def _enter_terminal(
 ) -> None:
     case.closed_at = at
     planning.cancel(session, case, note=f"case {new.value}", kinds=tuple(ActionKind))
+    access.on_end(session, case, new, at=at, now=now)
     if new is S.RECOVERED:
         case.recovered_method = method or RecoveryMethod.PROVIDER
         ledger.record_recovery(session, _ref(case), method=case.recovered_method, at=at, now=now)

@@ -6,13 +6,15 @@ event is durable (also for a duplicate, with no second effect). ``GET /healthz``
 process is up; ``GET /readyz`` that the database and the broker answer; ``GET /metrics`` the
 backlog and case states for Prometheus; ``GET /u/<token>`` turns a signed email link into a
 fresh billing-portal session (``worker.links``), and ``GET /u/<token>/done`` thanks the customer
-back from it. Blocking database work runs in Starlette's
+back from it. ``GET /v1/customers/<id>/access`` tells the customer's app (bearer token) what to
+allow while an invoice is unpaid. Blocking database work runs in Starlette's
 threadpool, off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +36,7 @@ from starlette.routing import Route
 
 from worker import clock
 from worker.db import enqueue_after_commit
+from worker.dunning.access import customer_access
 from worker.dunning.cases import SMART_RETRIES_ON, provider_retries_planned
 from worker.enqueue import Background
 from worker.links.pages import Page, render_page
@@ -168,6 +171,32 @@ class _Intake:
         )
         return HTMLResponse(html, status_code=status, headers=_PRIVATE)
 
+    async def customer_access(self, request: Request) -> Response:
+        """The customer's graded access, for the app's banner (worker.dunning.access).
+        Bearer-authenticated with DUNNING_APP_API_TOKEN; 404 for a customer we do not know."""
+        token = self.runtime.settings.app_api_token
+        if token is None:
+            return _problem(404, "the access API is off: DUNNING_APP_API_TOKEN is not set")
+        presented = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(presented.encode(), token.reveal().encode()):
+            return JSONResponse(
+                {"error": "missing or wrong bearer token"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        customer = request.path_params["customer"]
+        try:
+            found = await run_in_threadpool(self._customer_access, customer)
+        except (OperationalError, DBAPIError):
+            return _problem(503, "database unavailable")
+        if found is None:
+            return _problem(404, "no such customer")
+        return JSONResponse(found, headers={"Cache-Control": "no-store"})
+
+    def _customer_access(self, customer: str) -> dict[str, Any] | None:
+        with self.runtime.session() as session:
+            return customer_access(session, customer)
+
     async def metrics(self, _: Request) -> Response:
         try:
             body = await run_in_threadpool(self._metrics)
@@ -229,6 +258,7 @@ def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerChe
             Route("/webhooks/stripe", intake.stripe_webhook, methods=["POST"]),
             Route("/u/{token}", intake.update_card, methods=["GET"]),
             Route("/u/{token}/done", intake.update_card_done, methods=["GET"]),
+            Route("/v1/customers/{customer}/access", intake.customer_access, methods=["GET"]),
             Route("/healthz", intake.healthz, methods=["GET"]),
             Route("/readyz", intake.readyz, methods=["GET"]),
             Route("/metrics", intake.metrics, methods=["GET"]),
