@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: help venv demo check lint layers typecheck test services compose browser
+.PHONY: help venv demo check lint layers typecheck test services compose browser i18n
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -41,5 +41,11 @@ compose: ## validate docker-compose.yml (docker compose v2, else docker-compose 
 	@if docker compose version >/dev/null 2>&1; then docker compose config -q; \
 	elif command -v docker-compose >/dev/null; then docker-compose config -q; \
 	else echo "compose: no docker compose on this machine, docker-compose.yml not validated"; fi
+
+i18n: venv ## extract the emails' and pages' sentences; merge them into every catalog
+	$(BIN)/pybabel extract -F config/babel.cfg -k N_ --ignore-dirs ".* .venv __pycache__" \
+		--no-wrap --omit-header -o templates/locale/messages.pot .
+	$(BIN)/pybabel update --no-wrap --ignore-obsolete -i templates/locale/messages.pot \
+		-d templates/locale
 
 check: lint layers typecheck compose test ## everything CI runs: lint, layers, types, compose file, tests

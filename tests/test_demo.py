@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -48,12 +49,20 @@ def test_demo_runs_the_pipeline_and_summarises(tmp_path: Path) -> None:
             "SELECT count(*) FROM ledger_movements WHERE kind = 'churn_involuntary'"
         ).fetchone()[0]
         sent = db.execute("SELECT count(*) FROM notifications").fetchone()[0]
+        notices = db.execute(
+            "SELECT count(*) FROM notifications WHERE template = 'card_expiring'"
+        ).fetchone()[0]
         inbox = dict(db.execute("SELECT status, count(*) FROM inbox_events GROUP BY status"))
     # A month is long enough for every case to end one way or the other.
     assert set(states) == {"recovered", "churned"}
     assert churn == states["churned"]
     assert "retry" in methods
-    assert len(methods) >= 2
+    assert "backup_method" in methods  # an expired card, and another saved card paid
+    assert notices > 0  # the daily scan warned of cards expiring this month
+    languages = re.search(r"emails by language\s*│ (.*?)│", result.stdout)
+    assert languages is not None
+    assert len(re.findall(r"[a-z_A-Z]+: \d+", languages[1])) >= 2
+    assert "card-expiry notices sent" in result.stdout
     assert inbox.get("pending", 0) == 0
     assert "failed" not in inbox
     emails = list((out / "outbox").glob("*.eml"))

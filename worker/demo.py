@@ -2,7 +2,9 @@
 
 Everything is the production path on the embedded defaults: the Stripe-compatible peer sends
 signed webhooks over HTTP to the intake, a Celery worker (embedded broker) processes them and
-runs the actions the scheduler claims from SQLite, and emails land in an outbox folder. Only
+runs the actions the scheduler claims from SQLite, the daily card-expiry scan runs each
+simulated morning, and emails (in each customer's language, with one-click card-update links)
+land in an outbox folder. Only
 time is simulated: one :class:`~worker.clock.ManualClock` jumps from one interesting moment
 (a renewal, a customer's move, a due action) to the next, and the demo waits for the pipeline
 to go quiet at each.
@@ -14,10 +16,12 @@ import heapq
 import itertools
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from celery.contrib.testing.worker import start_worker
 from rich.console import Console
@@ -28,6 +32,7 @@ from sqlalchemy import Engine
 from worker import clock
 from worker.app import DunningCelery, create_app
 from worker.config import load_policy
+from worker.dunning import expiring
 from worker.dunning.views import RecoverySummary, recovery_summary
 from worker.httpserver import serve_in_thread
 from worker.migrate import upgrade
@@ -35,7 +40,7 @@ from worker.money import format_money
 from worker.reports.build import build_report
 from worker.reports.render import render
 from worker.runtime import Runtime
-from worker.settings import EMBEDDED_BROKER_URL, Secret, Settings, default_config_path
+from worker.settings import EMBEDDED_BROKER_URL, LinkKey, Secret, Settings, default_config_path
 from worker.sim.driver import next_due, settle
 from worker.sim.population import Customer, make_population
 from worker.sim.stripe_peer import SUCCEED, CardSpec, StripePeer
@@ -77,6 +82,7 @@ def run_demo(*, customers: int, seed: int, out: Path) -> None:
     with clock.use_clock(manual):
         peer = StripePeer(api_key=api_key, webhook_secret=secret)
         with peer.serve() as api_base:
+            port = _free_port()  # known first: the emails' links point at this intake
             settings = Settings(
                 database_url=database_url,
                 broker_url=EMBEDDED_BROKER_URL,
@@ -84,10 +90,12 @@ def run_demo(*, customers: int, seed: int, out: Path) -> None:
                 stripe_api_key=Secret(api_key),
                 stripe_webhook_secret=Secret(secret),
                 stripe_api_base=api_base,
+                public_url=f"http://127.0.0.1:{port}",
+                link_keys=(LinkKey("demo", Secret(secrets.token_urlsafe(32))),),
                 data_dir=out,
             )
             app = create_app(settings, Runtime(settings, policy=policy))
-            with serve_in_thread(build_intake(app)) as intake_url:
+            with serve_in_thread(build_intake(app), port=port) as intake_url:
                 peer.webhook_url = f"{intake_url}/webhooks/stripe"
                 with start_worker(
                     app,
@@ -99,7 +107,7 @@ def run_demo(*, customers: int, seed: int, out: Path) -> None:
                 ):
                     _simulate(app, peer, manual, make_population(customers, seed=seed), start)
             with app.runtime.session() as session:
-                summary = recovery_summary(session)
+                summary = recovery_summary(session, default_locale=policy.emails.default_locale)
             reports = _reports(app.runtime.engine, start, manual.now(), out)
             app.runtime.close()
         peer.close()
@@ -125,14 +133,20 @@ def _simulate(
             timezone=person.timezone,
             locale=person.locale,
         )
+        if person.backup is not None:
+            peer.attach_card(cus, person.backup)
         sub = peer.create_subscription(
             customer_id=cus, unit_amount=person.amount, currency=person.currency
         )
+        for move in person.early_moves:
+            timeline.at(start + move.after, _card_move(peer, move.kind, cus))
         timeline.at(
             start + person.bill_after,
             _renewal(peer, timeline, manual, person=person, cus=cus, sub=sub),
         )
     end = start + MONTH
+    for day in range(MONTH.days):  # the beat's daily scan, each simulated morning
+        timeline.at(start + timedelta(days=day, hours=-3), _card_scan(app, manual))
     with Progress(
         TextColumn("[bold]simulated month"),
         BarColumn(),
@@ -182,13 +196,33 @@ def _move(peer: StripePeer, kind: str, cus: str, invoice_id: str) -> Callable[[]
         if kind == "customer_pays":
             peer.customer_pays_on_hosted_page(invoice_id)
         else:
-            card = CardSpec(last4="0005", exp_year=2031, outcomes=[SUCCEED])
-            if kind == "network_updater":
-                peer.update_card(cus, card, via="network_updater")
-            else:
-                peer.update_card(cus, card, via="customer")
+            _card_move(peer, kind, cus)()
 
     return act
+
+
+def _card_move(peer: StripePeer, kind: str, cus: str) -> Callable[[], None]:
+    def act() -> None:
+        card = CardSpec(last4="0005", exp_year=2031, outcomes=[SUCCEED])
+        via: Literal["network_updater", "customer"] = (
+            "network_updater" if kind == "network_updater" else "customer"
+        )
+        peer.update_card(cus, card, via=via)
+
+    return act
+
+
+def _card_scan(app: DunningCelery, manual: clock.ManualClock) -> Callable[[], None]:
+    def scan() -> None:
+        expiring.scan(app.runtime, now=manual.now(), requests_per_second=1000)
+
+    return scan
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _reports(engine: Engine, start: datetime, end: datetime, out: Path) -> list[str]:
@@ -217,6 +251,8 @@ def _print_summary(summary: RecoverySummary, out: Path, seconds: float) -> None:
     table.add_row("final states", _counts(summary.by_state))
     table.add_row("involuntary churn (MRR)", _amounts(summary.involuntary_churn_mrr))
     table.add_row("emails sent", f"{summary.emails_sent} → {out / 'outbox'}")
+    table.add_row("emails by language", _counts(summary.emails_by_language))
+    table.add_row("card-expiry notices sent", str(summary.card_notices_sent))
     console.print(table)
     console.print(f"Took {seconds:.0f} s. Look around the cases:", soft_wrap=True)
     console.print(

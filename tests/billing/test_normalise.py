@@ -640,7 +640,7 @@ def test_customer_facts() -> None:
         email="ada@example.com",
         name="Ada Lovelace",
         default_payment_method_id="pm_new",
-        locale="fr-FR",
+        locale="fr-FR,en",  # preferred_locales, in order
         timezone="Europe/Paris",
     )
     legacy = {

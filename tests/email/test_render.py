@@ -190,7 +190,7 @@ def test_greeting_without_a_name() -> None:
 
 def test_html_declares_its_language_and_title() -> None:
     message = build_message(EmailKind.REMINDER, BASE)
-    assert '<html lang="en">' in message.html
+    assert '<html lang="en-US">' in message.html  # the email's locale (BASE: en_US)
     assert f"<title>{html.escape(message.subject)}</title>" in message.html
 
 

@@ -23,6 +23,7 @@ class Customer(Base):
     provider_id: Mapped[str] = mapped_column(Text)
     email: Mapped[str | None] = mapped_column(Text)
     name: Mapped[str | None] = mapped_column(Text)
+    # Stripe's preferred_locales in the customer's order, comma-separated ("fr-CA,en")
     locale: Mapped[str | None] = mapped_column(Text)
     timezone: Mapped[str | None] = mapped_column(Text)
     default_payment_method_id: Mapped[str | None] = mapped_column(Text)

@@ -381,7 +381,7 @@ def _customer(cus: Node) -> CustomerFacts:
         name=cus.text("name"),
         default_payment_method_id=cus.child("invoice_settings").ref("default_payment_method")
         or cus.ref("default_source"),
-        locale=locales[0] if locales else None,
+        locale=",".join(locales) if locales else None,  # in the customer's order
         timezone=cus.child("metadata").text("timezone"),
     )
 

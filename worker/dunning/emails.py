@@ -18,6 +18,7 @@ from worker.dunning import contact, expiring
 from worker.dunning.cards import saved_card
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.email import service as email
+from worker.email.i18n import email_locale
 from worker.email.messages import EmailContext, EmailKind, OtherInvoice
 from worker.email.sender import OutgoingEmail
 from worker.ledger.models import RecoveryMethod
@@ -127,7 +128,7 @@ def _context(
         customer_name=customer.name,
         amount_due=invoice.amount_due if invoice else 0,
         currency=invoice.currency if invoice else "usd",
-        locale=customer.locale or policy.emails.default_locale,
+        locale=email_locale(customer.locale, policy.emails.default_locale),
         update_url=update_url,
         invoice_number=invoice.number if invoice and case else None,
         product_name=None,
@@ -142,8 +143,8 @@ def _context(
     )
 
 
-def _backup_that_paid(session: Session, case: DunningCase) -> str | None:
-    """The backup card that recovered ``case``, in words, or None."""
+def _backup_that_paid(session: Session, case: DunningCase) -> tuple[str, str] | None:
+    """The backup card that recovered ``case`` (brand name, last four), or None."""
     if case.recovered_method is not RecoveryMethod.BACKUP_METHOD:
         return None
     paid = session.scalar(
@@ -157,7 +158,7 @@ def _backup_that_paid(session: Session, case: DunningCase) -> str | None:
     if card is None:
         return None
     brand = _BRAND_NAMES.get(card.brand or "", (card.brand or "card").replace("_", " ").title())
-    return f"{brand} ending {card.last4}" if card.last4 else brand
+    return brand, card.last4 or "····"
 
 
 _BRAND_NAMES = {

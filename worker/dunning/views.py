@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session
 from worker.billing.models import Customer, Invoice, PaymentAttempt
 from worker.dunning.models import ActionStatus, CaseTransition, DunningCase, ScheduledAction
 from worker.dunning.state import DunningState
+from worker.email.i18n import SOURCE_LANGUAGE, catalog_for, email_locale
 from worker.email.models import Notification, NotificationStatus
 from worker.ledger.models import LedgerMovement, MovementKind
 
@@ -155,13 +157,15 @@ class RecoverySummary:
     recovered_amount: dict[str, int]
     involuntary_churn_mrr: dict[str, int]
     emails_sent: int
+    emails_by_language: dict[str, int]  # the language each email was written in
+    card_notices_sent: int
 
     @property
     def recovery_rate(self) -> float:
         return self.recovered / self.failed if self.failed else 0.0
 
 
-def recovery_summary(session: Session) -> RecoverySummary:
+def recovery_summary(session: Session, *, default_locale: str) -> RecoverySummary:
     """Counts and amounts for the demo's closing summary (full reports come from the ledger)."""
     states = dict(
         session.execute(select(DunningCase.state, func.count()).group_by(DunningCase.state))
@@ -189,6 +193,18 @@ def recovery_summary(session: Session) -> RecoverySummary:
         ).group_by(LedgerMovement.kind, LedgerMovement.currency)
     ).tuples():
         movements.setdefault(kind, {})[currency] = int(amount)
+    sent = (
+        session.execute(
+            select(Notification.template, Customer.locale)
+            .join(Customer, Customer.id == Notification.customer_id)
+            .where(Notification.status == NotificationStatus.SENT)
+        )
+        .tuples()
+        .all()
+    )
+    languages = Counter(
+        catalog_for(email_locale(locale, default_locale)) or SOURCE_LANGUAGE for _, locale in sent
+    )
     return RecoverySummary(
         failed=sum(states.values()),
         recovered=states.get(DunningState.RECOVERED, 0),
@@ -197,10 +213,7 @@ def recovery_summary(session: Session) -> RecoverySummary:
         at_risk={currency: int(amount) for currency, amount in at_risk},
         recovered_amount=movements.get(MovementKind.RECOVERY, {}),
         involuntary_churn_mrr=movements.get(MovementKind.CHURN_INVOLUNTARY, {}),
-        emails_sent=session.scalar(
-            select(func.count())
-            .select_from(Notification)
-            .where(Notification.status == NotificationStatus.SENT)
-        )
-        or 0,
+        emails_sent=sum(languages.values()),
+        emails_by_language=dict(languages),
+        card_notices_sent=sum(1 for template, _ in sent if template == "card_expiring"),
     )

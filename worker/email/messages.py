@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import jinja2
 
+from worker.email.i18n import N_
 from worker.email.render import RenderedEmail, default_templates_dir, make_environment, render
 
 ContextBuilder = Callable[["EmailContext"], dict[str, object]]
@@ -37,16 +38,17 @@ class EmailKind(StrEnum):
     PAYMENT_RECOVERED = "payment_recovered"
 
 
-GENERIC_DECLINE = "your bank declined the payment"
+GENERIC_DECLINE = N_("your bank declined the payment")
 
-_FUNDS = "your bank reported that the card's available balance or credit limit wasn't enough"
-_DETAILS = "some of the card details we have on file didn't match what your bank expected"
-_TEMPORARY = "your bank couldn't process the payment at that moment"
+_FUNDS = N_("your bank reported that the card's available balance or credit limit wasn't enough")
+_DETAILS = N_("some of the card details we have on file didn't match what your bank expected")
+_CONFIRM = N_("your bank asked you to confirm the payment")
+_TEMPORARY = N_("your bank couldn't process the payment at that moment")
 _DECLINE_EXPLANATIONS: dict[str, str] = {
     "insufficient_funds": _FUNDS,
     "card_velocity_exceeded": _FUNDS,
     "withdrawal_count_limit_exceeded": _FUNDS,
-    "expired_card": "the card we have on file had expired",
+    "expired_card": N_("the card we have on file had expired"),
     "incorrect_cvc": _DETAILS,
     "invalid_cvc": _DETAILS,
     "invalid_expiry_month": _DETAILS,
@@ -55,16 +57,16 @@ _DECLINE_EXPLANATIONS: dict[str, str] = {
     "incorrect_address": _DETAILS,
     "incorrect_number": _DETAILS,
     "invalid_number": _DETAILS,
-    "authentication_required": "your bank asked you to confirm the payment",
-    "authentication_not_handled": "your bank asked you to confirm the payment",
-    "payment_intent_authentication_failure": "your bank asked you to confirm the payment",
-    "payment_intent_action_required": "your bank asked you to confirm the payment",
+    "authentication_required": _CONFIRM,
+    "authentication_not_handled": _CONFIRM,
+    "payment_intent_authentication_failure": _CONFIRM,
+    "payment_intent_action_required": _CONFIRM,
     "processing_error": _TEMPORARY,
     "issuer_not_available": _TEMPORARY,
     "reenter_transaction": _TEMPORARY,
     "try_again_later": _TEMPORARY,
-    "card_not_supported": "the card can't be used for this kind of payment",
-    "currency_not_supported": "the card can't be used for payments in this currency",
+    "card_not_supported": N_("the card can't be used for this kind of payment"),
+    "currency_not_supported": N_("the card can't be used for payments in this currency"),
 }
 
 
@@ -97,8 +99,8 @@ class EmailContext:
     timezone: str  # IANA; unknown -> UTC
     company_name: str
     support_email: str
-    # The saved card that paid when it was not the usual one ("Visa ending 4242").
-    paid_with: str | None = None
+    # The saved card that paid when it was not the usual one: (brand name, last four).
+    paid_with: tuple[str, str] | None = None
     # Other unpaid invoices this email is also about (one email for several invoices).
     other_invoices: tuple[OtherInvoice, ...] = ()
 

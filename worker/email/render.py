@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jinja2
 from babel.dates import format_date, format_time, get_datetime_format
 
+from worker.email.i18n import html_lang, translations
 from worker.money import format_money, resolve_locale
 from worker.resources import bundled
 
@@ -44,6 +45,7 @@ def default_templates_dir() -> Path:
 def make_environment(templates_dir: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir),
+        extensions=["jinja2.ext.i18n"],
         autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
         trim_blocks=True,
         lstrip_blocks=True,
@@ -51,6 +53,9 @@ def make_environment(templates_dir: Path) -> jinja2.Environment:
     )
     env.filters["money"] = _money_filter
     env.filters["localtime"] = _localtime_filter
+    env.filters["html_lang"] = html_lang
+    # Words in the context's locale, like amounts and dates (worker.email.i18n).
+    env.install_gettext_callables(_gettext, _ngettext, newstyle=True)  # type: ignore[attr-defined]
     return env
 
 
@@ -93,6 +98,16 @@ def resolve_timezone(value: str | None) -> ZoneInfo:
         return ZoneInfo(value or FALLBACK_TIMEZONE)
     except (ZoneInfoNotFoundError, ValueError):  # unknown name, or a path-like value
         return ZoneInfo(FALLBACK_TIMEZONE)
+
+
+@jinja2.pass_context
+def _gettext(ctx: jinja2.runtime.Context, message: str) -> str:
+    return translations(ctx.get("locale")).gettext(message)
+
+
+@jinja2.pass_context
+def _ngettext(ctx: jinja2.runtime.Context, singular: str, plural: str, count: int) -> str:
+    return translations(ctx.get("locale")).ngettext(singular, plural, count)
 
 
 @jinja2.pass_context

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 import jinja2
 
+from worker.email.i18n import N_
 from worker.email.render import default_templates_dir, make_environment
 
 
@@ -35,56 +36,59 @@ class _Text:
 _PAGES = {
     Page.PAID: _Text(
         200,
-        "Nothing to do",
-        "This invoice is paid. Thank you, there's nothing more you need to do.",
+        N_("Nothing to do"),
+        N_("This invoice is paid. Thank you, there's nothing more you need to do."),
     ),
     Page.EXPIRED: _Text(
         410,
-        "This link has expired",
-        "For your security, card-update links only work for a limited time.",
+        N_("This link has expired"),
+        N_("For your security, card-update links only work for a limited time."),
     ),
     Page.REVOKED: _Text(
         410,
-        "This link no longer works",
-        "For your security, this link was switched off. Our most recent email has a new one.",
+        N_("This link no longer works"),
+        N_("For your security, this link was switched off. Our most recent email has a new one."),
     ),
     Page.INVALID: _Text(
         400,
-        "We couldn't open this link",
-        "The link may be incomplete. Please use the button in our most recent email.",
+        N_("We couldn't open this link"),
+        N_("The link may be incomplete. Please use the button in our most recent email."),
     ),
     Page.UNAVAILABLE: _Text(
         503,
-        "The billing page is taking a break",
-        "We couldn't open your billing page just now. Please try again in a few minutes.",
+        N_("The billing page is taking a break"),
+        N_("We couldn't open your billing page just now. Please try again in a few minutes."),
     ),
     Page.DONE: _Text(
         200,
-        "Thank you",
-        "If you updated your card, we'll try the payment again in the next few minutes. "
-        "There's nothing else you need to do.",
+        N_("Thank you"),
+        N_(
+            "If you updated your card, we'll try the payment again in the next few minutes. "
+            "There's nothing else you need to do."
+        ),
     ),
 }
 
 
 def render_page(
-    page: Page, *, pay_url: str | None, support_email: str, company_name: str
+    page: Page,
+    *,
+    pay_url: str | None,
+    support_email: str,
+    company_name: str,
+    locale: str,
 ) -> tuple[int, str]:
-    """The HTTP status and the HTML of ``page``."""
+    """The HTTP status and the HTML of ``page``, in ``locale`` (the customer's when the link
+    tells us, see :func:`worker.email.i18n.email_locale`)."""
     text = _PAGES[page]
-    html = (
-        _environment()
-        .get_template("pages/link.html")
-        .render(
-            lang="en",
-            title=text.title,
-            message=text.message,
-            pay_url=pay_url,
-            pay_label="Pay the invoice on the secure payment page",
-            help="Questions? Write to us at",
-            support_email=support_email,
-            company_name=company_name,
-        )
+    template = _environment().get_template("pages/link.html")
+    html = template.render(
+        locale=locale,
+        title=text.title,
+        message=text.message,
+        pay_url=pay_url,
+        support_email=support_email,
+        company_name=company_name,
     )
     return text.status, html
 

@@ -55,19 +55,26 @@ PLACES = [
     ("fr_FR", "Europe/Paris", "eur"),
     ("en_US", "America/Los_Angeles", "usd"),
     ("ja_JP", "Asia/Tokyo", "jpy"),
+    ("es_ES", "Europe/Madrid", "eur"),
+    ("it_IT", "Europe/Rome", "eur"),
+    ("nl_NL", "Europe/Amsterdam", "eur"),
+    ("pt_BR", "America/Sao_Paulo", "brl"),
 ]
 PRICES = {
     "usd": [900, 2900, 4900, 9900, 29900],
     "gbp": [700, 2500, 7900],
     "eur": [900, 2900, 4900, 19900],
     "jpy": [1200, 4800, 9800],
+    "brl": [2990, 4990, 9990],
 }
+# Cards the demo's month (March 2026) sees expire: the daily scan warns their owners.
+EXPIRING = (3, 2026)
 STOP_PAYMENT = Decline(decline_code="stop_payment_order", advice_code="do_not_try_again")
 
 
 @dataclass(frozen=True)
 class Move:
-    after: timedelta  # after the first failure
+    after: timedelta  # after the first failure (early moves: after the start of the month)
     kind: str  # network_updater | customer_updates_card | customer_pays
 
 
@@ -83,17 +90,25 @@ class Customer:
     story: str  # a short label shown in the summary
     outcomes: list[Decline | str]
     moves: list[Move] = field(default_factory=list)
+    # Moves that happen whatever the renewal does (a card update after an expiry notice).
+    early_moves: list[Move] = field(default_factory=list)
+    backup: CardSpec | None = None  # another saved card, not the default
+    expires: tuple[int, int] = (12, 2030)  # the default card's (month, year)
 
     @property
     def card(self) -> CardSpec:
         brand = random.Random(self.email).choice(["visa", "visa", "mastercard", "amex"])
-        return CardSpec(brand=brand, outcomes=list(self.outcomes))
+        month, year = self.expires
+        return CardSpec(brand=brand, outcomes=list(self.outcomes), exp_month=month, exp_year=year)
 
 
 def _stories(rng: random.Random) -> list[tuple[float, str, list[Decline | str], list[Move]]]:
     hours = lambda lo, hi: timedelta(hours=rng.randint(lo, hi))  # noqa: E731 - local shorthand
     return [
-        (1.80, "paid on time", [SUCCEED], []),
+        (1.64, "paid on time", [SUCCEED], []),
+        # Paid on time on a card that expires this month: the scan's notice asks for a new one.
+        (0.10, "card expiring, updated after our notice", [SUCCEED], []),
+        (0.06, "card expiring, renewed by the network", [SUCCEED], []),
         (
             0.12,
             "funds back after a few days",
@@ -116,6 +131,7 @@ def _stories(rng: random.Random) -> list[tuple[float, str, list[Decline | str], 
             [Move(hours(20, 200), "customer_updates_card")],
         ),
         (0.05, "card expired, nobody came back", [EXPIRED_CARD], []),
+        (0.06, "card expired, backup card paid", [EXPIRED_CARD], []),
         (
             0.05,
             "bank wanted 3-D Secure, customer confirmed",
@@ -134,9 +150,17 @@ def make_population(count: int, *, seed: int) -> list[Customer]:
         weights, labels, scripts, moves = zip(
             *[(w, s, o, m) for w, s, o, m in _stories(rng)], strict=True
         )
-        pick = rng.choices(range(len(labels)), weights=weights)[0]
+        # Every story once first (a small demo still shows each), then by weight.
+        pick = i + 1 if i + 1 < len(labels) else rng.choices(range(len(labels)), weights=weights)[0]
         locale, zone, currency = rng.choice(PLACES)
         name = f"{NAMES[i % len(NAMES)]} {chr(65 + (i // len(NAMES)) % 26)}."
+        story = labels[pick]
+        extras: dict[str, object] = {}
+        if story.startswith("card expiring"):
+            kind = "customer_updates_card" if "notice" in story else "network_updater"
+            extras = {"expires": EXPIRING, "early_moves": [Move(timedelta(days=6), kind)]}
+        elif story == "card expired, backup card paid":
+            extras = {"backup": CardSpec(brand="mastercard", last4="4444", exp_year=2029)}
         customers.append(
             Customer(
                 name=name,
@@ -146,9 +170,10 @@ def make_population(count: int, *, seed: int) -> list[Customer]:
                 currency=currency,
                 amount=rng.choice(PRICES[currency]),
                 bill_after=timedelta(days=rng.uniform(0, 10)),
-                story=labels[pick],
+                story=story,
                 outcomes=list(scripts[pick]),
                 moves=list(moves[pick]),
+                **extras,  # type: ignore[arg-type]
             )
         )
     return customers

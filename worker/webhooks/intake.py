@@ -38,6 +38,7 @@ from worker import clock
 from worker.db import enqueue_after_commit
 from worker.dunning.access import customer_access
 from worker.dunning.cases import SMART_RETRIES_ON, provider_retries_planned
+from worker.email.i18n import email_locale
 from worker.enqueue import Background
 from worker.links.pages import Page, render_page
 from worker.links.service import LinkState, OpenedLink, destination, open_link
@@ -144,14 +145,14 @@ class _Intake:
         except (OperationalError, DBAPIError):
             return self._page(Page.UNAVAILABLE, None)
         if opened.state is not LinkState.OPEN:
-            return self._page(Page(opened.state.value), opened.pay_url)
+            return self._page(Page(opened.state.value), opened.pay_url, opened.locale)
         gateway = self.runtime.gateway
         back = f"{self.runtime.settings.public_url}/u/{token}/done"
         url = None
         if gateway is not None:
             url = await run_in_threadpool(destination, gateway, opened, return_url=back)
         if url is None:
-            return self._page(Page.UNAVAILABLE, opened.pay_url)
+            return self._page(Page.UNAVAILABLE, opened.pay_url, opened.locale)
         return RedirectResponse(url, status_code=303, headers=_PRIVATE)
 
     async def update_card_done(self, _: Request) -> Response:
@@ -161,13 +162,16 @@ class _Intake:
         with self.runtime.session() as session:
             return open_link(session, self.runtime.settings.link_keys, token, now=clock.now())
 
-    def _page(self, page: Page, pay_url: str | None) -> HTMLResponse:
+    def _page(
+        self, page: Page, pay_url: str | None, customer_locale: str | None = None
+    ) -> HTMLResponse:
         emails = self.runtime.policy.emails
         status, html = render_page(
             page,
             pay_url=pay_url,
             support_email=emails.support_email,
             company_name=emails.company_name,
+            locale=email_locale(customer_locale, emails.default_locale),
         )
         return HTMLResponse(html, status_code=status, headers=_PRIVATE)
 
