@@ -67,6 +67,7 @@ class OutgoingEmail:
     text: str
     html: str
     message_id_key: str  # our idempotency key, e.g. "dunning:<case>:<step>"
+    language: str | None = None  # BCP 47 tag of the words, e.g. "pt-BR" (Content-Language)
 
     def __post_init__(self) -> None:
         if "@" not in self.to or not self.message_id_key:
@@ -96,6 +97,8 @@ def build_mime(email: OutgoingEmail) -> EmailMessage:
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(email.text)
     msg.add_alternative(email.html, subtype="html")
+    if email.language:  # after the bodies: setting content clears Content-* headers
+        msg["Content-Language"] = email.language
     return msg
 
 

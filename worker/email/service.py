@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from worker.email.i18n import html_lang
 from worker.email.messages import EmailContext, EmailKind, build_message
 from worker.email.models import Notification, NotificationStatus
 from worker.email.sender import SMTP_TIMEOUT_SECONDS, OutgoingEmail, mask_email
@@ -75,6 +76,7 @@ def reserve(
         text=message.text,
         html=message.html,
         message_id_key=key,
+        language=html_lang(context.locale),
     )
 
 
