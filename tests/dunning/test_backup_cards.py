@@ -11,12 +11,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tests.support.pipeline import task_runtime
+from tests.support.pipeline import run_claimed, task_runtime
 from tests.support.smtp import smtp_server
 from worker import clock
 from worker.clock import ManualClock
 from worker.config import Policy
-from worker.dunning.actions import run_action
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase
 from worker.dunning.models import ScheduledAction as Action
 from worker.dunning.state import DunningState
@@ -84,13 +83,6 @@ def _backups(session: Session) -> list[Action]:
     )
 
 
-def _run(session: Session, policy: Policy, url: str, action: Action, **kw: str) -> None:
-    action.status, action.claimed_at, action.claims = ActionStatus.CLAIMED, action.due_at, 1
-    with task_runtime(session, policy, url, **kw) as runtime:
-        run_action(runtime, action.kind, action.id)
-    session.expire_all()
-
-
 def test_a_hard_decline_is_retried_once_on_the_other_saved_card(
     session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
 ) -> None:
@@ -109,7 +101,7 @@ def test_a_hard_decline_is_retried_once_on_the_other_saved_card(
     (planned,) = [a for a in detail["actions"] if a["kind"] == "retry_payment"]
     assert planned["payment_method"] == backup_pm  # every retry names its card
 
-    _run(session, policy, url, backup)
+    run_claimed(session, policy, url, backup)
     assert account.invoice(invoice)["status"] == "paid"
     charged = [r for r in account.requests if r.path.endswith("/pay")]
     assert [r.params.get("payment_method") for r in charged] == [backup_pm]
@@ -122,7 +114,7 @@ def test_a_hard_decline_is_retried_once_on_the_other_saved_card(
 
     (thanks,) = session.scalars(select(Action).where(Action.template == "payment_recovered")).all()
     with smtp_server() as (mail, port):
-        _run(session, policy, url, thanks, smtp_url=f"smtp://127.0.0.1:{port}")
+        run_claimed(session, policy, url, thanks, smtp_url=f"smtp://127.0.0.1:{port}")
         (message,) = mail.messages
     text = message.get_body(("plain",)).get_content()
     assert "the other card you have on file: your Mastercard ending 4444" in text
@@ -166,7 +158,7 @@ def test_the_policy_decides_when(
         )
     ).one()
     manual_clock.set(retry.due_at)
-    _run(session, policy, url, retry)  # the default card's second failure
+    run_claimed(session, policy, url, retry)  # the default card's second failure
     _pending(session, policy, account, url)
     backups = _backups(session)
     if mode == "after_n":
@@ -183,7 +175,7 @@ def test_a_declined_backup_leaves_the_case_as_it_was_and_is_not_tried_again(
     declining = CardSpec(brand="mastercard", last4="4444", outcomes=[INSUFFICIENT_FUNDS])
     _bill(session, policy, peer, CardSpec(outcomes=[EXPIRED_CARD]), declining)
     (backup,) = _backups(session)
-    _run(session, policy, url, backup)
+    run_claimed(session, policy, url, backup)
     _pending(session, policy, account, url)  # Stripe's own webhooks for that decline
     case = _case(session)
     assert case.state is DunningState.AWAITING_CUSTOMER  # still waiting for a new card
@@ -209,7 +201,7 @@ def test_stripe_is_asked_again_right_before_the_backup_charge(
     account.detach_card(backup_pm, notify=False)  # our mirror never hears of it
     attempts = account.charge_attempts(invoice)
     manual_clock.advance(timedelta(seconds=1))
-    _run(session, policy, url, backup)
+    run_claimed(session, policy, url, backup)
     (backup,) = _backups(session)
     assert backup.status is ActionStatus.FAILED
     assert backup.note == "backup card no longer on file: not charged"

@@ -13,14 +13,13 @@ from click.testing import CliRunner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tests.support.pipeline import deliver, task_runtime
+from tests.support.pipeline import deliver, run_claimed, task_runtime
 from tests.support.smtp import smtp_server
 from worker.cli import main
 from worker.clock import ManualClock
 from worker.config import Policy
 from worker.dunning import expiring
-from worker.dunning.actions import run_action
-from worker.dunning.models import ActionKind, ActionStatus, CardExpiryNotice
+from worker.dunning.models import CardExpiryNotice
 from worker.dunning.models import ScheduledAction as Action
 from worker.email.models import Notification
 from worker.reports.cards import card_notice_report
@@ -52,10 +51,7 @@ def _notices(session: Session) -> dict[str, Action]:
 
 
 def _send(session: Session, policy: Policy, url: str, action: Action, smtp_port: int) -> None:
-    action.status, action.claimed_at, action.claims = ActionStatus.CLAIMED, action.due_at, 1
-    with task_runtime(session, policy, url, smtp_url=f"smtp://127.0.0.1:{smtp_port}") as runtime:
-        run_action(runtime, ActionKind.SEND_EMAIL, action.id)
-    session.expire_all()
+    run_claimed(session, policy, url, action, smtp_url=f"smtp://127.0.0.1:{smtp_port}")
 
 
 def test_the_scan_warns_each_expiring_card_once_per_step(

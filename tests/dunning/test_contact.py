@@ -12,12 +12,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tests.support.paths import START
-from tests.support.pipeline import deliver, failed, task_runtime
+from tests.support.pipeline import deliver, failed, run_claimed
 from tests.support.smtp import Recorder, smtp_server
 from worker.billing.models import Customer
 from worker.clock import ManualClock
 from worker.config import Policy
-from worker.dunning.actions import run_action
 from worker.dunning.models import ActionKind, ActionStatus
 from worker.dunning.models import ScheduledAction as Action
 from worker.email.messages import EmailKind
@@ -50,11 +49,7 @@ def _first_email(session: Session, invoice: str) -> Action:
 
 
 def _send(session: Session, policy: Policy, action: Action, port: int) -> Action:
-    action.status, action.claimed_at, action.claims = ActionStatus.CLAIMED, action.due_at, 1
-    with task_runtime(session, policy, URL, smtp_url=f"smtp://127.0.0.1:{port}") as runtime:
-        run_action(runtime, ActionKind.SEND_EMAIL, action.id)
-    session.expire_all()
-    return session.get_one(Action, action.id)
+    return run_claimed(session, policy, URL, action, smtp_url=f"smtp://127.0.0.1:{port}")
 
 
 def test_invoices_failing_together_share_one_email(

@@ -8,13 +8,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tests.support.paths import START
-from tests.support.pipeline import deliver, failed, task_runtime
+from tests.support.pipeline import deliver, failed, run_claimed
 from tests.support.smtp import smtp_server
 from worker.billing.models import Customer
 from worker.clock import ManualClock
 from worker.config import Policy
-from worker.dunning.actions import run_action
-from worker.dunning.models import ActionKind, ActionStatus
 from worker.dunning.models import ScheduledAction as Action
 from worker.email.i18n import translations
 from worker.money import format_money
@@ -46,14 +44,10 @@ def test_the_first_email_speaks_the_customers_language(
     customer = session.scalars(select(Customer)).one()
     customer.email, customer.locale = "pat@example.test", preferred
     first = session.scalars(select(Action).where(Action.template == "payment_failed")).one()
-    first.status, first.claimed_at, first.claims = ActionStatus.CLAIMED, START, 1
-    with (
-        smtp_server() as (mail, port),
-        task_runtime(
-            session, policy, "http://127.0.0.1:9", smtp_url=f"smtp://127.0.0.1:{port}"
-        ) as runtime,
-    ):
-        run_action(runtime, ActionKind.SEND_EMAIL, first.id)
+    with smtp_server() as (mail, port):
+        run_claimed(
+            session, policy, "http://127.0.0.1:9", first, smtp_url=f"smtp://127.0.0.1:{port}"
+        )
         (message,) = mail.messages
     expected = translations(locale).gettext("Your %(company)s payment didn't go through") % {
         "company": policy.emails.company_name

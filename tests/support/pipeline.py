@@ -19,7 +19,7 @@ from tests.support import stripe_events as ev
 from tests.support.paths import START
 from worker.billing.stripe_client import PaymentResult, StripeGateway
 from worker.config import Policy
-from worker.dunning.actions import record_retry_result
+from worker.dunning.actions import record_retry_result, run_action
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase
 from worker.dunning.models import ScheduledAction as Action
 from worker.runtime import Runtime
@@ -116,3 +116,15 @@ def task_runtime(
         yield runtime
     finally:
         runtime.close()
+
+
+def run_claimed(
+    session: Session, policy: Policy, url: str, action: Action, *, smtp_url: str | None = None
+) -> Action:
+    """Claim ``action`` as the scheduler does and run its task body in a task's runtime
+    (:func:`task_runtime`); the action as it ended, the test's view refreshed."""
+    action.status, action.claimed_at, action.claims = ActionStatus.CLAIMED, action.due_at, 1
+    with task_runtime(session, policy, url, smtp_url=smtp_url) as runtime:
+        run_action(runtime, action.kind, action.id)
+    session.expire_all()
+    return session.get_one(Action, action.id)
