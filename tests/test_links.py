@@ -227,6 +227,7 @@ def test_ops_revoke_every_live_link_of_a_customer(
         page = httpx.get(link, timeout=10)
         assert page.status_code == 410
         assert "switched off" in page.text
+        assert 'id="pay"' not in page.text  # revoked for a reason: no other way in either
     later = site.link(issued_for="case:1:z")  # a later email carries a new, working link
     assert httpx.get(later, timeout=10).status_code == 303
     unknown = CliRunner().invoke(main, ["links", "revoke", "--customer", "cus_nobody"])

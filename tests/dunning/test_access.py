@@ -253,3 +253,22 @@ def test_app_settings_are_checked() -> None:
     )
     assert settings.app_webhook_url == "https://app.example.com/hooks/"
     assert SECRET not in repr(settings)
+
+
+def test_a_payment_told_late_is_still_the_last_word(
+    session: Session, policy: Policy, app_url: tuple[Receiver, str], manual_clock: ManualClock
+) -> None:
+    receiver, url = app_url
+    deliver(session, policy, failed("in_acc9", at=START), now=START)
+    _deliver_due(session, policy, url)
+    # Paid a minute before day 7; Stripe's invoice.paid reaches us after the limit was set.
+    manual_clock.set(START + timedelta(days=7))
+    _deliver_due(session, policy, url)
+    _deliver_due(session, policy, url)
+    manual_clock.set(START + timedelta(days=7, minutes=9))
+    paid_at = START + timedelta(days=7) - timedelta(minutes=1)
+    deliver(session, policy, paid("in_acc9", at=paid_at), now=manual_clock.now())
+    _deliver_due(session, policy, url)
+    access = [e for e in receiver.received if str(e["type"]).startswith("access.")]
+    last = max(access, key=lambda e: (e["created"], _types(receiver).index(str(e["type"]))))
+    assert last["type"] == "access.restored"

@@ -16,6 +16,7 @@ from tests.support.smtp import smtp_server
 from worker import clock
 from worker.clock import ManualClock
 from worker.config import Policy
+from worker.dunning import planning
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase
 from worker.dunning.models import ScheduledAction as Action
 from worker.dunning.state import DunningState
@@ -25,6 +26,7 @@ from worker.sim.stripe_peer import (
     DO_NOT_HONOR,
     EXPIRED_CARD,
     INSUFFICIENT_FUNDS,
+    STOLEN_CARD,
     CardSpec,
     StripePeer,
 )
@@ -206,3 +208,70 @@ def test_stripe_is_asked_again_right_before_the_backup_charge(
     assert backup.status is ActionStatus.FAILED
     assert backup.note == "backup card no longer on file: not charged"
     assert account.charge_attempts(invoice) == attempts
+
+
+def test_no_backup_after_a_fraud_decline_even_after_n_failures(
+    session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
+) -> None:
+    account, url = peer
+    policy = _with(policy, backup_methods="after_n", backup_after_failures=2)
+    _bill(session, policy, peer, CardSpec(outcomes=[DO_NOT_HONOR, STOLEN_CARD]), BACKUP)
+    retry = session.scalars(
+        select(Action).where(
+            Action.kind == ActionKind.RETRY_PAYMENT, Action.status == ActionStatus.PLANNED
+        )
+    ).one()
+    manual_clock.set(retry.due_at)
+    run_claimed(session, policy, url, retry)  # declined: stolen_card (fraud)
+    _pending(session, policy, account, url)
+    assert _backups(session) == []
+
+
+def test_no_backup_for_a_customer_whose_card_had_a_fraud_decline(
+    session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
+) -> None:
+    account, url = peer  # the shipped policy: after_hard
+    customer = account.create_customer(
+        email="pat@example.test", name="Pat", card=CardSpec(outcomes=[STOLEN_CARD, DO_NOT_HONOR])
+    )
+    account.attach_card(customer, BACKUP)
+    account.bill(account.create_subscription(customer_id=customer, unit_amount=4900))
+    _pending(session, policy, account, url)
+    manual_clock.advance(timedelta(days=1))
+    # Another invoice on the same card, whose retries the card's fraud block drops.
+    account.bill(account.create_subscription(customer_id=customer, unit_amount=1900))
+    _pending(session, policy, account, url)
+    assert _backups(session) == []
+
+
+def test_two_invoices_backups_never_charge_the_same_card_at_once(
+    session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
+) -> None:
+    account, url = peer
+    customer = account.create_customer(
+        email="pat@example.test", name="Pat", card=CardSpec(outcomes=[EXPIRED_CARD])
+    )
+    backup_pm = account.attach_card(customer, BACKUP)
+    for amount in (4900, 1900):
+        account.bill(account.create_subscription(customer_id=customer, unit_amount=amount))
+    _pending(session, policy, account, url)
+    first, second = sorted(_backups(session), key=lambda a: a.case_id)
+    assert first.payment_method == second.payment_method == backup_pm
+    # The older invoice's backup passes the check right before its charge (card lock held
+    # until commit) and is talking to Stripe; the newer one's check a second later waits.
+    now = manual_clock.now()
+    first.status, first.claims = ActionStatus.CLAIMED, 1
+    assert planning.clear_to_charge(
+        session, session.get_one(DunningCase, first.case_id), first, policy=policy, now=now
+    )
+    session.commit()
+    second.status, second.claims = ActionStatus.CLAIMED, 1
+    assert not planning.clear_to_charge(
+        session,
+        session.get_one(DunningCase, second.case_id),
+        second,
+        policy=policy,
+        now=now + timedelta(seconds=1),
+    )
+    assert second.status is ActionStatus.PLANNED
+    assert second.due_at >= now + timedelta(hours=policy.retries.min_gap_hours)

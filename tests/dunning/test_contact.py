@@ -12,7 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tests.support.paths import START
-from tests.support.pipeline import deliver, failed, run_claimed
+from tests.support.pipeline import deliver, failed, paid, run_claimed
+from tests.support.processes import free_port
 from tests.support.smtp import Recorder, smtp_server
 from worker.billing.models import Customer
 from worker.clock import ManualClock
@@ -20,6 +21,7 @@ from worker.config import Policy
 from worker.dunning.models import ActionKind, ActionStatus
 from worker.dunning.models import ScheduledAction as Action
 from worker.email.messages import EmailKind
+from worker.email.service import SENDING_HOLD
 
 URL = "http://127.0.0.1:9"  # no Stripe call is made sending emails
 
@@ -66,7 +68,7 @@ def test_invoices_failing_together_share_one_email(
     assert "Invoice INV-bbbb: $49.00" in text
     second = session.get_one(Action, second.id)
     assert second.status is ActionStatus.DONE
-    assert second.note == f"sent together with {first.idempotency_key}"
+    assert second.note == f"rides along with {first.idempotency_key}"
 
 
 def test_at_most_n_dunning_emails_per_customer_in_seven_days(
@@ -155,3 +157,38 @@ def test_a_card_notice_never_lands_the_same_day_as_a_dunning_email(
     assert reminder.status is ActionStatus.PLANNED
     assert reminder.note == "moved: a card notice went out today"
     assert reminder.due_at == datetime(2026, 3, 4, 8, 0, tzinfo=UTC)
+
+
+def test_a_ride_along_invoice_survives_a_failed_hand_off(
+    session: Session, policy: Policy, mail: tuple[Recorder, int], manual_clock: ManualClock
+) -> None:
+    recorder, port = mail
+    _fail(session, policy, "in_aaaa", START)
+    _fail(session, policy, "in_bbbb", START + timedelta(minutes=5))
+    first = _first_email(session, "in_aaaa")
+    put_back = _send(session, policy, first, free_port())  # SMTP down: tried again later
+    assert put_back.status is ActionStatus.PLANNED
+    manual_clock.set(put_back.due_at + SENDING_HOLD)
+    assert _send(session, policy, put_back, port).status is ActionStatus.DONE
+    (message,) = recorder.messages
+    assert "Invoice INV-bbbb" in message.get_body(("plain",)).get_content()
+
+
+def test_riders_go_on_their_own_when_their_email_does_not(
+    session: Session, policy: Policy, mail: tuple[Recorder, int], manual_clock: ManualClock
+) -> None:
+    recorder, port = mail
+    _fail(session, policy, "in_aaaa", START)
+    _fail(session, policy, "in_bbbb", START + timedelta(minutes=5))
+    first, second = _first_email(session, "in_aaaa"), _first_email(session, "in_bbbb")
+    put_back = _send(session, policy, first, free_port())
+    # Invoice A is paid before its email could go: B's email goes on its own.
+    deliver(session, policy, paid("in_aaaa", at=START + timedelta(minutes=10)))
+    session.commit()
+    alone = session.get_one(Action, second.id)
+    assert alone.status is ActionStatus.PLANNED
+    assert alone.note == f"on its own: {put_back.idempotency_key} did not go out"
+    manual_clock.set(START + timedelta(minutes=11))
+    assert _send(session, policy, alone, port).status is ActionStatus.DONE
+    (message,) = recorder.messages
+    assert "INV-aaaa" not in message.get_body(("plain",)).get_content()

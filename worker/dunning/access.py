@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker.billing.models import Customer, Invoice
@@ -116,6 +116,13 @@ def record(session: Session, case: DunningCase, type_: str, *, at: datetime, now
     key = f"app:case:{case.id}:{type_}"
     if session.scalar(select(AppEvent.id).where(AppEvent.dedupe_key == key)):
         return
+    # Apps order a case's events by `created`: a change we record now (a level that came
+    # due) may be later than a fact the provider dated earlier but told us after (a payment
+    # made a minute before): what we record last is never dated before what came first.
+    latest = session.scalar(
+        select(func.max(AppEvent.created_at)).where(AppEvent.case_id == case.id)
+    )
+    at = max(at, latest) if latest is not None else at
     customer = session.get_one(Customer, case.customer_id)
     invoice = session.get_one(Invoice, case.invoice_id)
     event_id = "evt_dw_" + hashlib.sha256(key.encode()).hexdigest()[:24]

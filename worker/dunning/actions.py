@@ -363,14 +363,18 @@ def run_email(runtime: Runtime, action_id: int) -> None:
         # The customer's emails one at a time (contact rules), taken before the action's row.
         contact.lock_contact(session, customer_id)
         action = _still_wanted(session, action_id)
-        if action is None:
-            return
         now = clock.now()
+        if action is None:
+            gone = session.get_one(ScheduledAction, action_id)
+            if gone.status is ActionStatus.CANCELLED:  # its case ended or paused meanwhile
+                contact.release_riders(session, gone.idempotency_key, now=now)
+            return
         late = now - (action.first_due_at or action.due_at)
         limit = timedelta(hours=runtime.policy.emails.skip_overdue_after_hours)
         if late > limit:  # after an outage: no burst of stale emails
             hours = late.total_seconds() / 3600
             _finish(action, ActionStatus.CANCELLED, f"skipped: {hours:.1f} h overdue")
+            contact.release_riders(session, action.idempotency_key, now=now)
             return
         prepared = emails.prepare_action_email(
             session,
@@ -385,9 +389,12 @@ def run_email(runtime: Runtime, action_id: int) -> None:
         if isinstance(prepared, contact.Postpone):  # due again later, measured from then
             action.status, action.claims, action.note = ActionStatus.PLANNED, 0, prepared.note
             action.due_at = action.first_due_at = prepared.until
+            contact.release_riders(session, action.idempotency_key, now=now)
             return
         if isinstance(prepared, str):
             _finish(action, ActionStatus.DONE, prepared)
+            if prepared != emails.ALREADY_SENT:  # not going out: its riders go on their own
+                contact.release_riders(session, action.idempotency_key, now=now)
             return
     outcome, status = NotificationStatus.SENT, ActionStatus.DONE
     note, error = f"sent to {mask_email(prepared.to)}", None

@@ -180,7 +180,12 @@ def card_history(
     ).all()
     known_card = bool(fingerprints) or payment_method_id is not None
     blocked = _block(session, same_card, policy) if known_card else None
-    reserved = _reserved(session, same_card, invoice) if known_card else ()
+    methods = set(
+        session.scalars(
+            select(PaymentMethod.provider_id).where(PaymentMethod.fingerprint.in_(fingerprints))
+        )
+    ) | ({payment_method_id} if payment_method_id else set())
+    reserved = _reserved(session, same_card, methods, invoice) if known_card else ()
     unsettled = (AttemptOutcome.SUCCEEDED, AttemptOutcome.PROCESSING)
     declines = [a for a in attempts if a.outcome not in unsettled]
     if fingerprints or payment_method_id is not None:
@@ -207,7 +212,7 @@ def card_history(
 
 
 def _reserved(
-    session: Session, same_card: list[ColumnElement[bool]], invoice: Invoice
+    session: Session, same_card: list[ColumnElement[bool]], methods: set[str], invoice: Invoice
 ) -> tuple[datetime, ...]:
     """Other invoices' retries on this card that count as attempts already: charges going
     through right now (whatever their invoice), and the retries of older open invoices,
@@ -241,7 +246,9 @@ def _reserved(
         .where(
             ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
             DunningCase.invoice_id != invoice.id,
-            DunningCase.invoice_id.in_(on_card),
+            # invoices tried on this card, and retries that name it (a backup card may have
+            # no attempt on any of our invoices yet)
+            or_(DunningCase.invoice_id.in_(on_card), ScheduledAction.payment_method.in_(methods)),
             or_(charging, waiting),
         )
     )

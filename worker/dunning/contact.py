@@ -9,7 +9,10 @@ deadlocking):
   waits until the oldest leaves the window, or is skipped when that is past its case's window.
 - **One email for several invoices**: when a dunning email goes out, the same email of the
   customer's other open cases due within :data:`RIDE_ALONG` rides along: it is marked done
-  and its invoice is listed in this one.
+  (``rides along with <key>``) and its invoice is listed in this one, also when this one is
+  composed again after a failed hand-off; should this one not go out after all (skipped,
+  postponed, its case ended), its riders are released to go on their own
+  (:func:`release_riders`).
 - **No card notice the same day as a dunning email** (the customer's local day): whichever
   comes second waits for the next day.
 
@@ -110,13 +113,18 @@ def ride_along(
     marked done (sent with this one); their invoices, for this email to list."""
     if EmailKind(action.template or "") not in DUNNING_EMAILS:
         return ()
-    siblings = session.scalars(
+    note = _riding(action.idempotency_key)
+    already = select(Notification.id).where(
+        Notification.dedupe_key == ScheduledAction.idempotency_key
+    )
+    joining = session.scalars(
         select(ScheduledAction)
         .where(
             ScheduledAction.customer_id == action.customer_id,
             ScheduledAction.kind == ActionKind.SEND_EMAIL,
             ScheduledAction.template == action.template,
             ScheduledAction.status.in_([ActionStatus.PLANNED, ActionStatus.CLAIMED]),
+            ~already.exists(),  # a twin already handing its own over keeps it
             ScheduledAction.case_id.is_not(None),
             ScheduledAction.case_id != action.case_id,
             ScheduledAction.due_at <= now + RIDE_ALONG,
@@ -124,14 +132,37 @@ def ride_along(
         .order_by(ScheduledAction.case_id)
         .with_for_update()
     ).all()
+    for sibling in joining:
+        sibling.status, sibling.finished_at, sibling.note = ActionStatus.DONE, now, note
+    riders = session.scalars(  # with those that joined an earlier try of this email
+        select(ScheduledAction)
+        .where(ScheduledAction.note == note, ScheduledAction.status == ActionStatus.DONE)
+        .order_by(ScheduledAction.case_id)
+    ).all()
     others: list[OtherInvoice] = []
-    for sibling in siblings:
-        sibling.status, sibling.finished_at = ActionStatus.DONE, now
-        sibling.note = f"sent together with {action.idempotency_key}"
+    for sibling in riders:
         case = session.get_one(DunningCase, sibling.case_id)
         invoice = session.get_one(Invoice, case.invoice_id)
         others.append(OtherInvoice(invoice.number, invoice.amount_due, invoice.currency))
     return tuple(others)
+
+
+def release_riders(session: Session, key: str, *, now: datetime) -> None:
+    """The email keyed ``key`` will not go out: the emails riding along with it go on their
+    own."""
+    riders = session.scalars(
+        select(ScheduledAction)
+        .where(ScheduledAction.note == _riding(key), ScheduledAction.status == ActionStatus.DONE)
+        .with_for_update()
+    ).all()
+    for rider in riders:
+        rider.status, rider.claims, rider.due_at = ActionStatus.PLANNED, 0, now
+        rider.first_due_at, rider.finished_at = now, None
+        rider.note = f"on its own: {key} did not go out"
+
+
+def _riding(key: str) -> str:
+    return f"rides along with {key}"
 
 
 def _sent_since(

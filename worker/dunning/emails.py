@@ -25,6 +25,8 @@ from worker.ledger.models import RecoveryMethod
 from worker.links.service import link_for_email
 from worker.settings import LinkKey
 
+ALREADY_SENT = "already sent"
+
 
 def prepare_action_email(
     session: Session,
@@ -41,7 +43,7 @@ def prepare_action_email(
     None while a twin task is handing it over. The caller holds the customer's contact lock
     (:func:`worker.dunning.contact.lock_contact`)."""
     if email.already_sent(session, action.idempotency_key):
-        return "already sent"
+        return ALREADY_SENT
     customer = session.get_one(Customer, action.customer_id)
     if not customer.email:
         return "skipped: the customer has no email address"

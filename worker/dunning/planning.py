@@ -17,7 +17,7 @@ from worker.billing.domain import Card
 from worker.billing.models import AttemptOutcome, Customer, Invoice, PaymentAttempt
 from worker.billing.service import pending_attempt
 from worker.config import DeclineClass, Policy, RetryMode
-from worker.dunning import rules
+from worker.dunning import contact, rules
 from worker.dunning.cards import action_card, backup_cards, card_history, charged_card
 from worker.dunning.cases import customer_timezone, retries_done
 from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
@@ -211,13 +211,28 @@ def plan_backup(
             ScheduledAction.recovery_method == RecoveryMethod.BACKUP_METHOD,
         )
     ).all()
-    if any(b.status is not ActionStatus.CANCELLED or b.charging_at for b in backups):
+    if any(_may_have_charged(b) for b in backups):
         return None
     failing = charged_card(session, case)
+    invoice = session.get_one(Invoice, case.invoice_id)
+    default_history = card_history(
+        session,
+        invoice,
+        now=now,
+        policy=policy,
+        payment_method_id=failing.payment_method_id if failing else None,
+    )
+    fraud_or_stop = (
+        default_history.blocked is not None and default_history.blocked[0] == rules.NEVER
+    )
+    if case.decline_class in (DeclineClass.FRAUD, DeclineClass.STOP) or fraud_or_stop:
+        # A fraud or stop-payment signal on the card (this invoice's or another's) is no
+        # reason to try the customer's other cards. A Mastercard MAC 03 on it is: it says
+        # "not this card".
+        return None
     why = _backup_reason(session, case, failing, policy=policy, out_of_budget=out_of_budget)
     if why is None:
         return None
-    invoice = session.get_one(Invoice, case.invoice_id)
     for card in backup_cards(session, case, failing=failing, now=now):
         decision = rules.network_compliant(
             policy,
@@ -242,6 +257,16 @@ def plan_backup(
                 payment_method=card.payment_method_id,
             )
     return None
+
+
+def _may_have_charged(backup: ScheduledAction) -> bool:
+    """Anything but a backup cancelled before it ever went to Stripe: a charge in flight, or
+    one put back after an outage (its charge may have reached Stripe, answer lost)."""
+    return (
+        backup.status is not ActionStatus.CANCELLED
+        or backup.charging_at is not None
+        or backup.first_due_at is not None
+    )
 
 
 def tried_as_backup(session: Session, case: DunningCase, payment_method_id: str) -> bool:
@@ -446,6 +471,21 @@ def _plan_decision(
 def cancel(
     session: Session, case: DunningCase, *, note: str, kinds: tuple[ActionKind, ...]
 ) -> None:
+    """Cancel the case's planned actions of ``kinds``; emails that rode along with a
+    cancelled email go on their own (:func:`worker.dunning.contact.release_riders`)."""
+    emails = (
+        session.scalars(
+            select(ScheduledAction.idempotency_key).where(
+                ScheduledAction.case_id == case.id,
+                ScheduledAction.kind == ActionKind.SEND_EMAIL,
+                ScheduledAction.status == ActionStatus.PLANNED,
+            )
+        ).all()
+        if ActionKind.SEND_EMAIL in kinds
+        else []
+    )
+    for key in emails:
+        contact.release_riders(session, key, now=case.updated_at)  # the case just moved
     session.execute(
         update(ScheduledAction)
         .where(

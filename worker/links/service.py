@@ -86,8 +86,8 @@ def open_link(
     invoice = session.get(Invoice, row.invoice_id) if row.invoice_id else None
     pay_url = invoice.hosted_invoice_url if invoice and invoice.status == "open" else None
     found = OpenedLink(LinkState.OPEN, customer.provider_id, pay_url, customer.locale)
-    if row.revoked_at is not None:
-        return OpenedLink(LinkState.REVOKED, None, pay_url, customer.locale)
+    if row.revoked_at is not None:  # revoked for a reason (a mailbox compromised): no way in
+        return OpenedLink(LinkState.REVOKED, None, None, customer.locale)
     if invoice is not None and invoice.status == "paid":
         return OpenedLink(LinkState.PAID, None, None, customer.locale)
     if now >= row.expires_at:
