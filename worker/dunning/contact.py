@@ -109,8 +109,10 @@ def check(
 def ride_along(
     session: Session, action: ScheduledAction, *, now: datetime
 ) -> tuple[OtherInvoice, ...]:
-    """The same email of the customer's other open cases, due within :data:`RIDE_ALONG`:
-    marked done (sent with this one); their invoices, for this email to list."""
+    """The same email of the customer's other open cases, due within :data:`RIDE_ALONG`, and
+    those that joined an earlier try of this email: their invoices, for this email to list.
+    The newcomers are marked done (``rides along with <key>``); :func:`release_riders` puts
+    them back should this email not go out."""
     if EmailKind(action.template or "") not in DUNNING_EMAILS:
         return ()
     note = _riding(action.idempotency_key)
