@@ -54,13 +54,18 @@ def _send(session: Session, policy: Policy, action: Action, port: int) -> Action
     return run_claimed(session, policy, URL, action, smtp_url=f"smtp://127.0.0.1:{port}")
 
 
+def _two_failing_invoices(session: Session, policy: Policy) -> tuple[Action, Action]:
+    """Two invoices of one customer failing five minutes apart: their first emails."""
+    _fail(session, policy, "in_aaaa", START)
+    _fail(session, policy, "in_bbbb", START + timedelta(minutes=5))
+    return _first_email(session, "in_aaaa"), _first_email(session, "in_bbbb")
+
+
 def test_invoices_failing_together_share_one_email(
     session: Session, policy: Policy, mail: tuple[Recorder, int], manual_clock: ManualClock
 ) -> None:
     recorder, port = mail
-    _fail(session, policy, "in_aaaa", START)
-    _fail(session, policy, "in_bbbb", START + timedelta(minutes=5))
-    first, second = _first_email(session, "in_aaaa"), _first_email(session, "in_bbbb")
+    first, second = _two_failing_invoices(session, policy)
     assert _send(session, policy, first, port).note == "sent to p***@example.test"
     (message,) = recorder.messages
     text = message.get_body(("plain",)).get_content()
@@ -163,9 +168,7 @@ def test_a_ride_along_invoice_survives_a_failed_hand_off(
     session: Session, policy: Policy, mail: tuple[Recorder, int], manual_clock: ManualClock
 ) -> None:
     recorder, port = mail
-    _fail(session, policy, "in_aaaa", START)
-    _fail(session, policy, "in_bbbb", START + timedelta(minutes=5))
-    first = _first_email(session, "in_aaaa")
+    first, _ = _two_failing_invoices(session, policy)
     put_back = _send(session, policy, first, free_port())  # SMTP down: tried again later
     assert put_back.status is ActionStatus.PLANNED
     manual_clock.set(put_back.due_at + SENDING_HOLD)
@@ -178,9 +181,7 @@ def test_riders_go_on_their_own_when_their_email_does_not(
     session: Session, policy: Policy, mail: tuple[Recorder, int], manual_clock: ManualClock
 ) -> None:
     recorder, port = mail
-    _fail(session, policy, "in_aaaa", START)
-    _fail(session, policy, "in_bbbb", START + timedelta(minutes=5))
-    first, second = _first_email(session, "in_aaaa"), _first_email(session, "in_bbbb")
+    first, second = _two_failing_invoices(session, policy)
     put_back = _send(session, policy, first, free_port())
     # Invoice A is paid before its email could go: B's email goes on its own.
     deliver(session, policy, paid("in_aaaa", at=START + timedelta(minutes=10)))
