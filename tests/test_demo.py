@@ -36,6 +36,7 @@ def test_demo_runs_the_pipeline_and_summarises(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Recovery summary" in result.stdout
+    assert list(tmp_path.iterdir()) == [out]  # nothing written outside its folder (no control/)
     assert "involuntary churn" in result.stdout
     with sqlite3.connect(out / "dunning.db") as db:
         states = dict(db.execute("SELECT state, count(*) FROM dunning_cases GROUP BY state"))

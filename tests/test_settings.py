@@ -82,3 +82,31 @@ def test_cli_reports_a_bad_setting_in_one_line_with_status_2(tmp_path: Path) -> 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "DUNNING_BROKER_URL" in lines[0]
+
+
+def test_the_data_directory_is_a_setting() -> None:
+    assert load_settings({}).data_dir == Path(".dunning")
+    settings = load_settings({"DUNNING_DATA_DIR": "/var/lib/dunning"})
+    assert settings.data_dir == Path("/var/lib/dunning")
+    assert settings.outbox_dir == Path("/var/lib/dunning/outbox")
+
+
+def test_outside_a_checkout_the_bundled_policy_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no config/dunning.toml here
+    path = load_settings({}).config_path
+    assert path.is_file()
+    assert path.name == "dunning.toml"
+    assert path.is_absolute()
+
+
+def test_policy_commands_work_from_any_directory(tmp_path: Path) -> None:
+    env = clean_env()
+    checked = dunning(env, tmp_path, "config", "check")
+    assert checked.returncode == 0, checked.stderr
+    shown = dunning(env, tmp_path, "policy", "preview", "--decline-code", "insufficient_funds")
+    assert shown.returncode == 0, shown.stderr
+    said = shown.stdout.splitlines()[0]
+    assert said.startswith("policy: /") and "dunning.toml" in said  # which file it read
+    assert list(tmp_path.iterdir()) == []  # and nothing written here

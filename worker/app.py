@@ -56,7 +56,7 @@ def _broker(settings: Settings) -> dict[str, Any]:
             "broker_connection_timeout": 2,
         }
     folder = (settings.data_dir / "broker").resolve()
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     # A broker with no server, shared by processes on one host (see worker.embedded_broker).
     return {
@@ -66,6 +66,9 @@ def _broker(settings: Settings) -> dict[str, Any]:
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
             "processed_folder": str(folder / "processed"),
+            # kombu's exchange tables: under the data directory, not in whatever folder a
+            # command happens to run in
+            "control_folder": str(folder / "control"),
             "store_processed": False,
             "polling_interval": 0.05,
         },

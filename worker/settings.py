@@ -27,7 +27,9 @@ DEFAULT_DATABASE_URL = "sqlite:///dunning.db"
 EMBEDDED_BROKER_URL = "filesystem://"
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 DEFAULT_CONFIG = "config/dunning.toml"
-DATA_DIR = Path(".dunning")  # embedded broker folders, outbox, beat schedule (relative to cwd)
+# Embedded broker folders, outbox, beat schedule: relative to the working directory unless
+# DUNNING_DATA_DIR says where. Nothing is written outside it.
+DATA_DIR = Path(".dunning")
 
 _BROKER_SCHEMES = {"filesystem", "redis", "rediss", "amqp", "amqps", "pyamqp", "memory"}
 _SMTP_SCHEMES = {"smtp", "smtps", "file"}
@@ -168,7 +170,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         database_url=database_url,
         broker_url=broker,
-        config_path=Path(get("DUNNING_CONFIG") or DEFAULT_CONFIG),
+        config_path=Path(config) if (config := get("DUNNING_CONFIG")) else default_config_path(),
         smtp_url=Secret(_url("DUNNING_SMTP_URL", smtp, _SMTP_SCHEMES)) if smtp else None,
         public_url=_http_url("DUNNING_PUBLIC_URL", get("DUNNING_PUBLIC_URL") or DEFAULT_PUBLIC_URL),
         stripe_api_key=_secret("STRIPE_API_KEY", api_key, ("sk_", "rk_")) if api_key else None,
@@ -181,6 +183,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         stripe_timeout_s=_seconds("STRIPE_TIMEOUT_SECONDS", get("STRIPE_TIMEOUT_SECONDS"), 80.0),
         link_keys=_link_keys(get("DUNNING_LINK_KEYS")),
         **_app(get),
+        data_dir=Path(get("DUNNING_DATA_DIR") or DATA_DIR),
     )
 
 

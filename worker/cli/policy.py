@@ -113,4 +113,5 @@ def policy_preview(
         return
     from worker.cli.terminal import preview_table
 
+    click.echo(f"policy: {config_path or settings.config_path} (version {loaded.version})")
     preview_table(result)
