@@ -1,8 +1,9 @@
 """The pages a customer sees at ``/u/<token>`` when the link does not lead to the portal.
 
-Every page says what happened in plain words and offers a way forward: the invoice's own
-secure payment page when it is still open, and the support address. Nothing from the request
-is echoed; the template is autoescaped.
+Every page says what happened in plain words, in the customer's language, and offers a way
+forward: the invoice's own secure payment page when it is still open (never for a revoked
+link), and the support address. Nothing from the request is echoed; the template is
+autoescaped.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 An email that asks for something gets its link when it is composed (:func:`link_for_email`,
 inside the transaction that reserves the email), so the link row exists before the email
 does. Opening a link (:func:`open_link`) tells the intake what to show: the billing portal, a
-"nothing to do" page when the invoice it was about is paid, or, for an expired or revoked
-link, the invoice's own hosted page as a fresh way to pay. Revoking (:func:`revoke_customer`)
-ends every link a customer holds at once, e.g. when a mailbox was compromised.
+"nothing to do" page when the invoice it was about is paid, or, for an expired link, the
+invoice's own hosted page as a fresh way to pay (a revoked link offers only the support
+address: it was switched off for a reason). Revoking (:func:`revoke_customer`) ends every
+link a customer holds at once, e.g. when a mailbox was compromised.
 """
 
 from __future__ import annotations
