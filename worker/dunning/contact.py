@@ -72,6 +72,8 @@ def check(
 ) -> Postpone | str | None:
     """None: send now. A note: skip it for good. :class:`Postpone`: later."""
     kind = EmailKind(action.template or "")
+    if kind is not EmailKind.CARD_EXPIRING and kind not in DUNNING_EMAILS:
+        return None  # "payment received" is an answer, not a request
     zone = customer_zone(customer.timezone, policy)
     quiet = policy.emails.quiet_hours
     local_day = now.astimezone(zone).date()
@@ -83,8 +85,6 @@ def check(
         day_end = day_start + timedelta(days=1)
         if _dunning_email_on(session, customer.id, day_start, day_end, exclude=action.id):
             return Postpone(tomorrow, "moved: a dunning email goes out today")
-        return None
-    if kind not in DUNNING_EMAILS:
         return None
     if _sent_since(session, customer.id, {EmailKind.CARD_EXPIRING}, day_start):
         return Postpone(tomorrow, "moved: a card notice went out today")

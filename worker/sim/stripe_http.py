@@ -11,7 +11,7 @@ import base64
 import hmac
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from html import escape
@@ -34,6 +34,9 @@ from worker.sim.stripe_state import Ctx, RecordedRequest, SavedKey
 log = logging.getLogger(__name__)
 
 
+_EXPIRED = HTMLResponse("<!doctype html><title>Expired</title><p>Session expired", 404)
+
+
 @dataclass
 class _Reply:
     status: int
@@ -48,6 +51,8 @@ class HttpWire(ApiHandlers):
     IDEMPOTENCY_TTL = 24 * 3600  # keys may be pruned after 24 h (of the injected clock)
     MAX_IDEMPOTENCY_KEYS = 100_000
     asgi_app: Starlette  # built once, by StripePeer.__init__
+    # StripePeer's control call for a card saved on the served portal page (the new default)
+    portal_saved: Callable[[str], str]
 
     @contextmanager
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
@@ -75,10 +80,9 @@ class HttpWire(ApiHandlers):
 
     async def _portal_page(self, request: Request) -> Response:
         """The customer portal a session URL opens: one form to save a new card."""
-        with self._lock:
-            session = self._objs.get(request.path_params["bps_id"])
+        session = self._served_session(request)
         if session is None:
-            return HTMLResponse("<!doctype html><title>Expired</title><p>Session expired", 404)
+            return _EXPIRED
         flow = (session.get("flow") or {}).get("type") or "portal_homepage"
         body = (
             '<!doctype html><html lang="en"><meta charset="utf-8"><title>Billing portal</title>'
@@ -92,16 +96,15 @@ class HttpWire(ApiHandlers):
     async def _portal_card(self, request: Request) -> Response:
         """Save ``portal_card`` as the customer's new default, as the portal does, and go
         back to the session's return_url."""
-        with self._lock:
-            session = self._objs.get(request.path_params["bps_id"])
+        session = self._served_session(request)
         if session is None:
-            return HTMLResponse("<!doctype html><title>Expired</title><p>Session expired", 404)
+            return _EXPIRED
         await run_in_threadpool(self.portal_saved, session["customer"])
         return RedirectResponse(session["return_url"] or "/", status_code=303)
 
-    def portal_saved(self, customer_id: str) -> str:
-        """A customer saved a new card in the portal (the peer attaches it as default)."""
-        raise NotImplementedError
+    def _served_session(self, request: Request) -> dict[str, Any] | None:
+        with self._lock:
+            return self._objs.get(request.path_params["bps_id"])
 
     async def _endpoint(self, request: Request) -> Response:
         body = await request.body()
