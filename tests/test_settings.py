@@ -12,7 +12,7 @@ from worker.settings import Secret, SettingError, load_settings
 
 def test_no_environment_gives_the_embedded_defaults() -> None:
     settings = load_settings({})
-    assert settings.database_url == "sqlite:///dunning.db"
+    assert settings.database_url == "sqlite:///.dunning/dunning.db"
     assert settings.broker_url == "filesystem://"
     assert settings.smtp_url is None
     assert settings.outbox_dir == Path(".dunning/outbox")
@@ -89,6 +89,7 @@ def test_the_data_directory_is_a_setting() -> None:
     settings = load_settings({"DUNNING_DATA_DIR": "/var/lib/dunning"})
     assert settings.data_dir == Path("/var/lib/dunning")
     assert settings.outbox_dir == Path("/var/lib/dunning/outbox")
+    assert settings.database_url == "sqlite:////var/lib/dunning/dunning.db"
 
 
 def test_outside_a_checkout_the_bundled_policy_is_read(
@@ -110,3 +111,19 @@ def test_policy_commands_work_from_any_directory(tmp_path: Path) -> None:
     said = shown.stdout.splitlines()[0]
     assert said.startswith("policy: /") and "dunning.toml" in said  # which file it read
     assert list(tmp_path.iterdir()) == []  # and nothing written here
+
+
+def test_commands_write_only_into_the_data_directory(tmp_path: Path) -> None:
+    """The default database, the embedded broker's folders (control/ included) and the outbox
+    all live under .dunning/ in the working directory, or DUNNING_DATA_DIR."""
+    env = clean_env()
+    for command in (("db", "upgrade"), ("status",), ("cases", "list")):
+        done = dunning(env, tmp_path, *command)
+        assert done.returncode == 0, done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [".dunning"]
+    assert (tmp_path / ".dunning" / "dunning.db").is_file()
+
+    elsewhere = tmp_path / "data"
+    done = dunning({**env, "DUNNING_DATA_DIR": str(elsewhere)}, tmp_path, "db", "upgrade")
+    assert done.returncode == 0, done.stderr
+    assert (elsewhere / "dunning.db").is_file()

@@ -21,10 +21,11 @@ import enum
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Enum, Integer, MetaData, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -81,6 +82,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine with the per-dialect settings this worker relies on. SQL parameters (a
     customer's email) never appear in its error messages, which reach logs and error columns."""
     if url.startswith("sqlite"):
+        if database := make_url(url).database:  # the default lives in the data directory
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True, **kwargs)
         _configure_sqlite(engine)
         return engine

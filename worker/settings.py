@@ -1,7 +1,7 @@
 """Process settings: read once from the environment, validated, secrets never printed.
 
 The contract is DESIGN §4. Every variable has an embedded default so that a bare machine runs
-the demo: SQLite in the working directory, a broker that needs no server (kombu's filesystem
+the demo: SQLite under ``.dunning/``, a broker that needs no server (kombu's filesystem
 transport under ``.dunning/broker``) and emails written to ``.dunning/outbox``.
 
 Redis database numbering in production: 0 = Celery broker. (Results are not stored.)
@@ -23,13 +23,17 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-DEFAULT_DATABASE_URL = "sqlite:///dunning.db"
 EMBEDDED_BROKER_URL = "filesystem://"
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 DEFAULT_CONFIG = "config/dunning.toml"
-# Embedded broker folders, outbox, beat schedule: relative to the working directory unless
-# DUNNING_DATA_DIR says where. Nothing is written outside it.
+# The SQLite database, embedded broker folders, outbox, beat schedule: relative to the working
+# directory unless DUNNING_DATA_DIR says where. Nothing is written outside it.
 DATA_DIR = Path(".dunning")
+
+
+def default_database_url(data_dir: Path = DATA_DIR) -> str:
+    return f"sqlite:///{data_dir / 'dunning.db'}"
+
 
 _BROKER_SCHEMES = {"filesystem", "redis", "rediss", "amqp", "amqps", "pyamqp", "memory"}
 _SMTP_SCHEMES = {"smtp", "smtps", "file"}
@@ -68,7 +72,7 @@ LINK_SECRET_MIN = 32
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = default_database_url()
     broker_url: str = EMBEDDED_BROKER_URL
     config_path: Path = Path(DEFAULT_CONFIG)
     smtp_url: Secret | None = None  # None: write emails to DATA_DIR/outbox
@@ -159,7 +163,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             raise SettingError(msg)
         return value.strip()
 
-    database_url = _database_url(get("DUNNING_DATABASE_URL") or DEFAULT_DATABASE_URL)
+    data_dir = Path(get("DUNNING_DATA_DIR") or DATA_DIR)
+    database_url = _database_url(get("DUNNING_DATABASE_URL") or default_database_url(data_dir))
     broker = _url(
         "DUNNING_BROKER_URL", get("DUNNING_BROKER_URL") or EMBEDDED_BROKER_URL, _BROKER_SCHEMES
     )
@@ -183,7 +188,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         stripe_timeout_s=_seconds("STRIPE_TIMEOUT_SECONDS", get("STRIPE_TIMEOUT_SECONDS"), 80.0),
         link_keys=_link_keys(get("DUNNING_LINK_KEYS")),
         **_app(get),
-        data_dir=Path(get("DUNNING_DATA_DIR") or DATA_DIR),
+        data_dir=data_dir,
     )
 
 
