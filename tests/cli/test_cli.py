@@ -187,7 +187,7 @@ def test_run_serves_works_and_stops_on_embedded_defaults(tmp_path: Path) -> None
             timeout=10,
         )
         assert response.status_code == 200
-        db = tmp_path / "dunning.db"
+        db = tmp_path / ".dunning" / "dunning.db"  # the embedded default, in the data dir
         deadline = time.monotonic() + 30
         while True:
             with sqlite3.connect(db) as conn:
@@ -207,9 +207,11 @@ def test_status_says_what_is_waiting(env: dict[str, str], tmp_path: Path) -> Non
     assert dunning(env, tmp_path, "events", "replay", str(events)).returncode == 0
     shown = json.loads(dunning(env, tmp_path, "status", "--json").stdout)
     # The replayed failure's emails and retry are long past their time (it is from March).
-    assert shown["pending_events"] == 0
-    assert shown["overdue_actions"] >= 1
-    assert shown["oldest_overdue_action_s"] > 0
-    line = dunning(env, tmp_path, "status").stdout
-    assert "0 events pending" in line
-    assert "actions overdue (oldest" in line
+    assert shown["backlog"]["pending_events"] == 0
+    assert shown["backlog"]["overdue_actions"] >= 1
+    assert shown["backlog"]["oldest_overdue_action_s"] > 0
+    assert shown["due_actions"] >= shown["backlog"]["overdue_actions"]
+    assert shown["open_cases"]["retrying"] == 1
+    screen = dunning(env, tmp_path, "status").stdout
+    assert "0 pending, 0 failed" in screen
+    assert "overdue (oldest" in screen

@@ -22,6 +22,7 @@ from tests.support.faults import hanging_port
 from tests.support.paths import REPO, START
 from worker import clock
 from worker.app import DunningCelery, create_app
+from worker.dunning.scheduler import last_tick
 from worker.httpserver import serve_in_thread
 from worker.settings import Secret, Settings
 from worker.webhooks.inbox import store_event
@@ -185,6 +186,10 @@ def test_broker_down_loses_nothing(
     manual_clock.advance(timedelta(seconds=61))
     assert worker.webhooks.tasks.tick_once(up) == 1
     assert queued(redis_url) == 1
+    with up.runtime.session() as session:  # the heartbeat dunning status shows
+        tick = last_tick(session)
+        assert tick is not None
+        assert (tick.at, tick.claimed, tick.swept) == (manual_clock.now(), 0, 1)
     (row,) = inbox(up)
     assert row.enqueue_count == 2
 

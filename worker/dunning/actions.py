@@ -82,8 +82,9 @@ def _still_wanted(session: Session, action_id: int) -> ScheduledAction | None:
         case.state is DunningState.PAUSED
         or (case.state in TERMINAL and action.template != EmailKind.PAYMENT_RECOVERED)
     ):
-        # "paused" is the note a resume looks for to put the action back.
-        note = "paused" if case.state is DunningState.PAUSED else f"case {case.state.value}"
+        # A resume puts an action set aside by a pause back, moved on by the pause.
+        paused = case.state is DunningState.PAUSED
+        note = planning.PAUSED_NOTE if paused else f"case {case.state.value}"
         _finish(action, ActionStatus.CANCELLED, note)
         return None
     if (

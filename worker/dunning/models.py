@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -63,6 +63,15 @@ class DunningCase(Base):
     # None once it no longer restricts anything (worker.dunning.access).
     access: Mapped[str | None] = mapped_column(Text)
     access_since: Mapped[datetime | None]
+    # Ops pauses: when the current one began (None: not paused) and the total of the finished
+    # ones. The window and the schedules run on the case's own clock, which stops while paused.
+    paused_at: Mapped[datetime | None]
+    paused_seconds: Mapped[int] = mapped_column(default=0, server_default="0")
+
+    @property
+    def schedule_start(self) -> datetime:
+        """``opened_at`` moved on by every pause: retries and emails are timed from here."""
+        return self.opened_at + timedelta(seconds=self.paused_seconds)
 
 
 class CaseTransition(Base):
@@ -155,3 +164,15 @@ class AppEvent(Base):
     last_status: Mapped[int | None]  # the receiver's HTTP status (None: no answer)
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None]
+
+
+class SchedulerTick(Base):
+    """The scheduler's last tick (one row per beat name): when, and what it handed out.
+    ``dunning status`` shows it; a beat that stopped shows as an old tick."""
+
+    __tablename__ = "scheduler_ticks"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    at: Mapped[datetime]
+    claimed: Mapped[int]  # due actions handed to workers
+    swept: Mapped[int]  # pending events handed out again

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.billing import service as billing
@@ -39,6 +40,7 @@ from worker.ledger import history
 from worker.ledger.models import RecoveryMethod
 
 log = logging.getLogger(__name__)
+S = DunningState
 
 # A claim older than this is a lost one (the worker died), not the payer of a recovery.
 RECENT_CLAIM = timedelta(minutes=5)
@@ -305,3 +307,54 @@ def retry_now(session: Session, case_id: int, *, policy: Policy, now: datetime) 
     if isinstance(planned, rules.DroppedRetry):
         raise CaseNotRetryableError(f"case {case_id}: {planned.reason}")
     return planned
+
+
+class OpsRefusedError(ValueError):
+    """What ops asked cannot be done to this case (its state says why)."""
+
+
+_OPS_EVENTS = {
+    "pause": (DunningEvent.OPS_PAUSE, frozenset({S.OPEN, S.RETRYING, S.AWAITING_CUSTOMER})),
+    "resume": (DunningEvent.OPS_RESUME, frozenset({S.PAUSED})),
+    "close": (
+        DunningEvent.OPS_CLOSE,
+        frozenset({S.OPEN, S.RETRYING, S.AWAITING_CUSTOMER, S.PAUSED}),
+    ),
+}
+
+
+def ops_move(
+    session: Session, case_id: int, verb: str, *, reason: str, policy: Policy, now: datetime
+) -> DunningCase:
+    """Ops pause, resume or close one case, through the state machine like any other event:
+    the timeline records ``ops: <reason>``. A pause sets every planned action aside and
+    stops the case's clock; a resume moves the window and those actions on by the pause
+    (:func:`planning.resume`); a close ends dunning without a final action (the invoice stays
+    open at the provider; access is restored). Raises :class:`OpsRefusedError` when the case
+    is not in a state the verb applies to (nothing changes)."""
+    event, allowed = _OPS_EVENTS[verb]
+    case = lock_case(session, case_id)
+    if case.state not in allowed:
+        msg = f"case {case_id} is {case.state.value}: cannot {verb} it"
+        raise OpsRefusedError(msg)
+    apply(session, case, event, policy=policy, now=now, source="ops", reason=f"ops: {reason}")
+    return case
+
+
+def customer_case_ids(session: Session, provider_customer_id: str, verb: str) -> list[int]:
+    """The cases of a customer (by provider id) that ``verb`` applies to, oldest first.
+    Raises LookupError for a customer we do not know."""
+    customer = session.scalar(
+        select(Customer.id).where(Customer.provider_id == provider_customer_id)
+    )
+    if customer is None:
+        msg = f"no customer {provider_customer_id}"
+        raise LookupError(msg)
+    _, allowed = _OPS_EVENTS[verb]
+    return list(
+        session.scalars(
+            select(DunningCase.id)
+            .where(DunningCase.customer_id == customer, DunningCase.state.in_(allowed))
+            .order_by(DunningCase.id)
+        )
+    )

@@ -29,6 +29,7 @@ from worker.ledger.models import RecoveryMethod
 PROMPT_RETRY_METHODS = (RecoveryMethod.CARD_UPDATE, RecoveryMethod.NETWORK_UPDATE)
 # How far a network rule may push a retry ops asked for now; later than that it is refused.
 OPS_RETRY_HORIZON = timedelta(days=1)
+PAUSED_NOTE = "paused"
 _PROMPT_KEY_TAG = {
     RecoveryMethod.CARD_UPDATE: "card-update",
     RecoveryMethod.NETWORK_UPDATE: "network-update",
@@ -137,7 +138,7 @@ def plan_cadence(
     for email in rules.scheduled_emails(
         policy,
         first_template=rules.first_template(event),
-        opened_at=case.opened_at,
+        opened_at=case.schedule_start,
         window_ends_at=case.window_ends_at,
         now=now,
         zone=zone,
@@ -173,7 +174,7 @@ def plan_next_retry(session: Session, case: DunningCase, *, policy: Policy, now:
     decision = rules.next_retry(
         policy,
         DeclineClass(case.decline_class or DeclineClass.SOFT),
-        opened_at=case.opened_at,
+        opened_at=case.schedule_start,
         window_ends_at=case.window_ends_at,
         now=now,
         retries_done=retries_done(session, case),
@@ -497,15 +498,37 @@ def cancel(
     )
 
 
+def pause(session: Session, case: DunningCase, *, now: datetime) -> None:
+    """Ops hold: every planned action is set aside (note ``paused``) and the case's clock
+    stops (:attr:`DunningCase.schedule_start`)."""
+    case.paused_at = now
+    cancel(session, case, note=PAUSED_NOTE, kinds=tuple(ActionKind))
+
+
 def resume(session: Session, case: DunningCase, *, policy: Policy, now: datetime) -> None:
-    session.execute(
-        update(ScheduledAction)
-        .where(
+    """The end of an ops hold: the case's clock runs again from where it stopped. The window
+    and every action set aside by the pause move on by its length, so the plan continues
+    where it left off instead of firing everything that fell due meanwhile; an email still
+    keeps out of the customer's quiet hours. The next retry is planned afresh, from the
+    moved schedule and the card's rules as they are now."""
+    held = now - (case.paused_at or now)
+    case.paused_at = None
+    case.paused_seconds += int(held.total_seconds())
+    case.window_ends_at += held
+    zone = rules.customer_zone(customer_timezone(session, case), policy)
+    set_aside = session.scalars(
+        select(ScheduledAction).where(
             ScheduledAction.case_id == case.id,
             ScheduledAction.status == ActionStatus.CANCELLED,
-            ScheduledAction.note == "paused",
+            ScheduledAction.note == PAUSED_NOTE,
             ScheduledAction.kind != ActionKind.RETRY_PAYMENT,
         )
-        .values(status=ActionStatus.PLANNED, note=None)
-    )
+    ).all()
+    for action in set_aside:
+        due_at = max(action.due_at + held, now)
+        if action.kind is ActionKind.SEND_EMAIL:
+            due_at = rules.outside_quiet_hours(due_at, zone, policy.emails.quiet_hours)
+        if action.kind is ActionKind.FINAL_ACTION:
+            due_at = case.window_ends_at
+        action.due_at, action.status, action.note = due_at, ActionStatus.PLANNED, None
     plan_next_retry(session, case, policy=policy, now=now)

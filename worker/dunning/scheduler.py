@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from worker.dunning.models import ActionKind, ActionStatus, ScheduledAction
+from worker.dunning.models import ActionKind, ActionStatus, ScheduledAction, SchedulerTick
 
 BATCH = 500
 # A claimed action not finished after this long was lost between claim and broker (a crash
@@ -61,3 +62,19 @@ def claim_due(session: Session, *, now: datetime, limit: int = BATCH) -> list[Cl
             .values(status=ActionStatus.CLAIMED, claimed_at=now, claims=ScheduledAction.claims + 1)
         )
     return [Claimed(row.id, row.kind) for row in rows]
+
+
+def record_tick(session: Session, *, now: datetime, claimed: int, swept: int) -> None:
+    """The tick's heartbeat: one upsert, in the tick's own transaction."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    values = {"name": "scheduler", "at": now, "claimed": claimed, "swept": swept}
+    session.execute(
+        insert(SchedulerTick)
+        .values(**values)
+        .on_conflict_do_update(index_elements=["name"], set_=values)
+    )
+
+
+def last_tick(session: Session) -> SchedulerTick | None:
+    return session.get(SchedulerTick, "scheduler")

@@ -135,7 +135,7 @@ def _effects(
             ledger.record_reactivation(session, _ref(case), at=at, now=now)
         return
     if event is E.OPS_PAUSE and old is not S.PAUSED:
-        planning.cancel(session, case, note="paused", kinds=tuple(ActionKind))
+        planning.pause(session, case, now=now)
     elif event is E.OPS_RESUME and old is S.PAUSED:
         planning.resume(session, case, policy=policy, now=now)
     elif new is S.PAUSED:

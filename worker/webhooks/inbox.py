@@ -144,3 +144,28 @@ def finish(
 ) -> InboxStatus:
     row.status, row.error, row.processed_at = status, redact(error) if error else None, now
     return status
+
+
+class NotRedrivableError(ValueError):
+    pass
+
+
+def redrive(session: Session, inbox_ids: list[int], *, now: datetime) -> list[InboxEvent]:
+    """Ops: process these events again through the normal path. Each goes back to pending,
+    due for the sweep now: the scheduler's next tick hands it to a worker, whose handlers
+    are idempotent (a fact already applied is not applied twice). A processed event is
+    refused (:class:`NotRedrivableError`); its error stays until the new outcome replaces it."""
+    rows = session.scalars(
+        select(InboxEvent).where(InboxEvent.id.in_(inbox_ids)).with_for_update()
+    ).all()
+    found = {row.id for row in rows}
+    if missing := [i for i in inbox_ids if i not in found]:
+        msg = f"no event {missing[0]} in the inbox"
+        raise LookupError(msg)
+    for row in rows:
+        if row.status is InboxStatus.PROCESSED:
+            msg = f"event {row.id} ({row.event_id}) was processed; nothing to re-drive"
+            raise NotRedrivableError(msg)
+    for row in rows:
+        row.status, row.sweep_at, row.processed_at = InboxStatus.PENDING, now, None
+    return list(rows)

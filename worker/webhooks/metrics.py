@@ -1,5 +1,5 @@
 """``GET /metrics``: the pipeline's backlog and outcomes in Prometheus text format, and the
-backlog itself for ``dunning status``.
+same figures for ``dunning status`` (:func:`health`).
 
 Gauges read from the database on each scrape (a few GROUP BYs over indexed columns), so every
 intake replica reports the same fleet-wide numbers and nothing is lost on restart.
@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 
 from worker.dunning.cases import provider_retries_planned
 from worker.dunning.models import ActionStatus, DunningCase, ScheduledAction
+from worker.dunning.scheduler import last_tick
+from worker.dunning.state import TERMINAL, DunningState
 from worker.webhooks.models import InboxEvent, InboxStatus
 
 # An action is overdue once it is this far past its time: the scheduler ticks every 30 s.
@@ -49,6 +51,62 @@ def backlog(session: Session, *, now: datetime) -> Backlog:
         (now - oldest_event).total_seconds() if oldest_event else 0.0,
         actions,
         (now - oldest_action).total_seconds() if oldest_action else 0.0,
+    )
+
+
+@dataclass(frozen=True)
+class Health:
+    """Everything ``dunning status`` shows from the database, in one read."""
+
+    backlog: Backlog
+    failed_events: int
+    due_actions: int  # planned or claimed, due now or earlier
+    failed_actions: int
+    failed_actions_last_day: int
+    open_cases: dict[str, int]  # by state, every non-final state listed
+    last_tick_at: datetime | None
+    last_tick_claimed: int
+    last_tick_swept: int
+
+
+def health(session: Session, *, now: datetime) -> Health:
+    failed_events = session.scalar(
+        select(func.count()).where(InboxEvent.status == InboxStatus.FAILED)
+    )
+    due = session.scalar(
+        select(func.count()).where(
+            ScheduledAction.status.in_([ActionStatus.PLANNED, ActionStatus.CLAIMED]),
+            ScheduledAction.due_at <= now,
+        )
+    )
+    failed, failed_recently = session.execute(
+        select(
+            func.count(),
+            func.count().filter(ScheduledAction.finished_at >= now - timedelta(days=1)),
+        ).where(ScheduledAction.status == ActionStatus.FAILED)
+    ).one()
+    by_state = dict(
+        session.execute(
+            select(DunningCase.state, func.count())
+            .where(DunningCase.state.not_in(TERMINAL))
+            .group_by(DunningCase.state)
+        )
+        .tuples()
+        .all()
+    )
+    tick = last_tick(session)
+    return Health(
+        backlog=backlog(session, now=now),
+        failed_events=failed_events or 0,
+        due_actions=due or 0,
+        failed_actions=failed,
+        failed_actions_last_day=failed_recently,
+        open_cases={
+            state.value: by_state.get(state, 0) for state in DunningState if state not in TERMINAL
+        },
+        last_tick_at=tick.at if tick else None,
+        last_tick_claimed=tick.claimed if tick else 0,
+        last_tick_swept=tick.swept if tick else 0,
     )
 
 

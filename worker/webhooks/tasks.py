@@ -15,7 +15,7 @@ from celery import shared_task
 
 from worker import clock
 from worker.db import enqueue_after_commit
-from worker.dunning.scheduler import claim_due
+from worker.dunning.scheduler import claim_due, record_tick
 from worker.dunning.tasks import TASK_FOR
 from worker.enqueue import send_safely
 from worker.webhooks.inbox import note_error, sweep_inbox
@@ -62,4 +62,5 @@ def tick_once(app: Any) -> int:
             enqueue_after_commit(
                 session, send_safely(app, "webhooks.process_event", inbox_id=inbox_id)
             )
+        record_tick(session, now=now, claimed=len(claimed), swept=len(swept))
     return len(claimed) + len(swept)
