@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
 from html.parser import HTMLParser
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Request
+from playwright.sync_api import Browser, Page
 
+from tests.support.browser import Rendered, watched_page
 from worker.ledger.periods import Period, parse_month, periods
 from worker.reports.html import MAX_BLOCKS, MAX_DAYS, MISSING, to_html
 from worker.reports.model import (
@@ -95,39 +95,15 @@ def recovery_report() -> Report:
 # --- the browser ------------------------------------------------------------------------------
 
 
-@dataclass
-class Rendered:
-    page: Page
-    problems: list[str]  # console errors and warnings, page errors, dialogs, outside requests
-
-
 @pytest.fixture
 def render(browser: Browser) -> Iterator[Callable[[str], Rendered]]:
     pages: list[Page] = []
 
     def load(html: str) -> Rendered:
-        page = browser.new_page()
-        pages.append(page)
-        problems: list[str] = []
-
-        def console(message: ConsoleMessage) -> None:
-            if message.type in {"error", "warning"}:
-                problems.append(f"console {message.type}: {message.text}")
-
-        def dialog(opened: Dialog) -> None:
-            problems.append(f"{opened.type} dialog opened: {opened.message}")  # script ran
-            opened.dismiss()
-
-        def request(sent: Request) -> None:
-            if not sent.url.startswith(("data:", "file:")):
-                problems.append(f"request to {sent.url}")  # not self-contained
-
-        page.on("console", console)
-        page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-        page.on("dialog", dialog)
-        page.on("request", request)
-        page.set_content(html)
-        return Rendered(page, problems)
+        shown = watched_page(browser)
+        pages.append(shown.page)
+        shown.page.set_content(html)
+        return shown
 
     yield load
     for page in pages:

@@ -11,9 +11,10 @@ from sqlalchemy.orm import Session
 
 from tests.support import stripe_events as ev
 from tests.support.pipeline import deliver
-from tests.support.worked_examples import example_3, report
+from tests.support.worked_examples import AS_OF, example_3, report
 from worker.clock import ManualClock
 from worker.config import Policy
+from worker.reports.build import build_summary
 
 
 def test_example_3_customer_level_month(
@@ -49,6 +50,33 @@ def test_example_3_customer_level_month(
     assert shown["mrr_saved"] == 25_000  # F
     assert (shown["churned_count"], shown["churned_mrr"]) == (1, 40_000)  # D
     assert shown["recovery_rate_count"] == "50.00"
+
+
+def test_example_3_headline_figures(
+    session: Session, policy: Policy, manual_clock: ManualClock
+) -> None:
+    """The summary's headline for March 2026: the whole range is that one month."""
+    example_3(session, policy, manual_clock)
+    session.commit()
+    built = build_summary(session.get_bind(), first="2026-03", last="2026-03", as_of=AS_OF)  # type: ignore[arg-type]
+    (headline,) = built.as_dict()["headline"]
+    assert headline == {
+        "currency": "usd",
+        "recovered_amount": 25_000,  # F
+        "recovered_count": 1,
+        "at_risk_amount": 65_000,  # D and F
+        "at_risk_count": 2,
+        "recovery_rate_amount": "38.46",  # 25,000 / 65,000
+        "mrr_saved": 25_000,
+        "lost_mrr": 95_000,  # contraction 25,000 + churn 70,000
+        "involuntary_loss": 60_000,  # D's 40,000 churn and G's 20,000 contraction
+        "involuntary_share_of_churn": "63.16",  # 60,000 / 95,000
+        "starting_mrr": 160_000,
+        "retained_mrr": 67_000,
+        "ending_mrr": 117_000,
+        "nrr": "41.88",
+        "nrr_without_involuntary": "79.38",
+    }
 
 
 @pytest.mark.parametrize(
@@ -109,3 +137,7 @@ def test_examples_1_and_2_aggregate(
         churn,
     )
     assert (row.as_dict()["nrr"], row.as_dict()["grr"]) == (nrr, grr)
+    # The year as one range is the twelve months ending in December, whatever the label.
+    (whole,) = report(session, "retention", "2025-01", "2025-12", by="range").rows
+    assert whole.period == "2025-01..2025-12"
+    assert whole.amounts() == row.amounts()

@@ -1,5 +1,5 @@
-"""Periods of MRR movements and reports: calendar months, quarters and trailing twelve
-months, in UTC."""
+"""Periods of MRR movements and reports: calendar months, quarters, trailing twelve months
+and the whole range asked for, in UTC."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-GROUPINGS = ("month", "quarter", "ttm")
+GROUPINGS = ("month", "quarter", "ttm", "range")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -33,7 +33,8 @@ def add_months(month: datetime, count: int) -> datetime:
 
 def periods(first: datetime, last: datetime, by: str) -> list[Period]:
     """The periods covering months ``first`` .. ``last`` (inclusive): each month; each
-    calendar quarter touching them; or, per month, the twelve months ending with it."""
+    calendar quarter touching them; per month, the twelve months ending with it; or one
+    period from the start of ``first`` to the end of ``last`` (``range``)."""
     if last < first:
         msg = "--to is before --from"
         raise ValueError(msg)
@@ -49,5 +50,7 @@ def periods(first: datetime, last: datetime, by: str) -> list[Period]:
     if by == "quarter":
         starts = sorted({m.replace(month=(m.month - 1) // 3 * 3 + 1) for m in months})
         return [Period(q, add_months(q, 3), f"{q:%Y}-Q{(q.month - 1) // 3 + 1}") for q in starts]
+    if by == "range":
+        return [Period(first, add_months(last, 1), f"{first:%Y-%m}..{last:%Y-%m}")]
     msg = f"--by {by!r}: expected one of {', '.join(GROUPINGS)}"
     raise ValueError(msg)

@@ -110,8 +110,8 @@ def to_html(report: Report) -> str:
     for row in report.rows:
         flat = row.csv_dict() if isinstance(row, RecoveryRow) else row.as_dict()
         rows.append([_cell(c, flat[c], row.currency) for c in columns])
-    blocks, not_charted = _blocks(report)
-    return _template().render(
+    blocks, not_charted = chart_blocks(report)
+    return template("reports/report.html.j2").render(
         title=_title(report),
         as_of=f"{report.as_of:%Y-%m-%d %H:%M:%S %Z}",
         as_of_iso=report.as_of.isoformat(),
@@ -124,20 +124,25 @@ def to_html(report: Report) -> str:
 
 
 @lru_cache(maxsize=1)
-def _template() -> jinja2.Template:
-    env = jinja2.Environment(
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(bundled("templates", "reports/report.html.j2")),
         autoescape=True,  # plan and cohort names are user data
         trim_blocks=True,
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
     )
-    return env.get_template("reports/report.html.j2")
+
+
+def template(name: str) -> jinja2.Template:
+    """A page template under ``templates/``, autoescaped."""
+    return _environment().get_template(name)
 
 
 def _title(report: Report) -> str:
     span = report.first if report.first == report.last else f"{report.first} to {report.last}"
-    by = "trailing twelve months" if report.by == "ttm" else f"by {report.by}"
+    by = {"ttm": "trailing twelve months", "range": "as one period"}.get(report.by)
+    by = by or f"by {report.by}"
     per = f", per {report.segment}" if report.segment else ""
     return f"{report.kind.capitalize()} report, {span}, {by}{per}"
 
@@ -156,7 +161,7 @@ def _cell(column: str, value: Any, currency: str) -> str:
     return str(value)
 
 
-def _blocks(report: Report) -> tuple[list[tuple[str, list[Chart]]], int]:
+def chart_blocks(report: Report) -> tuple[list[tuple[str, list[Chart]]], int]:
     """The chart blocks (heading, charts), and how many (currency, segment) pairs were left
     out past the cap."""
     groups: dict[tuple[str, str | None], list[RetentionRow | RecoveryRow]] = {}

@@ -207,3 +207,74 @@ class Report:
             "notes": self.notes,
             "rows": [row.as_dict() for row in self.rows],
         }
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The figures a summary opens with, for one currency over the whole range taken as one
+    period (README, "Finance reports"): read off that period's retention and recovery rows,
+    so they are the numbers ``--by range`` reports, to the cent."""
+
+    currency: str
+    retention: RetentionRow | None
+    recovery: RecoveryRow | None
+
+    def as_dict(self) -> dict[str, Any]:
+        rec = self.recovery.as_dict() if self.recovery else {}
+        ret = self.retention.as_dict() if self.retention else {}
+        lost = self.retention.churn + self.retention.contraction if self.retention else 0
+        involuntary = self.retention.involuntary_loss if self.retention else 0
+        return {
+            "currency": self.currency,
+            "recovered_amount": rec.get("recovered_amount", 0),
+            "recovered_count": rec.get("recovered_count", 0),
+            "at_risk_amount": rec.get("at_risk_amount", 0),
+            "at_risk_count": rec.get("at_risk_count", 0),
+            "recovery_rate_amount": rec.get("recovery_rate_amount"),
+            "mrr_saved": rec.get("mrr_saved", 0),
+            "lost_mrr": lost,
+            "involuntary_loss": involuntary,
+            "involuntary_share_of_churn": percent(involuntary, lost),
+            "starting_mrr": ret.get("starting_mrr", 0),
+            "retained_mrr": self.retention.cohort_ending if self.retention else 0,
+            "ending_mrr": ret.get("ending_mrr", 0),
+            "nrr": ret.get("nrr"),
+            "nrr_without_involuntary": ret.get("nrr_without_involuntary"),
+        }
+
+
+@dataclass
+class Summary:
+    """Both reports per period, and both over the whole range as one period (``by`` =
+    ``range``): what ``dunning report summary`` shows, headline figures first."""
+
+    retention: Report
+    recovery: Report
+    retention_range: Report
+    recovery_range: Report
+
+    def headlines(self) -> list[Headline]:
+        """One per currency that had MRR or cases in the range, by currency code (the range
+        reports are not segmented: one row per currency)."""
+        retention = {
+            r.currency: r for r in self.retention_range.rows if isinstance(r, RetentionRow)
+        }
+        recovery = {r.currency: r for r in self.recovery_range.rows if isinstance(r, RecoveryRow)}
+        return [
+            Headline(c, retention.get(c), recovery.get(c))
+            for c in sorted(retention.keys() | recovery.keys())
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "report": "summary",
+            "as_of": self.retention.as_of.isoformat(),
+            "from": self.retention.first,
+            "to": self.retention.last,
+            "by": self.retention.by,
+            "headline": [h.as_dict() for h in self.headlines()],
+            "retention": self.retention.as_dict(),
+            "recovery": self.recovery.as_dict(),
+            "retention_range": self.retention_range.as_dict(),
+            "recovery_range": self.recovery_range.as_dict(),
+        }

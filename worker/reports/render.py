@@ -1,5 +1,7 @@
-"""Report formats: a rich table, CSV with a fixed column list, JSON, and HTML. All of them
-render the same :class:`~worker.reports.model.Report`."""
+"""Report formats: terminal tables (periods as columns, metrics as rows), CSV with a fixed
+column list, JSON, and HTML. All of them render the same
+:class:`~worker.reports.model.Report`; a :class:`~worker.reports.model.Summary` renders as
+tables, JSON or the summary page."""
 
 from __future__ import annotations
 
@@ -7,21 +9,24 @@ import csv
 import io
 import json
 import shutil
+import sys
 
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
-from worker.money import format_money
+from worker.reports.layout import Grid, headline_grid, report_grids
 from worker.reports.model import (
-    MOVEMENTS,
-    RATIOS,
     RECOVERY_COLUMNS,
     RETENTION_COLUMNS,
     RecoveryRow,
     Report,
+    Summary,
 )
 
 FORMATS = ("table", "csv", "json", "html")
+SUMMARY_FORMATS = ("table", "json", "html")
 
 
 def render(report: Report, fmt: str) -> str:
@@ -54,78 +59,99 @@ def to_csv(report: Report) -> str:
     return out.getvalue()
 
 
-def to_table(report: Report) -> str:
-    """A rich table as text, as wide as the terminal (160 columns when not on one)."""
-    width = shutil.get_terminal_size((160, 40)).columns
-    console = Console(record=True, width=width, file=io.StringIO())
+def render_summary(summary: Summary, fmt: str, width: int | None = None) -> str:
+    """``dunning report summary``: JSON (``{"headline": [...], "retention": ..., ...}``), the
+    HTML page (:func:`worker.reports.page.to_page`), or the headline figures and both reports
+    as terminal tables."""
+    match fmt:
+        case "json":
+            return json.dumps(summary.as_dict(), indent=2) + "\n"
+        case "html":
+            from worker.reports.page import to_page  # Jinja: load it on demand
+
+            return to_page(summary)
+        case "table":
+            retention = summary.retention
+            console = _console(width)
+            console.print(f"summary {retention.first} .. {retention.last}")
+            console.print(f"as of {retention.as_of:%Y-%m-%d %H:%M:%S %Z}")
+            headline = headline_grid(summary)
+            if headline.periods:
+                span = summary.retention_range.rows or summary.recovery_range.rows
+                _print_grid(console, f"headline figures, {span[0].period}", headline)
+            for report in (retention, summary.recovery):
+                console.print()
+                _print_report(console, report)
+            return _text(console)
+    msg = f"--format {fmt!r}: expected one of {', '.join(SUMMARY_FORMATS)}"
+    raise ValueError(msg)
+
+
+def to_table(report: Report, width: int | None = None) -> str:
+    """The report as text no wider than ``width`` columns (default: the terminal's, from
+    ``COLUMNS`` or the terminal itself; 160 when not on one). One table per segment x
+    currency, periods as columns and metrics as rows; when the periods do not fit side by side
+    they go in several tables of consecutive periods, one under the other. Every number is
+    printed whole: a cell is never cut short with an ellipsis."""
+    console = _console(width)
+    _print_report(console, report)
+    return _text(console)
+
+
+def _console(width: int | None) -> Console:
+    width = width or shutil.get_terminal_size((160, 40)).columns
+    return Console(record=True, width=width, file=io.StringIO(), highlight=False)
+
+
+def _text(console: Console) -> str:
+    return "".join(f"{line.rstrip()}\n" for line in console.export_text().splitlines())
+
+
+def _print_report(console: Console, report: Report) -> None:
     per = f", per {report.segment}" if report.segment else ""
-    title = (
-        f"{report.kind} report {report.first} .. {report.last} by {report.by}{per}, "
-        f"as of {report.as_of:%Y-%m-%d %H:%M:%S %Z}"
-    )
-    table = Table(title=title, caption="; ".join(report.notes))
-    if report.kind == "retention":
-        headers = [
-            "period",
-            "segment",
-            "start",
-            "new",
-            "react.",
-            "expansion",
-            "contr. vol",
-            "contr. invol",
-            "churn vol",
-            "churn invol",
-            "end",
-            "NRR %",
-            "GRR %",
-            "invol. churn %",
-            "NRR w/o invol. %",
-        ]
-    else:
-        headers = [
-            "period",
-            "segment",
-            "at risk",
-            "at-risk amount",
-            "recovered",
-            "recovered amount",
-            "rate %",
-            "amount rate %",
-            "MRR saved",
-            "churned MRR",
-            "median days",
-            "p90 days",
-        ]
-    for header in headers:
-        table.add_column(header, justify="left" if header in {"period", "segment"} else "right")
-    for row in report.rows:
-        d = row.as_dict()
-        c = d["currency"]
-        if report.kind == "retention":
-            cells = [
-                d["period"],
-                d["segment"] or "",
-                *(format_money(d[k], c) for k in ("starting_mrr", *MOVEMENTS, "ending_mrr")),
-                *(d[k] or "-" for k in RATIOS),
-            ]
-        else:
-            cells = [
-                d["period"],
-                d["segment"] or "",
-                str(d["at_risk_count"]),
-                format_money(d["at_risk_amount"], c),
-                str(d["recovered_count"]),
-                format_money(d["recovered_amount"], c),
-                d["recovery_rate_count"] or "-",
-                d["recovery_rate_amount"] or "-",
-                format_money(d["mrr_saved"], c),
-                format_money(d["churned_mrr"], c),
-                d["median_days_to_recover"] or "-",
-                d["p90_days_to_recover"] or "-",
-            ]
-        table.add_row(*cells)
-    if not report.rows:
-        table.add_row("(no data)", *[""] * (len(headers) - 1))
-    console.print(table)
-    return console.export_text()
+    console.print(f"{report.kind} report {report.first} .. {report.last} by {report.by}{per}")
+    console.print(f"as of {report.as_of:%Y-%m-%d %H:%M:%S %Z}")
+    found = report_grids(report)
+    if not found:
+        console.print("(no data)")
+    for grid in found:
+        _print_grid(console, grid.heading, grid)
+    for note in report.notes:
+        console.print(note)
+
+
+def _print_grid(console: Console, heading: str, grid: Grid) -> None:
+    for first, last in _fitting(console, heading, grid):
+        console.print()
+        console.print(_grid_table(heading, grid, first, last))
+
+
+def _grid_table(heading: str, grid: Grid, first: int, last: int) -> Table:
+    """The grid's columns ``first`` .. ``last - 1`` as one table. Cells fold rather than be
+    cut short, should even one column not fit the width."""
+    shown = grid.periods[first:last]
+    if len(shown) < len(grid.periods):
+        heading += f": {shown[0]}" if len(shown) == 1 else f": {shown[0]} .. {shown[-1]}"
+    table = Table(title=heading, title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("", overflow="fold")
+    for period in shown:
+        table.add_column(period, justify="right", overflow="fold")
+    for label, cells in grid.lines:
+        table.add_row(label, *cells[first:last])
+    return table
+
+
+def _fitting(console: Console, heading: str, grid: Grid) -> list[tuple[int, int]]:
+    """Consecutive runs of the grid's columns, as many per run as fit the console's width at
+    their natural size (at least one)."""
+    runs: list[tuple[int, int]] = []
+    first = 0
+    unbounded = console.options.update_width(sys.maxsize)
+    for last in range(1, len(grid.periods) + 1):
+        table = _grid_table(heading, grid, first, last)
+        wide = Measurement.get(console, unbounded, table).maximum > console.width
+        if wide and last - first > 1:
+            runs.append((first, last - 1))
+            first = last - 1
+    runs.append((first, len(grid.periods)))
+    return runs
