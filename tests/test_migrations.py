@@ -105,3 +105,55 @@ def test_a_populated_database_migrates_up_and_back(db_url: str) -> None:
         assert conn.scalar(text("SELECT decline_class FROM dunning_cases")) == "hard"
     upgrade(db_url)
     engine.dispose()
+
+
+def test_cases_paused_before_0014_keep_when_their_pause_began(db_url: str) -> None:
+    """A case paused by the previous release resumes with its pause's real length (not 0 s,
+    which would fire everything that fell due during it at once)."""
+    downgrade(db_url, "0013")
+    engine = make_engine(db_url)
+    opened = datetime(2026, 3, 2, 9, tzinfo=UTC)
+    paused = datetime(2026, 3, 3, 9, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO customers (id, provider, provider_id, updated_at)"
+                " VALUES (1, 'stripe', 'cus_p', :at)"
+            ),
+            {"at": opened},
+        )
+        for n, state in ((1, "paused"), (2, "retrying")):
+            conn.execute(
+                text(
+                    "INSERT INTO invoices (id, provider, provider_id, customer_id, amount_due,"
+                    " amount_paid, currency, attempt_count, as_of)"
+                    " VALUES (:n, 'stripe', :ref, 1, 4900, 0, 'usd', 0, :at)"
+                ),
+                {"n": n, "ref": f"in_{n}", "at": opened},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO dunning_cases (id, invoice_id, customer_id, state,"
+                    " retries_mode, policy_version, opened_at, window_ends_at, updated_at)"
+                    " VALUES (:n, :n, 1, :state, 'own', 'v', :at, :at, :at)"
+                ),
+                {"n": n, "state": state, "at": opened},
+            )
+        for at, event, old, new in (
+            (opened, "payment_failed", "open", "retrying"),
+            (paused, "ops_pause", "retrying", "paused"),
+            (paused.replace(hour=10), "ops_pause", "paused", "paused"),  # a duplicate
+        ):
+            conn.execute(
+                text(
+                    "INSERT INTO case_transitions (case_id, at, event, from_state, to_state)"
+                    " VALUES (1, :at, :event, :old, :new)"
+                ),
+                {"at": at, "event": event, "old": old, "new": new},
+            )
+    upgrade(db_url)
+    with make_sessionmaker(engine)() as session:
+        assert session.get_one(DunningCase, 1).paused_at == paused
+        assert session.get_one(DunningCase, 2).paused_at is None
+        assert session.get_one(DunningCase, 1).paused_seconds == 0
+    engine.dispose()

@@ -8,7 +8,8 @@ Rule: each migration must run against the previous release's code; split incompa
 (drop a column still read, add a NOT NULL without default) across releases.
 
 A nullable column and a NOT NULL one with a server default: the previous release neither reads
-nor writes them, and its inserts get the default.
+nor writes them, and its inserts get the default. Cases paused before the upgrade get the
+time their pause began from their transition log.
 """
 
 from collections.abc import Sequence
@@ -29,6 +30,18 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("paused_seconds", sa.Integer(), server_default="0", nullable=False)
         )
+    # Cases paused now: their pause began at their last move into "paused" (else a resume
+    # would take the pause as 0 s long and fire what fell due during it at once).
+    op.execute(
+        """
+        UPDATE dunning_cases SET paused_at = (
+            SELECT max(t.at) FROM case_transitions t
+            WHERE t.case_id = dunning_cases.id
+              AND t.to_state = 'paused' AND t.from_state <> 'paused'
+        )
+        WHERE state = 'paused'
+        """
+    )
 
 
 def downgrade() -> None:

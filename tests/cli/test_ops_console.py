@@ -209,4 +209,8 @@ def test_emails_preview(env: dict[str, str], tmp_path: Path) -> None:
         default.stdout
     )
     _bad(dunning(env, tmp_path, "emails", "preview", "nope"), "unknown template 'nope'")
+    _bad(
+        dunning(env, tmp_path, "emails", "preview", "reminder", "--out", "/proc/no/x.html"),
+        "--out: cannot write",
+    )
     _bad(dunning(env, tmp_path, "emails", "preview", "reminder", "--locale", "xx_YY"), "--locale")

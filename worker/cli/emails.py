@@ -57,7 +57,10 @@ def emails_preview(template: str, locale: str | None, out: Path | None, several:
     except UnknownTemplateError as exc:
         raise BadInput(str(exc)) from None
     out = out or settings.data_dir / "preview" / f"{template}.{locale}.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(message.html, encoding="utf-8")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(message.html, encoding="utf-8")
+    except OSError as exc:
+        raise BadInput(f"--out: cannot write {out} ({exc.strerror})") from None
     click.echo(f"Subject: {message.subject}\n\n{message.text}")
     click.echo(f"HTML: {out}")

@@ -73,11 +73,15 @@ PROCESSING_RECHECK = timedelta(days=1)
 
 
 def _still_wanted(session: Session, action_id: int) -> ScheduledAction | None:
-    """The action if it should run now; otherwise None (finished, cancelled, case over)."""
+    """The action if it should run now; otherwise None (finished, cancelled, case over).
+    The case is locked before the action (the order every writer of both keeps): a pause
+    or resume committing meanwhile is seen, so an action is never set aside by a pause
+    that a resume has already ended."""
+    case_id = session.scalar(select(ScheduledAction.case_id).where(ScheduledAction.id == action_id))
+    case = lock_case(session, case_id) if case_id is not None else None
     action = session.get(ScheduledAction, action_id, with_for_update=True)
     if action is None or action.status not in _RUNNABLE:
         return None
-    case = session.get(DunningCase, action.case_id) if action.case_id else None
     if case is not None and (
         case.state is DunningState.PAUSED
         or (case.state in TERMINAL and action.template != EmailKind.PAYMENT_RECOVERED)

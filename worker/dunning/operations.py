@@ -329,14 +329,18 @@ def ops_move(
     """Ops pause, resume or close one case, through the state machine like any other event:
     the timeline records ``ops: <reason>``. A pause sets every planned action aside and
     stops the case's clock; a resume moves the window and those actions on by the pause
-    (:func:`planning.resume`); a close ends dunning without a final action (the invoice stays
-    open at the provider; access is restored). Raises :class:`OpsRefusedError` when the case
-    is not in a state the verb applies to (nothing changes)."""
+    (:func:`planning.resume`), back to retrying or, when its latest decline needs the
+    customer and no card update came, to awaiting the customer; a close ends dunning
+    without a final action (the invoice stays open at the provider; access is restored).
+    Raises :class:`OpsRefusedError` when the case is not in a state the verb applies to
+    (nothing changes)."""
     event, allowed = _OPS_EVENTS[verb]
     case = lock_case(session, case_id)
     if case.state not in allowed:
         msg = f"case {case_id} is {case.state.value}: cannot {verb} it"
         raise OpsRefusedError(msg)
+    if event is DunningEvent.OPS_RESUME and not planning.resumes_retrying(session, case):
+        event = DunningEvent.OPS_RESUME_AWAITING
     apply(session, case, event, policy=policy, now=now, source="ops", reason=f"ops: {reason}")
     return case
 

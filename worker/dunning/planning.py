@@ -505,30 +505,86 @@ def pause(session: Session, case: DunningCase, *, now: datetime) -> None:
     cancel(session, case, note=PAUSED_NOTE, kinds=tuple(ActionKind))
 
 
+def hold_card_update_retry(
+    session: Session,
+    case: DunningCase,
+    *,
+    policy: Policy,
+    now: datetime,
+    source: str | None,
+    by_network: bool,
+) -> None:
+    """A card update while ops hold the case: its prompt retry is planned and set aside at
+    once, so the resume gives the new card its prompt retry (:func:`resume`)."""
+    plan_card_update_retry(
+        session, case, policy=policy, now=now, source=source, by_network=by_network
+    )
+    cancel(session, case, note=PAUSED_NOTE, kinds=(ActionKind.RETRY_PAYMENT,))
+
+
+def _held_prompt_retry(session: Session, case: DunningCase) -> ScheduledAction | None:
+    """The latest prompt retry a pause set aside (a card update before or during it)."""
+    return session.scalars(
+        select(ScheduledAction)
+        .where(
+            ScheduledAction.case_id == case.id,
+            ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
+            ScheduledAction.status == ActionStatus.CANCELLED,
+            ScheduledAction.note == PAUSED_NOTE,
+            ScheduledAction.recovery_method.in_(PROMPT_RETRY_METHODS),
+        )
+        .order_by(ScheduledAction.id.desc())
+    ).first()
+
+
+def resumes_retrying(session: Session, case: DunningCase) -> bool:
+    """Whether a paused case resumes retrying, or waits for the customer: its latest decline
+    (a hard decline or an authentication may have come in during the pause) decides, unless
+    the card was updated, which earns a prompt retry either way."""
+    cls = DeclineClass(case.decline_class or DeclineClass.SOFT)
+    return rules.is_retryable(cls) or _held_prompt_retry(session, case) is not None
+
+
 def resume(session: Session, case: DunningCase, *, policy: Policy, now: datetime) -> None:
     """The end of an ops hold: the case's clock runs again from where it stopped. The window
     and every action set aside by the pause move on by its length, so the plan continues
     where it left off instead of firing everything that fell due meanwhile; an email still
-    keeps out of the customer's quiet hours. The next retry is planned afresh, from the
-    moved schedule and the card's rules as they are now."""
+    keeps out of the customer's quiet hours. Retries are planned afresh: the prompt retry a
+    card update earned (before or during the pause), else the moved schedule's next one,
+    each under the card's rules as they are now."""
     held = now - (case.paused_at or now)
     case.paused_at = None
     case.paused_seconds += int(held.total_seconds())
     case.window_ends_at += held
     zone = rules.customer_zone(customer_timezone(session, case), policy)
+    prompt = _held_prompt_retry(session, case)
     set_aside = session.scalars(
         select(ScheduledAction).where(
             ScheduledAction.case_id == case.id,
             ScheduledAction.status == ActionStatus.CANCELLED,
             ScheduledAction.note == PAUSED_NOTE,
-            ScheduledAction.kind != ActionKind.RETRY_PAYMENT,
         )
     ).all()
     for action in set_aside:
+        if action.kind is ActionKind.RETRY_PAYMENT:
+            action.note = "paused; planned afresh at the resume"
+            continue
         due_at = max(action.due_at + held, now)
         if action.kind is ActionKind.SEND_EMAIL:
             due_at = rules.outside_quiet_hours(due_at, zone, policy.emails.quiet_hours)
         if action.kind is ActionKind.FINAL_ACTION:
             due_at = case.window_ends_at
         action.due_at, action.status, action.note = due_at, ActionStatus.PLANNED, None
-    plan_next_retry(session, case, policy=policy, now=now)
+        if action.first_due_at is not None:  # "how late is it" runs on the case's clock too
+            action.first_due_at += held
+    if prompt is not None and case.retries_mode == RetryMode.OWN:
+        plan_card_update_retry(
+            session,
+            case,
+            policy=policy,
+            now=now,
+            source=f"resume-{now.isoformat()}",
+            by_network=prompt.recovery_method is RecoveryMethod.NETWORK_UPDATE,
+        )
+    else:
+        plan_next_retry(session, case, policy=policy, now=now)

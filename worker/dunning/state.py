@@ -44,6 +44,8 @@ class DunningEvent(StrEnum):
     CANCELLED_INVOLUNTARILY = "cancelled_involuntarily"  # provider cancelled for non-payment
     OPS_PAUSE = "ops_pause"
     OPS_RESUME = "ops_resume"
+    # ops resume a case whose latest decline needs the customer (and no new card since)
+    OPS_RESUME_AWAITING = "ops_resume_awaiting"
     OPS_CLOSE = "ops_close"
 
 
@@ -72,6 +74,7 @@ TRANSITIONS: Mapping[tuple[DunningState, DunningEvent], DunningState] = {
     (S.OPEN, E.PAYMENT_METHOD_UPDATED): S.RETRYING,  # a new card before any plan: retry it
     (S.OPEN, E.RETRY_DUE): S.RETRYING,  # ops retry-now on a fresh case
     (S.OPEN, E.OPS_RESUME): S.OPEN,  # nothing paused: a no-op
+    (S.OPEN, E.OPS_RESUME_AWAITING): S.OPEN,
     (S.OPEN, E.REPLACED_CARD_DECLINED): S.OPEN,  # recorded on that card; nothing changes
     (S.OPEN, E.PAYMENT_PROCESSING): S.RETRYING,  # ops retry-now on a fresh case, pending
     # retrying
@@ -80,6 +83,7 @@ TRANSITIONS: Mapping[tuple[DunningState, DunningEvent], DunningState] = {
     (S.RETRYING, E.PAYMENT_METHOD_UPDATED): S.RETRYING,  # new card: one prompt retry
     (S.RETRYING, E.RETRY_DUE): S.RETRYING,  # the planned retry runs
     (S.RETRYING, E.OPS_RESUME): S.RETRYING,  # duplicate resume: a no-op
+    (S.RETRYING, E.OPS_RESUME_AWAITING): S.RETRYING,
     (S.RETRYING, E.REPLACED_CARD_DECLINED): S.RETRYING,  # the new card's retry stands
     (S.RETRYING, E.PAYMENT_PROCESSING): S.RETRYING,  # our retry is settling: wait for it
     # awaiting_customer: no blind retries until the customer (or the network updater) acts.
@@ -88,6 +92,7 @@ TRANSITIONS: Mapping[tuple[DunningState, DunningEvent], DunningState] = {
     (S.AWAITING_CUSTOMER, E.PAYMENT_METHOD_UPDATED): S.RETRYING,  # card fixed: retry once
     (S.AWAITING_CUSTOMER, E.RETRY_DUE): S.AWAITING_CUSTOMER,  # ops retry-now: still waiting
     (S.AWAITING_CUSTOMER, E.OPS_RESUME): S.AWAITING_CUSTOMER,  # duplicate resume: a no-op
+    (S.AWAITING_CUSTOMER, E.OPS_RESUME_AWAITING): S.AWAITING_CUSTOMER,
     (S.AWAITING_CUSTOMER, E.REPLACED_CARD_DECLINED): S.AWAITING_CUSTOMER,
     (S.AWAITING_CUSTOMER, E.PAYMENT_PROCESSING): S.AWAITING_CUSTOMER,  # ops retry, settling
     # paused: facts are recorded, nothing is planned; only success or closing ends it.
@@ -105,6 +110,7 @@ TRANSITIONS: Mapping[tuple[DunningState, DunningEvent], DunningState] = {
     (S.PAUSED, E.CANCELLED_INVOLUNTARILY): S.CHURNED,
     (S.PAUSED, E.OPS_PAUSE): S.PAUSED,  # duplicate pause: a no-op
     (S.PAUSED, E.OPS_RESUME): S.RETRYING,
+    (S.PAUSED, E.OPS_RESUME_AWAITING): S.AWAITING_CUSTOMER,  # no blind retries after it
     (S.PAUSED, E.OPS_CLOSE): S.CLOSED,
     # terminal states absorb everything: duplicates, late and out-of-order events.
     **{(t, e): t for t in TERMINAL for e in DunningEvent},

@@ -134,13 +134,9 @@ def _effects(
         elif old is S.CHURNED and event is E.PAYMENT_SUCCEEDED:
             ledger.record_reactivation(session, _ref(case), at=at, now=now)
         return
-    if event is E.OPS_PAUSE and old is not S.PAUSED:
-        planning.pause(session, case, now=now)
-    elif event is E.OPS_RESUME and old is S.PAUSED:
-        planning.resume(session, case, policy=policy, now=now)
-    elif new is S.PAUSED:
-        return  # facts are recorded; nothing is planned while ops hold the case
-    elif event is E.PAYMENT_PROCESSING:
+    if _ops_hold(session, change, policy=policy, now=now, source=source, by_network=by_network):
+        return
+    if event is E.PAYMENT_PROCESSING:
         planning.cancel(
             session, case, note="a payment is processing", kinds=(ActionKind.RETRY_PAYMENT,)
         )
@@ -163,6 +159,33 @@ def _effects(
         planning.plan_card_update_retry(
             session, case, policy=policy, now=now, source=source, by_network=by_network
         )
+
+
+def _ops_hold(
+    session: Session,
+    change: Change,
+    *,
+    policy: Policy,
+    now: datetime,
+    source: str | None,
+    by_network: bool,
+) -> bool:
+    """The effects of a pause, a resume, and of anything that happens while paused (facts
+    are recorded, nothing runs; a card update's prompt retry is kept for the resume).
+    False: the move has nothing to do with an ops hold."""
+    case, old, new, event = change.case, change.old, change.new, change.event
+    if event is E.OPS_PAUSE and old is not S.PAUSED:
+        planning.pause(session, case, now=now)
+    elif event in (E.OPS_RESUME, E.OPS_RESUME_AWAITING) and old is S.PAUSED:
+        planning.resume(session, case, policy=policy, now=now)
+    elif new is S.PAUSED:
+        if event is E.PAYMENT_METHOD_UPDATED and case.retries_mode == RetryMode.OWN:
+            planning.hold_card_update_retry(
+                session, case, policy=policy, now=now, source=source, by_network=by_network
+            )
+    else:
+        return False
+    return True
 
 
 def _ref(case: DunningCase) -> ledger.CaseRef:
