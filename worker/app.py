@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, current_task, signals
+from celery.utils.log import get_multiprocessing_logger
 
-from worker import redact
+from worker import logs
 from worker.dunning import tasks as dunning_tasks
 from worker.runtime import Runtime
 from worker.schedule import beat_schedule
 from worker.settings import EMBEDDED_BROKER_URL, Settings
+from worker.telemetry import TASK_SECONDS, TASKS
 from worker.webhooks import tasks as webhooks_tasks
 
 log = logging.getLogger(__name__)
@@ -110,8 +113,51 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> DunningCel
     return app
 
 
-@signals.after_setup_logger.connect
-@signals.after_setup_task_logger.connect
-def _redact_logs(logger: logging.Logger, **_: Any) -> None:
-    """Worker and beat logs mask email addresses too (:mod:`worker.redact`)."""
-    redact.install(logger)
+@signals.setup_logging.connect
+def _keep_our_logging(loglevel: int | None = None, **_: Any) -> None:
+    """Worker and beat log through the root handler the ``dunning`` command set up (text or
+    JSON, masked: :mod:`worker.logs`); Celery adds no handler of its own. Its ``--loglevel``
+    only lowers the root level (``-v`` keeps DEBUG)."""
+    root = logging.getLogger()
+    if not root.handlers:  # a Celery started some other way: still masked, as text
+        logs.configure(level=logging.WARNING, log_format="text")
+    if loglevel:
+        root.setLevel(min(root.level, loglevel))
+    for handler in root.handlers:
+        if not any(isinstance(f, _TaskFields) for f in handler.filters):
+            handler.addFilter(_TaskFields())
+    # billiard's pool logger does not propagate: it gets the root's handlers, errors only
+    # (a pool process that died), as Celery itself would set it up.
+    pool_logger = get_multiprocessing_logger()
+    if pool_logger is not None:
+        pool_logger.setLevel(logging.ERROR)
+        for handler in root.handlers:
+            if handler not in pool_logger.handlers:
+                pool_logger.addHandler(handler)
+
+
+class _TaskFields(logging.Filter):
+    """Names the Celery task a record was logged from (JSON fields ``task``, ``task_id``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        task = current_task
+        if task and task.request.id and not hasattr(record, "task"):
+            record.task, record.task_id = task.name, task.request.id
+        return True
+
+
+# Task metrics (worker.telemetry): run time and end state of every task this process runs.
+_started: dict[str, float] = {}
+
+
+@signals.task_prerun.connect
+def _task_started(task_id: str, **_: Any) -> None:
+    _started[task_id] = time.perf_counter()
+
+
+@signals.task_postrun.connect
+def _task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
+    started = _started.pop(task_id, None)
+    if started is not None:
+        TASK_SECONDS.labels(task.name).observe(time.perf_counter() - started)
+    TASKS.labels(task.name, (state or "unknown").lower()).inc()
