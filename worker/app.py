@@ -126,14 +126,13 @@ def _keep_our_logging(loglevel: int | None = None, **_: Any) -> None:
     for handler in root.handlers:
         if not any(isinstance(f, _TaskFields) for f in handler.filters):
             handler.addFilter(_TaskFields())
-    # billiard's pool logger does not propagate: it gets the root's handlers, errors only
-    # (a pool process that died), as Celery itself would set it up.
+    # billiard's pool logger is kept apart from the root (Python's last-resort handler would
+    # print it raw): it goes through the root's handlers, errors only (a pool process that
+    # died), as Celery's own set-up has it.
     pool_logger = get_multiprocessing_logger()
     if pool_logger is not None:
         pool_logger.setLevel(logging.ERROR)
-        for handler in root.handlers:
-            if handler not in pool_logger.handlers:
-                pool_logger.addHandler(handler)
+        pool_logger.propagate = True
 
 
 class _TaskFields(logging.Filter):
