@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, current_task, signals
@@ -14,7 +15,7 @@ from worker.dunning import tasks as dunning_tasks
 from worker.runtime import Runtime
 from worker.schedule import beat_schedule
 from worker.settings import EMBEDDED_BROKER_URL, Settings
-from worker.telemetry import TASK_SECONDS, TASKS
+from worker.telemetry import TASK_SECONDS, TASK_WAIT_SECONDS, TASKS
 from worker.webhooks import tasks as webhooks_tasks
 
 log = logging.getLogger(__name__)
@@ -145,13 +146,28 @@ class _TaskFields(logging.Filter):
         return True
 
 
-# Task metrics (worker.telemetry): run time and end state of every task this process runs.
+# Task metrics (worker.telemetry): time in the broker, run time and end state of every task
+# this process runs. Real time, not worker.clock: these measure the machinery.
 _started: dict[str, float] = {}
+SENT_AT = "dunning_sent_at"  # a message header: when it was sent (Unix time)
+
+
+@signals.before_task_publish.connect
+def _stamp_sending(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    if headers is not None:
+        headers[SENT_AT] = time.time()
 
 
 @signals.task_prerun.connect
-def _task_started(task_id: str, **_: Any) -> None:
+def _task_started(task_id: str, task: Any, **_: Any) -> None:
     _started[task_id] = time.perf_counter()
+    sent = getattr(task.request, SENT_AT, None)
+    if isinstance(sent, int | float):
+        eta = task.request.eta  # a retry's countdown is no wait
+        if isinstance(eta, str):
+            eta = datetime.fromisoformat(eta)
+        since = max(sent, eta.timestamp()) if isinstance(eta, datetime) else sent
+        TASK_WAIT_SECONDS.labels(task.name).observe(max(0.0, time.time() - since))
 
 
 @signals.task_postrun.connect

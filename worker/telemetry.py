@@ -66,6 +66,13 @@ TASK_SECONDS = Histogram(
     # up to the hard time limit (worker.app: 90 s)
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 90),
 )
+TASK_WAIT_SECONDS = Histogram(
+    "dunning_task_queue_seconds",
+    "Time a task waited in the broker, from its sending (or its eta) to its start, by task "
+    "name: too few workers or a stalled queue.",
+    ["task"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600),
+)
 STRIPE_REQUESTS = Counter(
     "dunning_stripe_requests_total",
     "HTTP attempts to Stripe (each retry counts), by operation and outcome: ok, declined "

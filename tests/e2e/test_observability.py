@@ -94,6 +94,8 @@ def test_metrics_move_with_real_traffic_and_the_dashboard_names_only_them(
     tasks = "dunning_task_duration_seconds_count"
     assert moved(after, tasks, task="webhooks.process_event") == delivered + 1
     assert moved(after, tasks, task="dunning.send_email") >= 1
+    waited = "dunning_task_queue_seconds_count"
+    assert moved(after, waited, task="webhooks.process_event") == delivered + 1
     assert moved(after, "dunning_tasks_total", task="dunning.send_email", state="success") >= 1
     assert after.value("dunning_actions_due", kind="retry_payment") == 0  # planned for later
     assert invoice_id not in after.text and customer not in after.text  # ids are no labels
@@ -176,6 +178,8 @@ def test_processes_log_json_and_the_worker_serves_its_metrics(
     processed = "dunning_events_processed_total"
     assert counted.value(processed, type="invoice.payment_failed", outcome="processed") == 1
     assert counted.value("dunning_task_duration_seconds_count") == delivered
+    # stamped when the intake process sent it, observed when the pool process started it
+    assert counted.value("dunning_task_queue_seconds_count") == delivered
     assert counted.value("dunning_stripe_requests_total", outcome="rate_limited") == 1
     requests = "dunning_intake_requests_total"
     assert served.value(requests, route="/webhooks/stripe", status="200") == delivered
