@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from tests.support import dashboard
 from tests.support import stripe_events as ev
 from tests.support.metrics import Scrape, scrape
 from tests.support.paths import REPO, START
-from tests.support.processes import dunning, free_port
+from tests.support.processes import clean_env, dunning, free_port
 from tests.support.smtp import Recorder
 from tests.support.stack import API_KEY, WEBHOOK_SECRET, Stack, wait_for
 from worker import clock
@@ -228,3 +229,13 @@ def _read(log: IO[str]) -> list[str]:
     log.flush()
     log.seek(0)
     return [line for line in log.read().splitlines() if line.strip()]
+
+
+def test_a_metrics_port_in_use_stops_the_worker_in_one_line(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        env = clean_env(DUNNING_METRICS_PORT=str(port))
+        result = dunning(env, tmp_path, "worker")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: DUNNING_METRICS_PORT: cannot listen on 127.0.0.1:{port}: ")
