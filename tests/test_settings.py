@@ -65,6 +65,10 @@ def test_secrets_never_show_themselves() -> None:
         ("STRIPE_TIMEOUT_SECONDS", "ten"),
         ("STRIPE_TIMEOUT_SECONDS", "601"),
         ("DUNNING_CONFIG", "   "),
+        ("DUNNING_LOG_FORMAT", "xml"),
+        ("DUNNING_METRICS_PORT", "ninety"),
+        ("DUNNING_METRICS_PORT", "70000"),
+        ("DUNNING_METRICS_PORT", ":9100"),
     ],
 )
 def test_a_bad_variable_is_named(name: str, value: str) -> None:
@@ -127,3 +131,20 @@ def test_commands_write_only_into_the_data_directory(tmp_path: Path) -> None:
     done = dunning({**env, "DUNNING_DATA_DIR": str(elsewhere)}, tmp_path, "db", "upgrade")
     assert done.returncode == 0, done.stderr
     assert (elsewhere / "dunning.db").is_file()
+
+
+def test_log_format_and_worker_metrics_address() -> None:
+    assert (load_settings({}).log_format, load_settings({}).metrics_address) == ("text", None)
+    settings = load_settings({"DUNNING_LOG_FORMAT": "JSON", "DUNNING_METRICS_PORT": "9100"})
+    assert (settings.log_format, settings.metrics_address) == ("json", ("127.0.0.1", 9100))
+    anywhere = load_settings({"DUNNING_METRICS_PORT": "0.0.0.0:9100"}).metrics_address
+    assert anywhere == ("0.0.0.0", 9100)  # noqa: S104 - what a container would set
+
+
+def test_a_bad_log_format_stops_every_command_with_status_2(tmp_path: Path) -> None:
+    """Checked before anything logs, even by commands that read no other setting."""
+    result = dunning(clean_env(DUNNING_LOG_FORMAT="yaml"), tmp_path, "config", "check")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: DUNNING_LOG_FORMAT: expected text or json, got 'yaml'"
+    ]

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import time
+from datetime import datetime
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, current_task, signals
+from celery.utils.log import get_multiprocessing_logger
 
-from worker import redact
+from worker import logs
 from worker.dunning import tasks as dunning_tasks
 from worker.runtime import Runtime
 from worker.schedule import beat_schedule
 from worker.settings import EMBEDDED_BROKER_URL, Settings
+from worker.telemetry import TASK_SECONDS, TASK_WAIT_SECONDS, TASKS
 from worker.webhooks import tasks as webhooks_tasks
 
 log = logging.getLogger(__name__)
@@ -110,8 +114,65 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> DunningCel
     return app
 
 
-@signals.after_setup_logger.connect
-@signals.after_setup_task_logger.connect
-def _redact_logs(logger: logging.Logger, **_: Any) -> None:
-    """Worker and beat logs mask email addresses too (:mod:`worker.redact`)."""
-    redact.install(logger)
+@signals.setup_logging.connect
+def _keep_our_logging(loglevel: int | None = None, **_: Any) -> None:
+    """Worker and beat log through the root handler the ``dunning`` command set up (text or
+    JSON, masked: :mod:`worker.logs`); Celery adds no handler of its own. Its ``--loglevel``
+    only lowers the root level (``-v`` keeps DEBUG)."""
+    root = logging.getLogger()
+    if not root.handlers:  # a Celery started some other way: still masked, as text
+        logs.configure(level=logging.WARNING, log_format="text")
+    if loglevel:
+        root.setLevel(min(root.level, loglevel))
+    for handler in root.handlers:
+        if not any(isinstance(f, _TaskFields) for f in handler.filters):
+            handler.addFilter(_TaskFields())
+    # billiard's pool logger is kept apart from the root (Python's last-resort handler would
+    # print it raw): it goes through the root's handlers, errors only (a pool process that
+    # died), as Celery's own set-up has it.
+    pool_logger = get_multiprocessing_logger()
+    if pool_logger is not None:
+        pool_logger.setLevel(logging.ERROR)
+        pool_logger.propagate = True
+
+
+class _TaskFields(logging.Filter):
+    """Names the Celery task a record was logged from (JSON fields ``task``, ``task_id``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        task = current_task
+        if task and task.request.id and not hasattr(record, "task"):
+            record.task, record.task_id = task.name, task.request.id
+        return True
+
+
+# Task metrics (worker.telemetry): time in the broker, run time and end state of every task
+# this process runs. Real time, not worker.clock: these measure the machinery.
+_started: dict[str, float] = {}
+SENT_AT = "dunning_sent_at"  # a message header: when it was sent (Unix time)
+
+
+@signals.before_task_publish.connect
+def _stamp_sending(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    if headers is not None:
+        headers[SENT_AT] = time.time()
+
+
+@signals.task_prerun.connect
+def _task_started(task_id: str, task: Any, **_: Any) -> None:
+    _started[task_id] = time.perf_counter()
+    sent = getattr(task.request, SENT_AT, None)
+    if isinstance(sent, int | float):
+        eta = task.request.eta  # a retry's countdown is no wait
+        if isinstance(eta, str):
+            eta = datetime.fromisoformat(eta)
+        since = max(sent, eta.timestamp()) if isinstance(eta, datetime) else sent
+        TASK_WAIT_SECONDS.labels(task.name).observe(max(0.0, time.time() - since))
+
+
+@signals.task_postrun.connect
+def _task_finished(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
+    started = _started.pop(task_id, None)
+    if started is not None:
+        TASK_SECONDS.labels(task.name).observe(time.perf_counter() - started)
+    TASKS.labels(task.name, (state or "unknown").lower()).inc()

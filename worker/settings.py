@@ -35,6 +35,7 @@ def default_database_url(data_dir: Path = DATA_DIR) -> str:
     return f"sqlite:///{data_dir / 'dunning.db'}"
 
 
+LOG_FORMATS = ("text", "json")
 _BROKER_SCHEMES = {"filesystem", "redis", "rediss", "amqp", "amqps", "pyamqp", "memory"}
 _SMTP_SCHEMES = {"smtp", "smtps", "file"}
 
@@ -89,6 +90,21 @@ class Settings:
     app_webhook_secret: Secret | None = None
     app_api_token: Secret | None = None
     data_dir: Path = field(default=DATA_DIR)
+    # Where `dunning worker` serves its /metrics (host, port); None: not served.
+    metrics_address: tuple[str, int] | None = None
+    log_format: str = "text"  # "text" or "json" (one object per line)
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret this process knows, for the log redaction (:mod:`worker.redact`)."""
+        found = [
+            self.smtp_url,
+            self.stripe_api_key,
+            self.stripe_webhook_secret,
+            self.app_webhook_secret,
+            self.app_api_token,
+            *(key.secret for key in self.link_keys),
+        ]
+        return tuple(s.reveal() for s in found if s is not None)
 
     @property
     def outbox_dir(self) -> Path:
@@ -189,7 +205,31 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         link_keys=_link_keys(get("DUNNING_LINK_KEYS")),
         **_app(get),
         data_dir=data_dir,
+        metrics_address=_address("DUNNING_METRICS_PORT", get("DUNNING_METRICS_PORT")),
+        log_format=log_format(env),
     )
+
+
+def log_format(environ: Mapping[str, str] | None = None) -> str:
+    """``DUNNING_LOG_FORMAT`` alone: the CLI sets up logging before it reads the rest."""
+    env = os.environ if environ is None else environ
+    value = env.get("DUNNING_LOG_FORMAT", "text").strip().lower()
+    if value not in LOG_FORMATS:
+        given = env.get("DUNNING_LOG_FORMAT")
+        msg = f"DUNNING_LOG_FORMAT: expected text or json, got {given!r}"
+        raise SettingError(msg)
+    return value
+
+
+def _address(name: str, value: str | None) -> tuple[str, int] | None:
+    """``PORT`` (loopback) or ``HOST:PORT``."""
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536 or (":" in value and not host):
+        msg = f"{name}: expected a port (1-65535) or host:port, got {value!r}"
+        raise SettingError(msg)
+    return (host.strip("[]") or "127.0.0.1", int(port))
 
 
 def _app(get: Callable[[str], str | None]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.support.processes import free_port
 from worker.billing.stripe_client import (
@@ -135,3 +136,63 @@ def test_fetch_decline_for_an_invoice_event(peer: tuple[StripePeer, StripeGatewa
     assert decline.advice_code == "try_again_later"
     assert decline.outcome_type == "issuer_declined"
     assert decline.charge_id is not None
+
+
+def _attempts(operation: str) -> dict[str, float]:
+    """``dunning_stripe_requests_total`` of ``operation`` by outcome, from the registry this
+    process exposes on /metrics."""
+    outcomes = (
+        "ok",
+        "declined",
+        "rate_limited",
+        "client_error",
+        "server_error",
+        "connection_error",
+    )
+    return {
+        outcome: REGISTRY.get_sample_value(
+            "dunning_stripe_requests_total", {"operation": operation, "outcome": outcome}
+        )
+        or 0.0
+        for outcome in outcomes
+    }
+
+
+def _moved(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
+
+
+def test_every_http_attempt_is_counted_by_outcome(peer: tuple[StripePeer, StripeGateway]) -> None:
+    """Tenacity's retries count one by one, so a 429 storm shows in the metrics even when
+    the call succeeds in the end."""
+    stripe_peer, gateway = peer
+    invoice_id = _failed_invoice(stripe_peer, INSUFFICIENT_FUNDS, INSUFFICIENT_FUNDS)
+    stripe_peer.inject_fault(method="POST", path_prefix="/v1/invoices/", status=429)
+    stripe_peer.inject_fault(
+        method="POST", path_prefix="/v1/invoices/", status=500, should_retry=True
+    )
+    before = _attempts("invoices.pay")
+    assert not gateway.pay_invoice(invoice_id, idempotency_key="k-count").succeeded
+    assert pays(stripe_peer) == [(429, "k-count"), (500, "k-count"), (402, "k-count")]
+    assert _moved(before, _attempts("invoices.pay")) == {
+        "rate_limited": 1,
+        "server_error": 1,
+        "declined": 1,
+    }
+
+    before = _attempts("invoices.retrieve")
+    assert gateway.invoice_status(invoice_id) == "open"
+    stripe_peer.inject_fault(method="GET", path_prefix="/v1/invoices/", status=400)
+    with pytest.raises(ProviderError):
+        gateway.invoice_status(invoice_id)
+    assert _moved(before, _attempts("invoices.retrieve")) == {"ok": 1, "client_error": 1}
+
+
+def test_connection_errors_are_counted_per_attempt() -> None:
+    gateway = StripeGateway(
+        KEY, api_base=f"http://127.0.0.1:{free_port()}", wait=lambda _s: 0, attempts=3
+    )
+    before = _attempts("subscriptions.cancel")
+    with pytest.raises(TransientProviderError):
+        gateway.cancel_subscription("sub_x", idempotency_key="k")
+    assert _moved(before, _attempts("subscriptions.cancel")) == {"connection_error": 3}

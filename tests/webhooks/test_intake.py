@@ -6,10 +6,12 @@ import hashlib
 import hmac
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,9 +21,11 @@ from sqlalchemy import select
 import worker.webhooks.tasks
 from tests.support import stripe_events as ev
 from tests.support.faults import hanging_port
+from tests.support.metrics import scrape
 from tests.support.paths import REPO, START
 from worker import clock
 from worker.app import DunningCelery, create_app
+from worker.dunning.models import ActionKind, ActionStatus, ScheduledAction
 from worker.dunning.scheduler import last_tick
 from worker.httpserver import serve_in_thread
 from worker.settings import Secret, Settings
@@ -274,3 +278,106 @@ def test_a_hanging_database_is_503_within_a_second(redis_url: str, tmp_path: Pat
     assert ready.status_code == 503
     assert "database" in ready.json()["problems"][0]
     assert ready_took < 1.5
+
+
+def _event(event_type: str, obj: dict[str, Any], event_id: str) -> bytes:
+    return json.dumps(ev.envelope(event_type, obj, at=START, event_id=event_id)).encode()
+
+
+def test_intake_requests_are_counted_by_route_and_status(intake: str) -> None:
+    """Route templates, never paths: a link token or a customer id is not a label value."""
+    before = scrape(intake)
+    body = event_body("evt_counted")
+    assert post(intake, body, sign(body)).status_code == 200
+    assert post(intake, body, sign(body)).status_code == 200  # the duplicate
+    assert post(intake, body, "t=1,v1=bad").status_code == 400
+    assert httpx.get(f"{intake}/v1/customers/cus_Secret42/access", timeout=10).status_code == 404
+    assert httpx.get(f"{intake}/nowhere", timeout=10).status_code == 404
+    after = scrape(intake)
+
+    def moved(name: str, **labels: str) -> float:
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    requests = "dunning_intake_requests_total"
+    assert moved(requests, route="/webhooks/stripe", status="200") == 2
+    assert moved(requests, route="/webhooks/stripe", status="400") == 1
+    assert moved(requests, route="/v1/customers/{customer}/access", status="404") == 1
+    assert moved(requests, route="unmatched", status="404") == 1
+    latency = "dunning_intake_request_duration_seconds_count"
+    assert moved(latency, route="/webhooks/stripe") == 3
+    assert "cus_Secret42" not in after.text
+    assert "nowhere" not in after.text
+    # The database gauges are still there, and say the database answered.
+    assert after.value("dunning_database_up") == 1
+    assert "dunning_inbox_events" in after.names()
+
+
+def test_finished_events_are_counted_by_type_and_outcome(
+    intake: str, app: DunningCelery, manual_clock: clock.ManualClock
+) -> None:
+    """Signed deliveries over HTTP, then the processing a worker does: processed, failed
+    (nothing to collect) and ignored (a type we do not act on)."""
+    bodies = [
+        event_body("evt_will_process"),
+        _event(
+            "invoice.payment_failed",
+            ev.invoice(invoice_id="in_zero", amount_due=0, at=START),
+            "evt_will_fail",
+        ),
+        _event("product.created", {"id": "prod_1", "object": "product"}, "evt_will_ignore"),
+    ]
+    for body in bodies:
+        assert post(intake, body, sign(body)).status_code == 200
+    before = scrape(intake)
+    for row in inbox(app):
+        process_stored_event(app.runtime, row.id)
+    process_stored_event(app.runtime, inbox(app)[0].id)  # a redelivered task: not twice
+    after = scrape(intake)
+
+    def moved(**labels: str) -> float:
+        name = "dunning_events_processed_total"
+        return after.value(name, **labels) - before.value(name, **labels)
+
+    assert moved(type="invoice.payment_failed", outcome="processed") == 1
+    assert moved(type="invoice.payment_failed", outcome="failed") == 1
+    assert moved(type="product.created", outcome="ignored") == 1
+    assert moved() == 3
+
+
+def test_the_due_backlog_and_the_oldest_overdue_action(
+    intake: str, app: DunningCelery, manual_clock: clock.ManualClock
+) -> None:
+    body = event_body("evt_backlog")
+    assert post(intake, body, sign(body)).status_code == 200
+    process_stored_event(app.runtime, inbox(app)[0].id)
+    with app.runtime.session() as session:
+        planned = session.scalars(
+            select(ScheduledAction).where(ScheduledAction.status == ActionStatus.PLANNED)
+        ).all()
+        due_by_kind = Counter(a.kind.value for a in planned if a.due_at <= clock.now())
+        last_due = max(a.due_at for a in planned)
+    assert planned
+    now = scrape(intake)
+    for kind in ActionKind:  # every kind has a value, 0 included: a panel is never blank
+        assert now.value("dunning_actions_due", kind=kind.value) == due_by_kind[kind.value]
+
+    manual_clock.set(last_due + timedelta(hours=1))  # the workers fell behind
+    later = scrape(intake)
+    assert later.value("dunning_actions_due") == len(planned)
+    oldest = later.value("dunning_actions_oldest_overdue_seconds")
+    assert oldest >= timedelta(hours=1).total_seconds()
+
+
+def test_metrics_answer_while_the_database_is_down(redis_url: str, tmp_path: Path) -> None:
+    """The intake's own counts, its 503s among them, are what an outage needs to show."""
+    app = make_app("postgresql+psycopg://postgres@127.0.0.1:1/nowhere", redis_url, tmp_path)
+    with serve_in_thread(build_intake(app)) as url:
+        body = event_body("evt_db_down")
+        before = scrape(url)
+        assert post(url, body, sign(body)).status_code == 503
+        after = scrape(url)
+    assert after.value("dunning_database_up") == 0
+    assert "dunning_inbox_events" not in after.names()
+    name = "dunning_intake_requests_total"
+    labels = {"route": "/webhooks/stripe", "status": "503"}
+    assert after.value(name, **labels) - before.value(name, **labels) == 1

@@ -34,6 +34,7 @@ from worker.billing.declines import (
 )
 from worker.billing.domain import Card, Decline, DiscountFacts
 from worker.billing.normalise import parse_stripe_object, subscription_facts
+from worker.telemetry import STRIPE_REQUESTS, STRIPE_SECONDS, timed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,6 +85,22 @@ def is_transient(exc: BaseException) -> bool:
     return status in {409, 429} or status >= 500
 
 
+def outcome_of(exc: BaseException | None) -> str:
+    """The ``outcome`` label of one HTTP attempt (``dunning_stripe_requests_total``)."""
+    if exc is None:
+        return "ok"
+    if isinstance(exc, stripe.CardError):
+        return "declined"
+    if isinstance(exc, stripe.APIConnectionError):
+        return "connection_error"
+    status = exc.http_status if isinstance(exc, stripe.StripeError) else None
+    if status == 429:
+        return "rate_limited"
+    if status is not None and 400 <= status < 500:
+        return "client_error"
+    return "server_error"  # 5xx, or an answer the library could not read
+
+
 _backoff = wait_random_exponential(multiplier=0.5, max=5)
 
 
@@ -127,11 +144,32 @@ class StripeGateway:
             reraise=True,
         )
 
-    def _call(self, fn: Callable[[], T]) -> T:
-        """Run one API call; a card decline propagates as ``stripe.CardError`` for the caller
-        to turn into an outcome, everything else becomes one of our two error types."""
+    def _call(
+        self,
+        operation: str,
+        fn: Callable[[], T],
+        *,
+        before_each_attempt: Callable[[], None] | None = None,
+    ) -> T:
+        """Run one API call (``operation``: Stripe's resource and method, a metrics label);
+        a card decline propagates as ``stripe.CardError`` for the caller to turn into an
+        outcome, everything else becomes one of our two error types. ``before_each_attempt``
+        runs before every attempt, retries included (a rate limiter), outside its timing."""
+
+        def attempt() -> T:  # each HTTP attempt is counted, tenacity's retries included
+            if before_each_attempt is not None:
+                before_each_attempt()
+            with timed(STRIPE_SECONDS, operation):
+                try:
+                    answer = fn()
+                except Exception as exc:
+                    STRIPE_REQUESTS.labels(operation, outcome_of(exc)).inc()
+                    raise
+            STRIPE_REQUESTS.labels(operation, "ok").inc()
+            return answer
+
         try:
-            return self._retrying(fn)()
+            return self._retrying(attempt)()
         except stripe.CardError:
             raise
         except stripe.StripeError as exc:
@@ -151,7 +189,8 @@ class StripeGateway:
         params: Any = {"payment_method": payment_method} if payment_method else {}
         try:
             invoice = self._call(
-                lambda: self._client.v1.invoices.pay(invoice_id, params, options=options)
+                "invoices.pay",
+                lambda: self._client.v1.invoices.pay(invoice_id, params, options=options),
             )
         except stripe.CardError as exc:
             body = exc.json_body if isinstance(exc.json_body, dict) else {}
@@ -174,11 +213,17 @@ class StripeGateway:
 
     def cancel_subscription(self, subscription_id: str, *, idempotency_key: str) -> None:
         options: Any = {"idempotency_key": idempotency_key}
-        self._call(lambda: self._client.v1.subscriptions.cancel(subscription_id, options=options))
+        self._call(
+            "subscriptions.cancel",
+            lambda: self._client.v1.subscriptions.cancel(subscription_id, options=options),
+        )
 
     def mark_uncollectible(self, invoice_id: str, *, idempotency_key: str) -> None:
         options: Any = {"idempotency_key": idempotency_key}
-        self._call(lambda: self._client.v1.invoices.mark_uncollectible(invoice_id, options=options))
+        self._call(
+            "invoices.mark_uncollectible",
+            lambda: self._client.v1.invoices.mark_uncollectible(invoice_id, options=options),
+        )
 
     # ---- reads ----
 
@@ -186,7 +231,10 @@ class StripeGateway:
         """A PaymentMethod as it is now: the customer it is attached to (None once detached)
         and its card."""
         found = _as_dict(
-            self._call(lambda: self._client.v1.payment_methods.retrieve(payment_method_id))
+            self._call(
+                "payment_methods.retrieve",
+                lambda: self._client.v1.payment_methods.retrieve(payment_method_id),
+            )
         )
         card = parse_stripe_object(found)
         if not isinstance(card, Card):
@@ -198,9 +246,10 @@ class StripeGateway:
     def fetch_discounts(self, subscription_id: str) -> tuple[DiscountFacts, ...]:
         """A subscription's discounts with their coupons (webhooks carry only their ids)."""
         found = self._call(
+            "subscriptions.retrieve",
             lambda: self._client.v1.subscriptions.retrieve(
                 subscription_id, {"expand": ["discounts.source.coupon"]}
-            )
+            ),
         )
         return subscription_facts(_as_dict(found)).discounts
 
@@ -211,9 +260,10 @@ class StripeGateway:
         found: list[Decline] = []
         if payment_intent_id is None and charge_id is None:
             payments = self._call(
+                "invoice_payments.list",
                 lambda: self._client.v1.invoice_payments.list(
                     {"invoice": invoice_id, "expand": ["data.payment.payment_intent"]}
-                )
+                ),
             )
             failed = [p for p in map(_as_dict, payments.data) if p.get("status") != "paid"]
             for payment in failed[:1]:  # newest first; a paid one carries no decline
@@ -224,21 +274,30 @@ class StripeGateway:
                     payment_intent_id = intent
         if payment_intent_id:
             pi_id = payment_intent_id
-            pi = _as_dict(self._call(lambda: self._client.v1.payment_intents.retrieve(pi_id)))
+            pi = _as_dict(
+                self._call(
+                    "payment_intents.retrieve",
+                    lambda: self._client.v1.payment_intents.retrieve(pi_id),
+                )
+            )
             found.append(decline_from_payment_intent(pi))
         charge_ids = [d.charge_id for d in found if d.charge_id] or (
             [charge_id] if charge_id else []
         )
         if charge_ids:
             ch_id = charge_ids[0]
-            charge = _as_dict(self._call(lambda: self._client.v1.charges.retrieve(ch_id)))
+            charge = _as_dict(
+                self._call("charges.retrieve", lambda: self._client.v1.charges.retrieve(ch_id))
+            )
             found.append(decline_from_charge(charge))
         return merge_declines(*found)
 
     def invoice_status(self, invoice_id: str) -> str | None:
         """The invoice's status at the provider right now (draft, open, paid, void,
         uncollectible)."""
-        found = _as_dict(self._call(lambda: self._client.v1.invoices.retrieve(invoice_id)))
+        found = _as_dict(
+            self._call("invoices.retrieve", lambda: self._client.v1.invoices.retrieve(invoice_id))
+        )
         return found.get("status")
 
     def list_page(
@@ -260,12 +319,11 @@ class StripeGateway:
             msg = f"cannot list {resource!r}: expected one of {', '.join(services)}"
             raise ValueError(msg)
 
-        def attempt() -> Any:
-            if before_each_attempt is not None:
-                before_each_attempt()
-            return services[resource].list(dict(params))
-
-        listed = self._call(attempt)
+        listed = self._call(
+            f"{resource}.list",
+            lambda: services[resource].list(dict(params)),
+            before_each_attempt=before_each_attempt,
+        )
         return Page([obj.to_dict() for obj in listed.data], has_more=bool(listed.has_more))
 
     def portal_url(self, customer_id: str, *, return_url: str, flow: bool = True) -> str:
@@ -274,7 +332,10 @@ class StripeGateway:
         params: Any = {"customer": customer_id, "return_url": return_url}
         if flow:
             params["flow_data"] = {"type": "payment_method_update"}
-        session = self._call(lambda: self._client.v1.billing_portal.sessions.create(params))
+        session = self._call(
+            "billing_portal.sessions.create",
+            lambda: self._client.v1.billing_portal.sessions.create(params),
+        )
         return str(session.url)
 
 

@@ -5,10 +5,11 @@ errors are one readable line on stderr (``-v`` adds the traceback)."""
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
-from worker import redact
+from worker import logs, settings
 from worker.cli import (
     cards,
     cases,
@@ -22,6 +23,7 @@ from worker.cli import (
     report,
     status,
 )
+from worker.cli.common import BadInput
 
 
 @click.group()
@@ -30,11 +32,15 @@ from worker.cli import (
 def main(ctx: click.Context, verbose: bool) -> None:
     """dunning-worker: win back revenue lost to failed card payments."""
     ctx.obj = {"verbose": verbose}
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    redact.install()  # no email address in any log line, -v or not
+    try:
+        log_format = settings.log_format()
+    except settings.SettingError as exc:
+        raise BadInput(str(exc)) from None
+    # No email address or secret in any log line, -v or not (worker.redact).
+    logs.configure(level=logging.DEBUG if verbose else logging.WARNING, log_format=log_format)
+    # Only `dunning worker` keeps prometheus_client's multiprocess files, under the data
+    # directory (worker.cli.processes); other commands never write them anywhere.
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 
 for command in (

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from worker import redact
 from worker.settings import SettingError, Settings, load_settings
 
 if TYPE_CHECKING:  # imported when a command needs them: `dunning --help` stays fast
@@ -33,9 +34,11 @@ class BadInput(click.ClickException):
 
 def settings_or_exit() -> Settings:
     try:
-        return load_settings()
+        settings = load_settings()
     except SettingError as exc:
         raise BadInput(str(exc)) from None
+    redact.add_secrets(settings.secret_values())  # never in a log line, whatever logs it
+    return settings
 
 
 def policy_or_exit(settings: Settings, path: Path | None = None) -> Policy:

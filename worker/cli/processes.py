@@ -3,6 +3,8 @@ processes."""
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from worker.cli.common import (
@@ -12,6 +14,7 @@ from worker.cli.common import (
     runtime_or_exit,
     settings_or_exit,
 )
+from worker.settings import Settings
 
 
 @click.group()
@@ -44,18 +47,39 @@ def serve(host: str, port: int) -> None:
     if settings.stripe_webhook_secret is None:
         raise BadInput("STRIPE_WEBHOOK_SECRET: required by `dunning serve`, not set")
     app = create_app(settings, runtime_or_exit(settings))
-    uvicorn.run(build_intake(app), host=host, port=port, log_level="warning")
+    # log_config=None: uvicorn logs through our root handler (text or JSON, masked)
+    uvicorn.run(build_intake(app), host=host, port=port, log_level="warning", log_config=None)
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def worker(ctx: click.Context) -> None:
-    """Celery worker (extra arguments go to `celery worker`)."""
+    """Celery worker (extra arguments go to `celery worker`); its /metrics on
+    DUNNING_METRICS_PORT when set."""
+    settings = settings_or_exit()
+    if settings.metrics_address is not None:
+        _serve_worker_metrics(settings)
     from worker.app import create_app
 
-    settings = settings_or_exit()
     app = create_app(settings, runtime_or_exit(settings))
-    app.worker_main(["worker", "--loglevel=INFO", *ctx.args])
+    app.worker_main([*_quiet(settings), "worker", "--loglevel=INFO", *ctx.args])
+
+
+def _serve_worker_metrics(settings: Settings) -> None:
+    """Pool processes count into files under the data directory, one folder per metrics
+    port (two workers on one host keep apart); this process serves their sum. The folder
+    must be named before prometheus_client is first imported (worker.telemetry)."""
+    assert settings.metrics_address is not None  # noqa: S101 - the caller checked
+    host, port = settings.metrics_address
+    directory = (settings.data_dir / "metrics" / f"worker-{port}").resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    from worker.telemetry import serve_worker_metrics
+
+    try:
+        serve_worker_metrics(host, port, directory)
+    except OSError as exc:
+        raise BadInput(f"DUNNING_METRICS_PORT: cannot listen on {host}:{port}: {exc}") from None
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -66,7 +90,12 @@ def beat(ctx: click.Context) -> None:
 
     settings = settings_or_exit()
     app = create_app(settings, runtime_or_exit(settings))
-    app.start(["beat", "--loglevel=INFO", *ctx.args])
+    app.start([*_quiet(settings), "beat", "--loglevel=INFO", *ctx.args])
+
+
+def _quiet(settings: Settings) -> list[str]:
+    """With JSON logs, no start-up banner: every line a process writes is one JSON object."""
+    return ["--quiet"] if settings.log_format == "json" else []
 
 
 @click.command()

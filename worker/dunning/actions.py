@@ -64,6 +64,7 @@ from worker.ledger import history
 from worker.ledger.models import RecoveryMethod
 from worker.redact import redact
 from worker.runtime import Runtime
+from worker.telemetry import EMAILS
 
 log = logging.getLogger(__name__)
 _RUNNABLE = frozenset({ActionStatus.PLANNED, ActionStatus.CLAIMED})
@@ -358,13 +359,25 @@ def _postpone(runtime: Runtime, action_id: int, note: str) -> None:
 def run_email(runtime: Runtime, action_id: int) -> None:
     """Reserve the send (a ``sending`` outbox row), talk SMTP outside any transaction, then
     record the outcome (:mod:`worker.email.service`). A transient failure leaves the row
-    ``sending`` and the action is tried again (:func:`run_action`)."""
+    ``sending`` and the action is tried again (:func:`run_action`). Every outcome is counted
+    once its transaction committed (``dunning_emails_total``)."""
+    try:
+        outcome = _run_email(runtime, action_id)
+    except TransientEmailError:
+        EMAILS.labels("deferred").inc()
+        raise
+    if outcome is not None:
+        EMAILS.labels(outcome).inc()
+
+
+def _run_email(runtime: Runtime, action_id: int) -> str | None:
+    """:func:`run_email`; returns the outcome to count (None: nothing happened here)."""
     with runtime.session() as session:
         customer_id = session.scalar(
             select(ScheduledAction.customer_id).where(ScheduledAction.id == action_id)
         )
         if customer_id is None:
-            return
+            return None
         # The customer's emails one at a time (contact rules), taken before the action's row.
         contact.lock_contact(session, customer_id)
         action = _still_wanted(session, action_id)
@@ -373,14 +386,14 @@ def run_email(runtime: Runtime, action_id: int) -> None:
             gone = session.get_one(ScheduledAction, action_id)
             if gone.status is ActionStatus.CANCELLED:  # its case ended or paused meanwhile
                 contact.release_riders(session, gone.idempotency_key, now=now)
-            return
+            return None  # not an email outcome: the case ended, or the action was done
         late = now - (action.first_due_at or action.due_at)
         limit = timedelta(hours=runtime.policy.emails.skip_overdue_after_hours)
         if late > limit:  # after an outage: no burst of stale emails
             hours = late.total_seconds() / 3600
             _finish(action, ActionStatus.CANCELLED, f"skipped: {hours:.1f} h overdue")
             contact.release_riders(session, action.idempotency_key, now=now)
-            return
+            return "skipped"
         prepared = emails.prepare_action_email(
             session,
             action,
@@ -390,31 +403,36 @@ def run_email(runtime: Runtime, action_id: int) -> None:
             now=now,
         )
         if prepared is None:  # a twin is handing it over: it records the outcome
-            return
+            return None
         if isinstance(prepared, contact.Postpone):  # due again later, measured from then
             action.status, action.claims, action.note = ActionStatus.PLANNED, 0, prepared.note
             action.due_at = action.first_due_at = prepared.until
             contact.release_riders(session, action.idempotency_key, now=now)
-            return
+            return "postponed"
         if isinstance(prepared, str):
             _finish(action, ActionStatus.DONE, prepared)
-            if prepared != emails.ALREADY_SENT:  # not going out: its riders go on their own
-                contact.release_riders(session, action.idempotency_key, now=now)
-            return
-    outcome, status = NotificationStatus.SENT, ActionStatus.DONE
+            if prepared == emails.ALREADY_SENT:
+                return "duplicate"
+            # not going out: its riders go on their own
+            contact.release_riders(session, action.idempotency_key, now=now)
+            return "skipped"
+    outcome, status, counted = NotificationStatus.SENT, ActionStatus.DONE, "sent"
     note, error = f"sent to {mask_email(prepared.to)}", None
     try:
         runtime.sender.send(prepared)
     except UnconfirmedEmailError as exc:  # it may well have arrived: never sent twice
         note = error = f"sent, unconfirmed: {exc}"
+        counted = "unconfirmed"
     except PermanentEmailError as exc:  # e.g. 550 unknown recipient: retrying cannot help
         outcome, status, error = NotificationStatus.FAILED, ActionStatus.FAILED, redact(str(exc))
         note = f"email refused: {error}"  # the server's text may echo the address
+        counted = "failed"
     with runtime.session() as session:
         email_outbox.record(session, prepared.message_id_key, outcome, now=clock.now(), error=error)
         action = session.get(ScheduledAction, action_id, with_for_update=True)
         if action is not None and action.status in _RUNNABLE:
             _finish(action, status, note)
+    return counted
 
 
 def run_final_action(runtime: Runtime, action_id: int) -> None:

@@ -4,10 +4,11 @@
 413 over 1 MiB, 503 when the database cannot take the event (Stripe redelivers), 200 once the
 event is durable (also for a duplicate, with no second effect). ``GET /healthz`` says the
 process is up; ``GET /readyz`` that the database and the broker answer; ``GET /metrics`` the
-backlog and case states for Prometheus; ``GET /u/<token>`` turns a signed email link into a
-fresh billing-portal session (``worker.links``), and ``GET /u/<token>/done`` thanks the customer
-back from it. ``GET /v1/customers/<id>/access`` tells the customer's app (bearer token) what to
-allow while an invoice is unpaid. Blocking database work runs in Starlette's
+backlog and case states for Prometheus, and this process's counters (requests by route and
+status, latency, Stripe calls: :mod:`worker.telemetry`); ``GET /u/<token>`` turns a signed
+email link into a fresh billing-portal session (``worker.links``), and ``GET /u/<token>/done``
+thanks the customer back from it. ``GET /v1/customers/<id>/access`` tells the customer's app
+(bearer token) what to allow while an invoice is unpaid. Blocking database work runs in Starlette's
 threadpool, off the event loop.
 """
 
@@ -24,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -32,7 +34,8 @@ from starlette.responses import (
     RedirectResponse,
     Response,
 )
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker import clock
 from worker.db import enqueue_after_commit
@@ -43,6 +46,7 @@ from worker.enqueue import Background
 from worker.links.pages import Page, render_page
 from worker.links.service import LinkState, OpenedLink, destination, open_link
 from worker.runtime import Runtime
+from worker.telemetry import INTAKE_REQUESTS, INTAKE_SECONDS, exposition, timed
 from worker.webhooks.inbox import BadEventError, Stored, keep_rejected, store_event
 from worker.webhooks.metrics import render_metrics
 
@@ -53,6 +57,8 @@ MAX_BODY = 1024 * 1024  # 1 MiB: Stripe events are a few KB
 # readiness checks have as long each, so /readyz answers within a second either way.
 STORE_DEADLINE_S = 1.0
 CHECK_DEADLINE_S = 0.8
+# The backlog gauges are a few GROUP BYs; a scrape answers well within Prometheus' 10 s.
+METRICS_DEADLINE_S = 5.0
 SIGNATURE_TOLERANCE_S = 300  # Stripe's library default; never 0
 
 # A link's token is in its URL: never cached, never sent on as a referrer.
@@ -202,10 +208,19 @@ class _Intake:
             return customer_access(session, customer)
 
     async def metrics(self, _: Request) -> Response:
+        """The fleet's backlog from the database, then this process's counters. A database
+        that does not answer in time costs only its gauges (``dunning_database_up 0``): the
+        intake's own counts (its 503s among them) are what an outage needs to show."""
         try:
-            body = await run_in_threadpool(self._metrics)
-        except (OperationalError, DBAPIError):
-            return _problem(503, "database unavailable")
+            gauges = await asyncio.wait_for(run_in_threadpool(self._metrics), METRICS_DEADLINE_S)
+        except (OperationalError, DBAPIError, TimeoutError) as exc:
+            log.warning("metrics without the database gauges: %s", type(exc).__name__)
+            gauges = ""
+        up = (
+            "# HELP dunning_database_up Whether this scrape read the database gauges.\n"
+            f"# TYPE dunning_database_up gauge\ndunning_database_up {1 if gauges else 0}\n"
+        )
+        body = gauges + up + exposition().decode()
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
 
     def _metrics(self) -> str:
@@ -257,17 +272,51 @@ def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerChe
         msg = "STRIPE_WEBHOOK_SECRET: required by the webhook intake, not set"
         raise ValueError(msg)
     intake = _Intake(runtime, secret.reveal(), enqueue, broker_check)
-    return Starlette(
-        routes=[
-            Route("/webhooks/stripe", intake.stripe_webhook, methods=["POST"]),
-            Route("/u/{token}", intake.update_card, methods=["GET"]),
-            Route("/u/{token}/done", intake.update_card_done, methods=["GET"]),
-            Route("/v1/customers/{customer}/access", intake.customer_access, methods=["GET"]),
-            Route("/healthz", intake.healthz, methods=["GET"]),
-            Route("/readyz", intake.readyz, methods=["GET"]),
-            Route("/metrics", intake.metrics, methods=["GET"]),
-        ]
-    )
+    routes = [
+        Route("/webhooks/stripe", intake.stripe_webhook, methods=["POST"]),
+        Route("/u/{token}", intake.update_card, methods=["GET"]),
+        Route("/u/{token}/done", intake.update_card_done, methods=["GET"]),
+        Route("/v1/customers/{customer}/access", intake.customer_access, methods=["GET"]),
+        Route("/healthz", intake.healthz, methods=["GET"]),
+        Route("/readyz", intake.readyz, methods=["GET"]),
+        Route("/metrics", intake.metrics, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(_Measured, routes=routes)])
+
+
+class _Measured:
+    """Counts and times every answer (``dunning_intake_requests_total``,
+    ``dunning_intake_request_duration_seconds``) by route template, never by the path
+    itself: a link's token or a customer id is not a label. An exception that escapes
+    counts as the 500 the server answers."""
+
+    def __init__(self, app: ASGIApp, *, routes: list[Route]) -> None:
+        self.app, self.routes = app, routes
+
+    def _route(self, scope: Scope) -> str:
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:  # PARTIAL: the path, another method (405)
+                return route.path
+        return "unmatched"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route, status = self._route(scope), 500
+
+        async def noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        with timed(INTAKE_SECONDS, route):
+            try:
+                await self.app(scope, receive, noting_status)
+            finally:
+                INTAKE_REQUESTS.labels(route, str(status)).inc()
 
 
 def build_intake(app: Any) -> Starlette:

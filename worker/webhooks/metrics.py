@@ -2,7 +2,8 @@
 same figures for ``dunning status`` (:func:`health`).
 
 Gauges read from the database on each scrape (a few GROUP BYs over indexed columns), so every
-intake replica reports the same fleet-wide numbers and nothing is lost on restart.
+intake replica reports the same fleet-wide numbers and nothing is lost on restart. The
+counters and histograms of the work each process does are :mod:`worker.telemetry`'s.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker.dunning.cases import provider_retries_planned
-from worker.dunning.models import ActionStatus, DunningCase, ScheduledAction
+from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
 from worker.dunning.scheduler import last_tick
 from worker.dunning.state import TERMINAL, DunningState
 from worker.webhooks.models import InboxEvent, InboxStatus
@@ -130,6 +131,21 @@ def render_metrics(session: Session, *, now: datetime) -> str:
         "dunning_inbox_oldest_pending_seconds",
         "Age of the oldest unprocessed event.",
         [({}, waiting.oldest_pending_event_s)],
+    )
+    due = dict(
+        session.execute(
+            select(ScheduledAction.kind, func.count())
+            .where(
+                ScheduledAction.status.in_([ActionStatus.PLANNED, ActionStatus.CLAIMED]),
+                ScheduledAction.due_at <= now,
+            )
+            .group_by(ScheduledAction.kind)
+        ).all()
+    )
+    gauge(
+        "dunning_actions_due",
+        "Actions whose time has come and that are not done yet (planned or running), by kind.",
+        [({"kind": kind.value}, due.get(kind, 0)) for kind in ActionKind],
     )
     gauge(
         "dunning_actions_oldest_overdue_seconds",

@@ -18,7 +18,9 @@ from worker import clock
 from worker.billing.domain import Decline, EventKind, EventParseError, NormalisedEvent
 from worker.billing.normalise import normalise_stripe_event
 from worker.billing.stripe_client import ProviderError
+from worker.db import enqueue_after_commit
 from worker.runtime import Runtime
+from worker.telemetry import EVENTS, event_type_label
 from worker.webhooks.handlers import (
     Context,
     MissingFactsError,
@@ -42,21 +44,28 @@ def process_event(session: Session, inbox_id: int, ctx: Context) -> InboxStatus 
     row = session.scalar(select(InboxEvent).where(InboxEvent.id == inbox_id).with_for_update())
     if row is None or row.status is not InboxStatus.PENDING:
         return None
+    status, error = _handle(session, row, ctx)
+    # Counted once this transaction commits: a rolled-back run is retried, not finished.
+    label = event_type_label(row.event_type)
+    enqueue_after_commit(session, EVENTS.labels(label, status.value).inc)
+    return finish(row, status, ctx.now, error=error)
+
+
+def _handle(session: Session, row: InboxEvent, ctx: Context) -> tuple[InboxStatus, str | None]:
     try:
         event = normalise_stripe_event(json.loads(row.payload))
     except (EventParseError, json.JSONDecodeError) as exc:
-        return finish(row, InboxStatus.FAILED, ctx.now, error=f"unparseable: {exc}")
+        return InboxStatus.FAILED, f"unparseable: {exc}"
     if event.kind is EventKind.IGNORED:
-        return finish(row, InboxStatus.IGNORED, ctx.now)
+        return InboxStatus.IGNORED, None
     try:
         with session.begin_nested():
             handle(session, event, ctx)
     except MissingFactsError as exc:  # a well-formed event we cannot act on: keep it for ops
-        return finish(row, InboxStatus.FAILED, ctx.now, error=f"invalid: {exc}")
+        return InboxStatus.FAILED, f"invalid: {exc}"
     except DataError as exc:  # a value the database cannot hold: retrying cannot help
-        error = f"the database refused a value: {type(exc.orig).__name__}"
-        return finish(row, InboxStatus.FAILED, ctx.now, error=error)
-    return finish(row, InboxStatus.PROCESSED, ctx.now)
+        return InboxStatus.FAILED, f"the database refused a value: {type(exc.orig).__name__}"
+    return InboxStatus.PROCESSED, None
 
 
 def process_stored_event(runtime: Runtime, inbox_id: int) -> InboxStatus | None:

@@ -1,0 +1,59 @@
+"""How every process logs: one handler on the root logger, on stderr, as text or as JSON
+(``DUNNING_LOG_FORMAT``), masked by :mod:`worker.redact` either way.
+
+JSON is one object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
+then the record's structured extras (``extra={...}``; a Celery task's name and id), and
+``exc_info`` with the traceback. The whole line is masked once more after encoding, so an
+extra cannot carry an email address or a secret past the redaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter
+
+from worker import redact
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# uvicorn's records carry an ANSI-coloured copy of the message; Python 3.12 adds taskName.
+_NOT_EXTRAS = (*RESERVED_ATTRS, "color_message", "taskName")
+
+
+class JsonLines(JsonFormatter):
+    def __init__(self) -> None:
+        super().__init__(
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger"},
+            reserved_attrs=_NOT_EXTRAS,
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        log_data["time"] = (
+            datetime.fromtimestamp(record.created, tz=UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
+        super().add_fields(log_data, record, message_dict)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact.redact(super().format(record))
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    return JsonLines() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+def configure(*, level: int, log_format: str) -> None:
+    """Replace the root logger's handlers with one on stderr in ``log_format``, masked."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(log_format))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.captureWarnings(True)  # a library's warning is a log line too, in the same format
+    redact.install()
