@@ -14,8 +14,10 @@ The past changes MRR only in ways Stripe's API keeps: subscriptions start and en
 reason), and invoices. That is what ``dunning backfill`` reads (customers, subscriptions with
 ``status=all``, invoices), from this account as from a real one. An in-place change of price or
 seats before the installation could not be dated: Stripe keeps a subscription's current items
-only, and its events for 30 days (worker/backfill/service.py, "Effective times"). So in-place
-seat changes happen in the live month only, where their events reach the worker. Saved cards
+only, and its events for 30 days (worker/backfill/service.py, "Effective times"); proration
+lines on invoices would date a change made with prorations, but not one made without, and the
+backfill does not read them. So in-place seat changes happen in the live month only, where
+their events reach the worker. Saved cards
 other than the default are not backfilled either, so the demo's backup cards are saved as the
 live month starts.
 
@@ -192,8 +194,7 @@ def _live_member(
     """The main subscription renews in the live month at ``bill_after``, its ``tenure``-th
     renewal; a past add-on, or a past failure Stripe's retries collected, for some."""
     renews = _at(live_start + person.bill_after)
-    # A growing account: more of today's customers joined recently.
-    tenure = tenure or 1 + int((EARLIEST - 1) * rng.random() ** 1.4)
+    tenure = tenure or rng.randint(1, EARLIEST)
     start = months(renews, -tenure)
     on_time = person.story == ON_TIME
     main = Plan("main", tier(person), person.amount, start)
@@ -268,7 +269,7 @@ def _changes(
     def has_addon(m: Member) -> bool:
         return any(p.label == "addon" and p.end is None for p in m.plans)
 
-    for m in take(max(1, count // 25), lambda m: True):
+    for m in take(max(1, count // 50), lambda m: len(m.plans) == 1 and m.plans[0].quantity == 1):
         changes.append(Change(period_end(m), "cancel", m.person.email))
     for m in take(max(1, count // 40), has_addon):
         changes.append(Change(period_end(m), "cancel_addon", m.person.email))
