@@ -1,19 +1,32 @@
-"""``dunning demo``: the real pipeline against a simulated billing system, over a month.
+"""``dunning demo``: the real pipeline against a simulated Stripe account with a history.
 
-Everything is the production path on the embedded defaults: the Stripe-compatible peer sends
-signed webhooks over HTTP to the intake, a Celery worker (embedded broker) processes them and
-runs the actions the scheduler claims from SQLite, the daily card-expiry scan runs each
-simulated morning, and emails (in each customer's language, with one-click card-update links)
-land in an outbox folder. Only
-time is simulated: one :class:`~worker.clock.ManualClock` jumps from one interesting moment
-(a renewal, a customer's move, a due action) to the next, and the demo waits for the pipeline
-to go quiet at each.
+The account (:mod:`worker.sim.account`) has billed for thirteen months before the worker is
+installed: customers signed up, bought and dropped add-ons, cancelled, came back, and some
+renewals failed and were collected by Stripe's own retries or ended the subscription for
+non-payment, in several currencies. That past is played on the Stripe-compatible peer first,
+with no webhook endpoint, so none of it reaches the worker as events. Then the worker is
+installed as a real one is: migrations, intake and worker started, the webhook endpoint added
+(Stripe sends it only newer events), and ``dunning backfill`` (:func:`run_backfill`) reads the
+account's customers, subscriptions (ended ones too) and invoices over Stripe's HTTP API. The
+past changes MRR only in ways a backfill can see (subscriptions starting and ending; see
+:mod:`worker.sim.account` for why in-place changes wait for the live month).
+
+Then the live month runs the production path on the embedded defaults: the peer sends signed
+webhooks over HTTP to the intake, a Celery worker (embedded broker) processes them and runs
+the actions the scheduler claims from SQLite, the daily card-expiry scan runs each simulated
+morning, and emails (in each customer's language, with one-click card-update links) land in an
+outbox folder. Existing customers renew (some fail: :mod:`worker.sim.population`), others sign
+up, cancel, buy or drop an add-on, change seats. Only time is simulated: one
+:class:`~worker.clock.ManualClock` jumps from one interesting moment (a renewal, a customer's
+move, a due action) to the next, and the demo waits for the pipeline to go quiet at each.
+
+The reports cover the twelve months before the live month and the live month itself; the
+summary's involuntary churn and MRR saved are the live month's figures from those reports.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import json
 import secrets
 import shutil
 import socket
@@ -21,7 +34,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from celery.contrib.testing.worker import start_worker
 from rich.console import Console
@@ -31,6 +44,7 @@ from sqlalchemy import Engine
 
 from worker import clock
 from worker.app import DunningCelery, create_app
+from worker.backfill.service import BackfillSummary, run_backfill
 from worker.config import load_policy
 from worker.dunning import expiring
 from worker.dunning.views import RecoverySummary, recovery_summary
@@ -38,42 +52,28 @@ from worker.httpserver import serve_in_thread
 from worker.migrate import upgrade
 from worker.money import format_money
 from worker.reports.build import build_report
+from worker.reports.model import RecoveryRow, Report, RetentionRow
 from worker.reports.render import render
 from worker.runtime import Runtime
 from worker.settings import EMBEDDED_BROKER_URL, LinkKey, Secret, Settings, default_config_path
-from worker.sim.driver import next_due, settle
-from worker.sim.population import Customer, make_population
+from worker.sim.account import Account, Change, Ids, months, plan_account, play_past, tier
+from worker.sim.driver import Timeline, next_due, settle
+from worker.sim.population import Move, make_population
 from worker.sim.stripe_peer import SUCCEED, CardSpec, StripePeer
 from worker.webhooks.intake import build_intake
 
-MONTH = timedelta(days=30)
+LIVE_START = datetime(2026, 3, 1, 9, tzinfo=UTC)
+MONTH = timedelta(days=30)  # the live month
+HISTORY_MONTHS = 12  # reported before the live month
 console = Console()
-
-
-class _Timeline:
-    """Scripted customer moves, in time order."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[datetime, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
-
-    def at(self, when: datetime, move: Callable[[], None]) -> None:
-        heapq.heappush(self._heap, (when, next(self._seq), move))
-
-    def next_time(self) -> datetime | None:
-        return self._heap[0][0] if self._heap else None
-
-    def run_due(self, now: datetime) -> None:
-        while self._heap and self._heap[0][0] <= now:
-            heapq.heappop(self._heap)[2]()
 
 
 def run_demo(*, customers: int, seed: int, out: Path) -> None:
     out = out.resolve()
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    start = datetime(2026, 3, 1, 9, tzinfo=UTC)
-    manual = clock.ManualClock(start)
+    account = plan_account(make_population(customers, seed=seed), seed=seed, live_start=LIVE_START)
+    manual = clock.ManualClock(account.first_month)
     api_key, secret = "sk_test_demo", f"whsec_{secrets.token_hex(16)}"
     policy = load_policy(default_config_path())
     database_url = f"sqlite:///{out / 'dunning.db'}"
@@ -81,6 +81,8 @@ def run_demo(*, customers: int, seed: int, out: Path) -> None:
     began = time.monotonic()
     with clock.use_clock(manual):
         peer = StripePeer(api_key=api_key, webhook_secret=secret)
+        ids = play_past(peer, manual, account)  # before the worker exists
+        manual.set(LIVE_START)
         with peer.serve() as api_base:
             port = _free_port()  # known first: the emails' links point at this intake
             settings = Settings(
@@ -96,7 +98,7 @@ def run_demo(*, customers: int, seed: int, out: Path) -> None:
             )
             app = create_app(settings, Runtime(settings, policy=policy))
             with serve_in_thread(build_intake(app), port=port) as intake_url:
-                peer.webhook_url = f"{intake_url}/webhooks/stripe"
+                peer.connect_endpoint(f"{intake_url}/webhooks/stripe")
                 with start_worker(
                     app,
                     pool="threads",
@@ -105,50 +107,69 @@ def run_demo(*, customers: int, seed: int, out: Path) -> None:
                     loglevel="ERROR",
                     shutdown_timeout=10,
                 ):
-                    _simulate(app, peer, manual, make_population(customers, seed=seed), start)
+                    history = run_backfill(app.runtime, since=None, now=LIVE_START, progress=False)
+                    _print_history(account, history)
+                    _simulate(app, peer, manual, account, ids)
             with app.runtime.session() as session:
                 summary = recovery_summary(session, default_locale=policy.emails.default_locale)
-            reports = _reports(app.runtime.engine, start, manual.now(), out)
+            retention, recovery = _reports(app.runtime.engine, manual.now(), out)
             app.runtime.close()
         peer.close()
-    _print_summary(summary, out, time.monotonic() - began)
-    for text in reports:
-        console.print(text, end="", highlight=False, markup=False)
-    console.print(f"The same as one HTML page: {out / 'report.html'}", soft_wrap=True)
+    _print_summary(summary, retention, recovery, out, time.monotonic() - began)
+    for report in (retention, recovery):
+        console.print(render(report, "table"), end="", highlight=False, markup=False)
+    console.print(
+        f"The same as one HTML page: {out / 'report.html'}; as JSON: "
+        f"{out / 'retention.json'}, {out / 'recovery.json'}",
+        soft_wrap=True,
+    )
+
+
+def _print_history(account: Account, history: BackfillSummary) -> None:
+    first = account.first_month
+    billed = (LIVE_START.year - first.year) * 12 + LIVE_START.month - first.month
+    console.print(
+        f"The simulated Stripe account billed {len(account.members)} customers for {billed} "
+        "months before the worker was installed; the history loaded with `dunning backfill`:",
+        soft_wrap=True,
+    )
+    for line in history.lines():
+        console.print(f"  {line}", soft_wrap=True, highlight=False, markup=False)
+    if history.failed:
+        console.print(f"[yellow]warning: {len(history.failed)} object(s) failed to backfill")
 
 
 def _simulate(
     app: DunningCelery,
     peer: StripePeer,
     manual: clock.ManualClock,
-    population: list[Customer],
-    start: datetime,
+    account: Account,
+    ids: dict[str, Ids],
 ) -> None:
-    timeline = _Timeline()
-    for person in population:
-        cus = peer.create_customer(
-            email=person.email,
-            name=person.name,
-            card=person.card,
-            timezone=person.timezone,
-            locale=person.locale,
-        )
-        if person.backup is not None:
-            peer.attach_card(cus, person.backup)
-        sub = peer.create_subscription(
-            customer_id=cus, unit_amount=person.amount, currency=person.currency
-        )
-        for move in person.early_moves:
-            timeline.at(start + move.after, _card_move(peer, move.kind, cus))
-        timeline.at(
-            start + person.bill_after,
-            _renewal(peer, timeline, manual, person=person, cus=cus, sub=sub),
-        )
+    start = account.live_start
     end = start + MONTH
+    timeline = Timeline()
+    for change in account.changes:  # first: a cancellation at a renewal moment replaces it
+        timeline.at(change.at, _change(peer, account, ids, change))
+    for member in account.members:
+        person, got = member.person, ids[member.person.email]
+        if member.live:
+            peer.script_card(got.customer, person.outcomes)  # the live month's bank answers
+            if person.backup is not None:  # saved now: see worker.sim.account
+                peer.attach_card(got.customer, person.backup)
+            for move in person.early_moves:
+                timeline.at(start + move.after, _card_move(peer, move.kind, got.customer))
+        for label, sub in got.subs.items():
+            when = peer.next_renewal(sub)
+            if when is not None and when < end:
+                moves = person.moves if member.live and label == "main" else []
+                timeline.at(
+                    when, _renewal(peer, timeline, manual, moves=moves, cus=got.customer, sub=sub)
+                )
     for day in range(MONTH.days):  # the beat's daily scan, each simulated morning
         timeline.at(start + timedelta(days=day, hours=-3), _card_scan(app, manual))
     with Progress(
-        TextColumn("[bold]simulated month"),
+        TextColumn("[bold]live month"),
         BarColumn(),
         TextColumn("day {task.completed:>4.1f}/30"),
         TimeElapsedColumn(),
@@ -171,22 +192,66 @@ def _simulate(
 
 def _renewal(
     peer: StripePeer,
-    timeline: _Timeline,
+    timeline: Timeline,
     manual: clock.ManualClock,
     *,
-    person: Customer,
+    moves: list[Move],
     cus: str,
     sub: str,
 ) -> Callable[[], None]:
     def renew() -> None:
+        if peer.next_renewal(sub) is None:
+            return  # cancelled earlier in the month
         invoice_id, paid = peer.bill(sub)
         if paid:
             return
         failed_at = manual.now()
-        for move in person.moves:
+        for move in moves:
             timeline.at(failed_at + move.after, _move(peer, move.kind, cus, invoice_id))
 
     return renew
+
+
+def _change(
+    peer: StripePeer, account: Account, ids: dict[str, Ids], change: Change
+) -> Callable[[], None]:
+    def act() -> None:
+        match change.kind:
+            case "signup":
+                person = next(p for p in account.newcomers if p.email == change.email)
+                cus = peer.create_customer(
+                    email=person.email,
+                    name=person.name,
+                    card=person.card,
+                    timezone=person.timezone,
+                    locale=person.locale,
+                )
+                sub = peer.create_subscription(
+                    customer_id=cus,
+                    unit_amount=person.amount,
+                    currency=person.currency,
+                    product_name=tier(person),
+                )
+                ids[person.email] = Ids(cus, {"main": sub})
+            case "cancel":
+                for sub in ids[change.email].subs.values():
+                    if peer.next_renewal(sub) is not None:
+                        peer.cancel_subscription(sub)
+            case "buy_addon":
+                got = ids[change.email]
+                currency = peer.get(got.subs["main"])["currency"]
+                got.subs["addon"] = peer.create_subscription(
+                    customer_id=got.customer,
+                    unit_amount=change.amount,
+                    currency=currency,
+                    product_name="Add-on",
+                )
+            case "cancel_addon":
+                peer.cancel_subscription(ids[change.email].subs["addon"])
+            case "seats":
+                peer.change_quantity(ids[change.email].subs["main"], change.quantity)
+
+    return act
 
 
 def _move(peer: StripePeer, kind: str, cus: str, invoice_id: str) -> Callable[[], None]:
@@ -225,31 +290,69 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _reports(engine: Engine, start: datetime, end: datetime, out: Path) -> list[str]:
-    """The finance reports over the simulated weeks, as ``dunning report`` prints them; the
-    retention report also written as HTML."""
-    first, last = f"{start:%Y-%m}", f"{end:%Y-%m}"
-    retention = build_report(engine, "retention", first=first, last=last, as_of=end)
-    recovery = build_report(engine, "recovery", first=first, last=last, as_of=end)
+def _reports(engine: Engine, as_of: datetime, out: Path) -> tuple[Report, Report]:
+    """The finance reports over the twelve months before the live month and the live month, as
+    ``dunning report ... --by month`` builds them; written as JSON, the retention report also as
+    HTML."""
+    first, last = f"{months(LIVE_START, -HISTORY_MONTHS):%Y-%m}", f"{LIVE_START:%Y-%m}"
+    retention = build_report(engine, "retention", first=first, last=last, as_of=as_of)
+    recovery = build_report(engine, "recovery", first=first, last=last, as_of=as_of)
     (out / "report.html").write_text(render(retention, "html"), encoding="utf-8")
-    return [render(retention, "table"), render(recovery, "table")]
+    (out / "retention.json").write_text(render(retention, "json"), encoding="utf-8")
+    (out / "recovery.json").write_text(render(recovery, "json"), encoding="utf-8")
+    return retention, recovery
+
+
+def live_rows(report: Report) -> dict[str, Any]:
+    """The report's rows for the live month, by currency."""
+    return {
+        row.currency: row
+        for row in report.rows
+        if row.period == f"{LIVE_START:%Y-%m}" and row.segment is None
+    }
 
 
 def _amounts(by_currency: dict[str, int]) -> str:
-    return ", ".join(format_money(v, c) for c, v in sorted(by_currency.items())) or "-"
+    shown = {c: v for c, v in sorted(by_currency.items()) if v}
+    return ", ".join(format_money(v, c) for c, v in shown.items()) or "-"
 
 
-def _print_summary(summary: RecoverySummary, out: Path, seconds: float) -> None:
-    table = Table(title="Recovery summary (simulated month)", show_header=False)
+def _print_summary(
+    summary: RecoverySummary, retention: Report, recovery: Report, out: Path, seconds: float
+) -> None:
+    kept: dict[str, RetentionRow] = live_rows(retention)
+    won: dict[str, RecoveryRow] = live_rows(recovery)
+    figures = {
+        "starting_mrr": {c: row.starting_mrr for c, row in kept.items()},
+        "involuntary_churn_mrr": {c: row.involuntary_loss for c, row in kept.items()},
+        "mrr_saved": {c: row.mrr_saved for c, row in won.items()},
+        "nrr": {c: row.as_dict()["nrr"] for c, row in kept.items()},
+        "nrr_without_involuntary": {
+            c: row.as_dict()["nrr_without_involuntary"] for c, row in kept.items()
+        },
+    }
+    (out / "summary.json").write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    table = Table(title=f"Recovery summary (live month, {LIVE_START:%B %Y})", show_header=False)
     table.add_column(style="bold")
     table.add_column()
+    table.add_row("MRR at the start", _amounts(figures["starting_mrr"]))
     table.add_row("failed invoices", str(summary.failed))
     table.add_row("at risk", _amounts(summary.at_risk))
     table.add_row("recovered", f"{summary.recovered} ({summary.recovery_rate:.0%})")
     table.add_row("recovered amount", _amounts(summary.recovered_amount))
     table.add_row("recovered by", _counts(summary.by_method))
     table.add_row("final states", _counts(summary.by_state))
-    table.add_row("involuntary churn (MRR)", _amounts(summary.involuntary_churn_mrr))
+    table.add_row("MRR saved", _amounts(figures["mrr_saved"]))
+    table.add_row("involuntary churn (MRR)", _amounts(figures["involuntary_churn_mrr"]))
+    table.add_row(
+        "NRR (without involuntary churn)",
+        ", ".join(
+            f"{c.upper()} {nrr}% ({figures['nrr_without_involuntary'][c]}%)"
+            for c, nrr in sorted(figures["nrr"].items())
+            if nrr is not None
+        )
+        or "-",
+    )
     table.add_row("emails sent", f"{summary.emails_sent} → {out / 'outbox'}")
     table.add_row("emails by language", _counts(summary.emails_by_language))
     table.add_row("card-expiry notices sent", str(summary.card_notices_sent))

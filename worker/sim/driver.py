@@ -2,12 +2,15 @@
 
 ``settle`` is what "wait for the system to catch up" means: deliver the peer's webhooks, let
 the scheduler tick, and wait until no inbox event is pending and no claimed action is running;
-repeat until a round changes nothing.
+repeat until a round changes nothing. :class:`Timeline` holds scripted moves in time order.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -19,6 +22,25 @@ from worker.webhooks.models import InboxEvent, InboxStatus
 from worker.webhooks.tasks import tick_once
 
 SETTLE_TIMEOUT_S = 30.0
+
+
+class Timeline:
+    """Scripted moves, in time order (ties in the order they were added)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[datetime, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+
+    def at(self, when: datetime, move: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), move))
+
+    def next_time(self) -> datetime | None:
+        return self._heap[0][0] if self._heap else None
+
+    def run_due(self, now: datetime) -> None:
+        """Every move due by ``now``, those the moves add included."""
+        while self._heap and self._heap[0][0] <= now:
+            heapq.heappop(self._heap)[2]()
 
 
 def settle(app: DunningCelery, peer: StripePeer, *, timeout: float = SETTLE_TIMEOUT_S) -> bool:

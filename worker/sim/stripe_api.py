@@ -215,9 +215,7 @@ class ApiHandlers(Billing):
                 f"invoice is {inv['status']}.",
                 save=True,
             )
-        inv.update(status="uncollectible", auto_advance=False)
-        inv["status_transitions"]["marked_uncollectible_at"] = self._now()
-        self._emit("invoice.marked_uncollectible", inv)
+        self._mark_uncollectible_now(inv)
         return self._render(inv, ctx)
 
     def _update_subscription(self, ctx: Ctx, sub_id: str) -> dict[str, Any]:

@@ -129,6 +129,11 @@ class Billing(Webhooks):
                 inv["auto_advance"] = False
         self._emit("customer.subscription.deleted", sub)
 
+    def _mark_uncollectible_now(self, inv: dict[str, Any]) -> None:
+        inv.update(status="uncollectible", auto_advance=False)
+        inv["status_transitions"]["marked_uncollectible_at"] = self._now()
+        self._emit("invoice.marked_uncollectible", inv)
+
     # ---------------------------------------------------------------------------- payments
 
     def _attempt(self, inv: dict[str, Any], pm_id: str, *, automatic: bool) -> str:

@@ -43,7 +43,7 @@ before invoice.payment_action_required; payment_intent.canceled after invoice.vo
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from worker.clock import now as clock_now
@@ -63,6 +63,7 @@ from worker.sim.stripe_specs import (
     CardSpec,
     CouponSpec,
     Decline,
+    card_script,
 )
 from worker.sim.stripe_state import Fault, RecordedRequest
 
@@ -303,9 +304,64 @@ class StripePeer(HttpWire):
     def cancel_subscription(
         self, subscription_id: str, *, reason: str = "cancellation_requested"
     ) -> None:
+        """``reason="payment_failed"`` is Stripe ending it when its own retries ran out."""
         with self._lock:
             self._cancel(self._require("subscription", subscription_id), reason, None, None)
         self._after_control()
+
+    def change_quantity(self, subscription_id: str, quantity: int) -> None:
+        """The customer changes the seat count in place (customer.subscription.updated; no
+        proration items are simulated)."""
+        if quantity < 1:
+            raise ValueError("quantity must be at least 1")
+        with self._lock:
+            sub = self._require("subscription", subscription_id)
+            if sub["status"] == "canceled":
+                raise ValueError(f"subscription {subscription_id} is canceled")
+            before = self._view(sub)
+            sub["quantity"] = quantity
+            sub["items"]["data"][0]["quantity"] = quantity
+            self._emit_update("customer.subscription.updated", sub, before)
+        self._after_control()
+
+    def provider_retry(self, invoice_id: str) -> bool:
+        """Stripe's own automatic retry of an open invoice (Smart Retries) with the default
+        card's next outcome: the events of an automatic attempt. True when it paid."""
+        with self._lock:
+            inv = self._require("invoice", invoice_id)
+            if inv["status"] != "open":
+                raise ValueError(f"invoice {invoice_id} is {inv['status']}")
+            outcome = self._attempt(inv, self._default_pm(inv), automatic=True)
+        self._after_control()
+        return outcome == "paid"
+
+    def mark_uncollectible(self, invoice_id: str) -> None:
+        """What Stripe does to an open invoice when its retries ran out and the account's
+        setting says so (invoice.marked_uncollectible)."""
+        with self._lock:
+            inv = self._require("invoice", invoice_id)
+            if inv["status"] != "open":
+                raise ValueError(f"invoice {invoice_id} is {inv['status']}")
+            self._mark_uncollectible_now(inv)
+        self._after_control()
+
+    def script_card(self, customer_id: str, outcomes: list[Decline | str]) -> None:
+        """What the bank answers for the customer's default card from now on. The simulated
+        bank's side only: no Stripe object changes and no event is sent."""
+        with self._lock:
+            cust = self._require("customer", customer_id)
+            pm_id = cust["invoice_settings"]["default_payment_method"]
+            self._scripts[pm_id] = card_script(CardSpec(outcomes=list(outcomes)))
+
+    def connect_endpoint(self, url: str) -> int:
+        """Add the webhook endpoint at ``url`` now. As with Stripe, it is sent only the events
+        created from now on: the undelivered earlier ones are dropped (they stay in
+        ``/v1/events``). Returns how many were dropped."""
+        with self._lock:
+            dropped = len(self._pending)
+            self._pending.clear()
+            self.webhook_url = url
+        return dropped
 
     def inject_fault(
         self,
@@ -346,6 +402,15 @@ class StripePeer(HttpWire):
         """Any stored object (customer, pm, subscription, invoice, pi, charge, event...)."""
         with self._lock:
             return self._view(self._objs[object_id])
+
+    def next_renewal(self, subscription_id: str) -> datetime | None:
+        """When bill() should next run for the subscription (its period's end); None once it
+        is canceled."""
+        with self._lock:
+            sub = self._require("subscription", subscription_id)
+            if sub["status"] == "canceled":
+                return None
+            return datetime.fromtimestamp(sub["current_period_end"], tz=UTC)
 
     def charge_attempts(self, invoice_id: str) -> int:
         with self._lock:
