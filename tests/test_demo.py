@@ -17,13 +17,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Browser
 
+from tests.support.browser import watched_page
 from tests.support.processes import clean_env
 from worker.money import format_money
 
 LIVE = "2026-03"
 LIVE_START = datetime(2026, 3, 1, 9, tzinfo=UTC)
 HISTORY = [f"2025-{m:02d}" for m in range(3, 13)] + ["2026-01", "2026-02"]  # twelve months
+HEADLINE = (
+    "recovered_amount",
+    "recovery_rate_amount",
+    "involuntary_share_of_churn",
+    "nrr",
+    "nrr_without_involuntary",
+)
 
 
 @dataclass
@@ -218,3 +227,45 @@ def test_the_summary_equals_the_reports(demo: Demo) -> None:
 
     assert demo.summary_cell("involuntary churn (MRR)") == printed(churned)
     assert demo.summary_cell("MRR saved") == printed(saved)
+
+
+def test_report_html_is_one_page_a_cfo_reads(demo: Demo, browser: Browser) -> None:
+    """The demo's report.html in headless Chromium: the year's headline figures first (those
+    of report.json), then the charts, each drawn with a size, then the tables; nothing logged,
+    thrown or fetched."""
+    report = demo.json("report.json")
+    assert (report["from"], report["to"]) == (HISTORY[0], LIVE)
+    shown = watched_page(browser)
+    page = shown.page
+    try:
+        page.goto((demo.out / "report.html").as_uri())
+        cards = page.locator("#headline section[data-currency]")
+        assert cards.count() == len(report["headline"]) >= 3
+        for i, figures in enumerate(report["headline"]):
+            card, currency = cards.nth(i), figures["currency"]
+            assert card.get_attribute("data-currency") == currency
+            for key in HEADLINE:
+                value = figures[key]
+                if value is None:  # e.g. no churn at all: no share to show
+                    text = "-"
+                elif key == "recovered_amount":
+                    text = format_money(value, currency)
+                else:
+                    text = f"{value}%"
+                assert card.locator(f"[data-figure={key}]").inner_text() == text, (currency, key)
+        charts = page.locator("svg[data-chart]")
+        assert charts.count() >= 4 * len(report["headline"])
+        for i in range(charts.count()):
+            drawn = charts.nth(i).bounding_box()
+            assert drawn is not None and drawn["width"] > 0 and drawn["height"] > 0
+        tables = page.locator("table")
+        assert tables.count() >= 2
+        headline = page.locator("#headline").bounding_box()
+        first_chart, last_chart = charts.first.bounding_box(), charts.last.bounding_box()
+        first_table = tables.first.bounding_box()
+        assert headline and first_chart and last_chart and first_table
+        assert headline["y"] + headline["height"] <= first_chart["y"]
+        assert last_chart["y"] + last_chart["height"] <= first_table["y"]
+        assert shown.problems == []
+    finally:
+        page.close()

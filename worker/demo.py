@@ -51,9 +51,9 @@ from worker.dunning.views import RecoverySummary, recovery_summary
 from worker.httpserver import serve_in_thread
 from worker.migrate import upgrade
 from worker.money import format_money
-from worker.reports.build import build_report
-from worker.reports.model import RecoveryRow, Report, RetentionRow
-from worker.reports.render import render
+from worker.reports.build import build_summary
+from worker.reports.model import RecoveryRow, Report, RetentionRow, Summary
+from worker.reports.render import render, render_summary
 from worker.runtime import Runtime
 from worker.settings import EMBEDDED_BROKER_URL, LinkKey, Secret, Settings, default_config_path
 from worker.sim.account import Account, Change, Ids, months, plan_account, play_past, tier
@@ -113,14 +113,20 @@ def run_demo(*, customers: int, seed: int, out: Path) -> None:
             with app.runtime.session() as session:
                 summary = recovery_summary(session, default_locale=policy.emails.default_locale)
             retention, recovery = _reports(app.runtime.engine, manual.now(), out)
+            recent = _recent(app.runtime.engine, manual.now())
             app.runtime.close()
         peer.close()
     _print_summary(summary, retention, recovery, out, time.monotonic() - began)
-    for report in (retention, recovery):
-        console.print(render(report, "table"), end="", highlight=False, markup=False)
     console.print(
-        f"The same as one HTML page: {out / 'report.html'}; as JSON: "
-        f"{out / 'retention.json'}, {out / 'recovery.json'}",
+        f"\nThe last three months, as `dunning report summary --from {recent.retention.first} "
+        f"--to {recent.retention.last}` prints them:",
+        soft_wrap=True,
+        highlight=False,
+    )
+    console.print(render_summary(recent, "table"), end="", highlight=False, markup=False)
+    console.print(
+        f"The whole year on one page for finance: {out / 'report.html'}; as JSON: "
+        f"{out / 'report.json'} (also {out / 'retention.json'}, {out / 'recovery.json'})",
         soft_wrap=True,
     )
 
@@ -292,15 +298,21 @@ def _free_port() -> int:
 
 def _reports(engine: Engine, as_of: datetime, out: Path) -> tuple[Report, Report]:
     """The finance reports over the twelve months before the live month and the live month, as
-    ``dunning report ... --by month`` builds them; written as JSON, the retention report also as
-    HTML."""
+    ``dunning report summary --by month`` builds them: the one-page HTML report for finance
+    (headline figures over the year, charts, tables) and its JSON, and each report as JSON."""
     first, last = f"{months(LIVE_START, -HISTORY_MONTHS):%Y-%m}", f"{LIVE_START:%Y-%m}"
-    retention = build_report(engine, "retention", first=first, last=last, as_of=as_of)
-    recovery = build_report(engine, "recovery", first=first, last=last, as_of=as_of)
-    (out / "report.html").write_text(render(retention, "html"), encoding="utf-8")
-    (out / "retention.json").write_text(render(retention, "json"), encoding="utf-8")
-    (out / "recovery.json").write_text(render(recovery, "json"), encoding="utf-8")
-    return retention, recovery
+    summary = build_summary(engine, first=first, last=last, as_of=as_of)
+    (out / "report.html").write_text(render_summary(summary, "html"), encoding="utf-8")
+    (out / "report.json").write_text(render_summary(summary, "json"), encoding="utf-8")
+    (out / "retention.json").write_text(render(summary.retention, "json"), encoding="utf-8")
+    (out / "recovery.json").write_text(render(summary.recovery, "json"), encoding="utf-8")
+    return summary.retention, summary.recovery
+
+
+def _recent(engine: Engine, as_of: datetime) -> Summary:
+    """The three months up to the live one, for the terminal (the year is in the page)."""
+    first, last = f"{months(LIVE_START, -2):%Y-%m}", f"{LIVE_START:%Y-%m}"
+    return build_summary(engine, first=first, last=last, as_of=as_of)
 
 
 def live_rows(report: Report) -> dict[str, Any]:

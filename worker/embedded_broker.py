@@ -29,3 +29,9 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     Channel = Channel
+
+    @property
+    def default_connection_params(self) -> dict[str, Any]:
+        # A folder, not a host: without a hostname to default to, kombu does not warn on
+        # every connection that none was supplied.
+        return {}
