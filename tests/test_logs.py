@@ -80,3 +80,35 @@ def test_text_lines_are_masked_too(log_to: Capture) -> None:
 def _assert_nothing_leaks(text: str) -> None:
     for leak in ("jane.doe", "abc123DEF", "hunter2pass", "Zyx987", LINK_SECRET):
         assert leak not in text
+
+
+def _json_exception_line(message: str, **extra: object) -> str:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(logs.formatter("json"))
+    logger = logging.getLogger("tests.logs.unicode")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    try:
+        raise RuntimeError(message)
+    except RuntimeError:
+        logger.exception("send failed", extra=extra)
+    return stream.getvalue()
+
+
+def test_a_non_ascii_address_leaves_valid_masked_json() -> None:
+    """Masked before encoding: after it, ö is \\u00f6, the address no longer reads as one,
+    and masking inside the escape would break the line."""
+    line = _json_exception_line("550 unknown recipient jöhn.doe@example.com")
+    record = json.loads(line)
+    assert "doe@" not in record["exc_info"]
+    assert "j***@example.com" in record["exc_info"]
+
+
+def test_addresses_at_non_ascii_domains_are_masked_in_extras_too() -> None:
+    line = _json_exception_line(
+        "550 unknown recipient jane.doe@exämple.de", to="jane.doe@müller.de"
+    )
+    assert "jane.doe" not in line
+    assert json.loads(line)["to"] == "j***@müller.de"

@@ -3,8 +3,8 @@
 
 JSON is one object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``message``,
 then the record's structured extras (``extra={...}``; a Celery task's name and id), and
-``exc_info`` with the traceback. The whole line is masked once more after encoding, so an
-extra cannot carry an email address or a secret past the redaction.
+``exc_info`` with the traceback. Every string value is masked before encoding (and the line
+once more after), so an extra cannot carry an email address or a secret past the redaction.
 """
 
 from __future__ import annotations
@@ -42,8 +42,27 @@ class JsonLines(JsonFormatter):
         )
         super().add_fields(log_data, record, message_dict)
 
+    def formatException(self, ei: Any) -> str | list[str]:  # type: ignore[override]
+        return _masked(super().formatException(ei))
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        """Mask every string before encoding: once encoded, a non-ASCII letter is an escape,
+        an address around it no longer reads as one, and masking inside an escape would
+        break the JSON."""
+        return _masked(super().process_log_record(log_data))
+
     def format(self, record: logging.LogRecord) -> str:
-        return redact.redact(super().format(record))
+        return redact.redact(super().format(record))  # a backstop; the values are masked
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact.redact(value)
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    return value
 
 
 def formatter(log_format: str) -> logging.Formatter:

@@ -84,4 +84,8 @@ def format_money(amount_minor: int, currency: str, locale: str | None = FALLBACK
         msg = f"not an ISO 4217 currency code: {currency!r}"
         raise ValueError(msg)
     amount = major_units(amount_minor, currency)
-    return format_currency(amount, currency.upper(), locale=resolve_locale(locale))
+    # Never rounded to the locale's display digits: Stripe keeps HUF, ISK, ... two-decimal,
+    # and 8,333.33 HUF shown as 8,333 would disagree with the amount it stands for.
+    return format_currency(
+        amount, currency.upper(), locale=resolve_locale(locale), decimal_quantization=False
+    )

@@ -25,10 +25,12 @@ from tests.support.metrics import scrape
 from tests.support.paths import REPO, START
 from worker import clock
 from worker.app import DunningCelery, create_app
+from worker.billing.normalise import HANDLED_EVENT_TYPES
 from worker.dunning.models import ActionKind, ActionStatus, ScheduledAction
 from worker.dunning.scheduler import last_tick
 from worker.httpserver import serve_in_thread
 from worker.settings import Secret, Settings
+from worker.telemetry import event_type_label
 from worker.webhooks.inbox import store_event
 from worker.webhooks.intake import MAX_BODY, build_intake
 from worker.webhooks.models import InboxEvent, InboxStatus
@@ -340,7 +342,7 @@ def test_finished_events_are_counted_by_type_and_outcome(
 
     assert moved(type="invoice.payment_failed", outcome="processed") == 1
     assert moved(type="invoice.payment_failed", outcome="failed") == 1
-    assert moved(type="product.created", outcome="ignored") == 1
+    assert moved(type="other", outcome="ignored") == 1  # types we do not handle: one label
     assert moved() == 3
 
 
@@ -381,3 +383,12 @@ def test_metrics_answer_while_the_database_is_down(redis_url: str, tmp_path: Pat
     name = "dunning_intake_requests_total"
     labels = {"route": "/webhooks/stripe", "status": "503"}
     assert after.value(name, **labels) - before.value(name, **labels) == 1
+
+
+def test_an_event_type_we_do_not_handle_is_labelled_other() -> None:
+    """A signed delivery may carry any type: only those we handle become label values."""
+    assert event_type_label("invoice.payment_failed", HANDLED_EVENT_TYPES) == (
+        "invoice.payment_failed"
+    )
+    assert event_type_label("zz.attacker_0001", HANDLED_EVENT_TYPES) == "other"
+    assert event_type_label("charge.refunded", HANDLED_EVENT_TYPES) == "other"

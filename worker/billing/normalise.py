@@ -63,6 +63,8 @@ _EVENT_KINDS: Final[Mapping[str, EventKind]] = {
     "charge.failed": EventKind.CHARGE_FAILED,
     "payment_intent.payment_failed": EventKind.PAYMENT_INTENT_FAILED,
 }
+# The provider event types we act on (anything else is stored and ignored).
+HANDLED_EVENT_TYPES: Final = frozenset(_EVENT_KINDS)
 
 _INVOICE_KINDS: Final = frozenset(
     {

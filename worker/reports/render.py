@@ -100,7 +100,11 @@ def to_table(report: Report, width: int | None = None) -> str:
 
 def _console(width: int | None) -> Console:
     width = width or shutil.get_terminal_size((160, 40)).columns
-    return Console(record=True, width=width, file=io.StringIO(), highlight=False)
+    # Plain text: a plan id like "pro [annual]" or "team:100:" is printed as stored, never
+    # read as markup or an emoji code.
+    return Console(
+        record=True, width=width, file=io.StringIO(), highlight=False, markup=False, emoji=False
+    )
 
 
 def _text(console: Console) -> str:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from worker import clock
 from worker.billing.domain import Decline, EventKind, EventParseError, NormalisedEvent
-from worker.billing.normalise import normalise_stripe_event
+from worker.billing.normalise import HANDLED_EVENT_TYPES, normalise_stripe_event
 from worker.billing.stripe_client import ProviderError
 from worker.db import enqueue_after_commit
 from worker.runtime import Runtime
@@ -46,7 +46,7 @@ def process_event(session: Session, inbox_id: int, ctx: Context) -> InboxStatus 
         return None
     status, error = _handle(session, row, ctx)
     # Counted once this transaction commits: a rolled-back run is retried, not finished.
-    label = event_type_label(row.event_type)
+    label = event_type_label(row.event_type, HANDLED_EVENT_TYPES)
     enqueue_after_commit(session, EVENTS.labels(label, status.value).inc)
     return finish(row, status, ctx.now, error=error)
 
