@@ -11,7 +11,6 @@ import hmac
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from tests.support import dashboard
 from tests.support import stripe_events as ev
 from tests.support.metrics import Scrape, scrape
 from tests.support.paths import REPO, START
-from tests.support.processes import clean_env, dunning, free_port
+from tests.support.processes import clean_env, dunning, free_port, stop
 from tests.support.smtp import Recorder
 from tests.support.stack import API_KEY, WEBHOOK_SECRET, Stack, wait_for
 from worker import clock
@@ -168,13 +167,7 @@ def test_processes_log_json_and_the_worker_serves_its_metrics(
         )
         served = scrape(intake)
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs, timeout=30)
 
     processed = "dunning_events_processed_total"
     assert counted.value(processed, type="invoice.payment_failed", outcome="processed") == 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from tests.support.paths import REPO
-from tests.support.processes import dunning, free_port
+from tests.support.processes import dunning, free_port, stop
 from tests.support.smtp import Recorder
 from tests.support.stack import API_KEY, WEBHOOK_SECRET, wait_for
 from worker.db import make_engine
@@ -63,13 +62,7 @@ def processes(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
         wait_for(lambda: _ready(url), timeout=30, what="dunning serve /readyz")
         yield url
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs, timeout=20)
 
 
 def _ready(url: str) -> bool:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -33,3 +35,16 @@ def dunning(
         timeout=timeout,
         check=False,
     )
+
+
+def stop(procs: Iterable[subprocess.Popen[bytes]], *, timeout: float) -> None:
+    """SIGTERM to every process first (they shut down side by side), then wait for each;
+    one that outstays ``timeout`` is killed."""
+    procs = list(procs)
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
