@@ -54,8 +54,7 @@ def test_amounts_are_shown_to_the_minor_unit(currency: str, minor: int, whole: s
         recovered_amount=minor,
     )
     rec = Report("recovery", AS_OF, "range", None, "2026-01", "2026-02", [recovered])
-    summary = Summary(
-        _retention(None, currency, minor), rec, _retention(None, currency, minor, "range"), rec
-    )
+    monthly = _retention(None, currency, minor)
+    summary = Summary(monthly, rec, _retention(None, currency, minor, "range"), rec, monthly)
     assert summary.as_dict()["headline"][0]["recovered_amount"] == minor
     assert whole in to_page(summary)  # the headline card equals the JSON

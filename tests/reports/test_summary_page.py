@@ -73,6 +73,9 @@ def test_headline_figures_are_the_whole_range_reports(
         }
         for kind in ("retention", "recovery")
     }
+    monthly = json.loads(
+        run(finance_db, tmp_path, "report", "retention", *RANGE, "--format", "json")
+    )["rows"]
     for currency, figures in headline.items():
         retention, recovery = by_range["retention"][currency], by_range["recovery"][currency]
         assert retention["period"] == f"{FIRST}..{LAST}"
@@ -80,17 +83,24 @@ def test_headline_figures_are_the_whole_range_reports(
         assert figures["recovery_rate_amount"] == recovery["recovery_rate_amount"]
         assert figures["nrr"] == retention["nrr"]
         assert figures["nrr_without_involuntary"] == retention["nrr_without_involuntary"]
-        involuntary = retention["churn_involuntary"] + retention["contraction_involuntary"]
-        lost = involuntary + retention["churn_voluntary"] + retention["contraction_voluntary"]
-        assert (figures["involuntary_loss"], figures["lost_mrr"]) == (involuntary, lost)
+        # The involuntary share: every loss in the range, month by month.
+        months = [r for r in monthly if r["currency"] == currency and r["segment"] is None]
+        involuntary = sum(r["churn_involuntary"] + r["contraction_involuntary"] for r in months)
+        voluntary = sum(r["churn_voluntary"] + r["contraction_voluntary"] for r in months)
+        assert (figures["involuntary_loss"], figures["lost_mrr"]) == (
+            involuntary,
+            involuntary + voluntary,
+        )
     # The year of tests/support/finance_year.py in EUR, to the cent: recovered €1,300,000.00
     # (the large invoice, by our retry) + 12 x €25,000.00 (the steady customer), of that and
-    # €2,617.25 more (new2's and new3's invoices); of the €30,000.00 + €2,000.00 MRR that the
-    # customers of July lost, €2,000.00 ended for non-payment.
+    # €2,617.25 more (new2's and new3's invoices). Lost, month by month: the big customer's
+    # downgrade from its upgraded price (€65,432.11 + €30,000.00), new1's cancellation
+    # (€1,123.45), and for non-payment cus_two's second subscription (€2,000.00) and new2,
+    # who joined during the year (€1,246.90): €3,246.90 of €99,802.46.
     eur = headline["eur"]
     assert (eur["recovered_amount"], eur["at_risk_amount"]) == (160_000_000, 160_261_725)
-    assert (eur["recovery_rate_amount"], eur["involuntary_share_of_churn"]) == ("99.84", "6.25")
-    assert (eur["lost_mrr"], eur["involuntary_loss"]) == (3_200_000, 200_000)
+    assert (eur["recovery_rate_amount"], eur["involuntary_share_of_churn"]) == ("99.84", "3.25")
+    assert (eur["lost_mrr"], eur["involuntary_loss"]) == (9_980_246, 324_690)
     # Every figure differs somewhere between currencies: none was read off the wrong one.
     assert len({h["nrr"] for h in headline.values()}) == len(CURRENCIES)
 

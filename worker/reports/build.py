@@ -40,9 +40,9 @@ def build_report(
 def build_summary(
     engine: Engine, *, first: str, last: str, by: str = "month", as_of: datetime
 ) -> Summary:
-    """Both reports over months ``first`` .. ``last`` per ``by``, and both over the whole
-    range as one period (the headline figures), per currency: four reports from one
-    read-only transaction, so they show one state of the ledger."""
+    """Both reports over months ``first`` .. ``last`` per ``by``, both over the whole range
+    as one period, and retention by month when ``by`` is not (the headline figures), per
+    currency: from one read-only transaction, so they show one state of the ledger."""
     _check("retention", None, as_of)
     with read_only_session(engine) as session:
 
@@ -51,11 +51,13 @@ def build_summary(
                 session, kind, first=first, last=last, by=grouping, segment=None, as_of=as_of
             )
 
+        retention = report("retention", by)
         return Summary(
-            retention=report("retention", by),
+            retention=retention,
             recovery=report("recovery", by),
             retention_range=report("retention", "range"),
             recovery_range=report("recovery", "range"),
+            retention_by_month=retention if by == "month" else report("retention", "month"),
         )
 
 

@@ -211,19 +211,24 @@ class Report:
 
 @dataclass(frozen=True)
 class Headline:
-    """The figures a summary opens with, for one currency over the whole range taken as one
-    period (README, "Finance reports"): read off that period's retention and recovery rows,
-    so they are the numbers ``--by range`` reports, to the cent."""
+    """The figures a summary opens with, for one currency over the whole range (README,
+    "Finance reports"): recovery and NRR read off the range taken as one period (the numbers
+    ``--by range`` reports, to the cent); the involuntary share of churn summed over its
+    months (the numbers ``--by month`` reports)."""
 
     currency: str
     retention: RetentionRow | None
     recovery: RecoveryRow | None
+    # The currency's monthly retention rows over the range: the involuntary share of churn
+    # counts every loss in it, month by month (a customer who joined and left within the
+    # range is no part of the range row, but their loss was real).
+    months: tuple[RetentionRow, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         rec = self.recovery.as_dict() if self.recovery else {}
         ret = self.retention.as_dict() if self.retention else {}
-        lost = self.retention.churn + self.retention.contraction if self.retention else 0
-        involuntary = self.retention.involuntary_loss if self.retention else 0
+        lost = sum(row.churn + row.contraction for row in self.months)
+        involuntary = sum(row.involuntary_loss for row in self.months)
         return {
             "currency": self.currency,
             "recovered_amount": rec.get("recovered_amount", 0),
@@ -252,6 +257,7 @@ class Summary:
     recovery: Report
     retention_range: Report
     recovery_range: Report
+    retention_by_month: Report  # ``retention`` itself when it is by month
 
     def headlines(self) -> list[Headline]:
         """One per currency that had MRR or cases in the range, by currency code (the range
@@ -260,8 +266,14 @@ class Summary:
             r.currency: r for r in self.retention_range.rows if isinstance(r, RetentionRow)
         }
         recovery = {r.currency: r for r in self.recovery_range.rows if isinstance(r, RecoveryRow)}
+        monthly = [r for r in self.retention_by_month.rows if isinstance(r, RetentionRow)]
         return [
-            Headline(c, retention.get(c), recovery.get(c))
+            Headline(
+                c,
+                retention.get(c),
+                recovery.get(c),
+                tuple(row for row in monthly if row.currency == c),
+            )
             for c in sorted(retention.keys() | recovery.keys())
         ]
 

@@ -3,7 +3,8 @@
 The demo installs the worker on an account that has been billing for over a year. This module
 plans that account (:func:`plan_account`) and plays its past on the peer, on the peer's clock,
 before the worker exists (:func:`play_past`; no webhook endpoint yet, so none of it reaches the
-worker as events): customers sign up month after month and renew monthly; some buy an add-on
+worker as events): half the customers came with the account when it moved its billing to
+Stripe, the others sign up month after month; all renew monthly; some buy an add-on
 subscription (expansion) and some cancel it again (contraction); some cancel (voluntary churn)
 and a few come back (reactivation); some renewals fail, and Stripe's own retries (Smart
 Retries) collect them or run out, when Stripe ends the subscription for non-payment
@@ -51,6 +52,10 @@ from worker.sim.stripe_peer import (
 # The first customers signed up this many months before the live month: twelve full months of
 # history, and a starting MRR in the first of them.
 EARLIEST = 13
+# The share of customers who came with the account when it moved its billing to Stripe (their
+# subscriptions start in its first month): the year's NRR then measures a real cohort, and
+# its churn, involuntary included, is part of the year's story.
+FOUNDERS = 0.5
 # Stripe's own retries of a failed renewal in the past, after the failure (an illustration of
 # Smart Retries; the account's setting ends the subscription when the last one fails).
 PROVIDER_RETRIES = (timedelta(days=3), timedelta(days=5), timedelta(days=7))
@@ -194,7 +199,7 @@ def _live_member(
     """The main subscription renews in the live month at ``bill_after``, its ``tenure``-th
     renewal; a past add-on, or a past failure Stripe's retries collected, for some."""
     renews = _at(live_start + person.bill_after)
-    tenure = tenure or rng.randint(1, EARLIEST)
+    tenure = tenure or _tenure(rng, least=1)
     start = months(renews, -tenure)
     on_time = person.story == ON_TIME
     main = Plan("main", tier(person), person.amount, start)
@@ -221,12 +226,17 @@ def _live_member(
     return Member(person, plans, live=True)
 
 
+def _tenure(rng: random.Random, *, least: int) -> int:
+    """Months before the live month a customer signed up: a founder, or any month since."""
+    return EARLIEST if rng.random() < FOUNDERS else rng.randint(least, EARLIEST - 1)
+
+
 def _former_member(
     rng: random.Random, person: Customer, live_start: datetime, fate: Fate
 ) -> Member:
     """A customer who left before the live month: lost when Stripe's retries ran out, or
     cancelled (and, ``returned``, subscribed again two months later)."""
-    tenure = rng.randint(5, EARLIEST)
+    tenure = _tenure(rng, least=5)
     start = months(_at(live_start + person.bill_after), -tenure)
     # The renewal it failed at, or the month it cancelled in (room to come back before live).
     left = rng.randint(2, tenure - (3 if fate == "returned" else 1))
