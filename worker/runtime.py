@@ -14,6 +14,7 @@ from functools import cached_property
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.billing.budget import StripeBudget, budget_for
 from worker.billing.stripe_client import StripeGateway
 from worker.config import Policy, load_policy
 from worker.db import make_engine, make_sessionmaker, session_scope
@@ -65,7 +66,13 @@ class Runtime:
             key.reveal(),
             api_base=self.settings.stripe_api_base,
             timeout_s=self.settings.stripe_timeout_s,
+            budget=self.stripe_budget,
         )
+
+    @cached_property
+    def stripe_budget(self) -> StripeBudget:
+        """The fleet's shared Stripe request budget (Redis, or the database)."""
+        return budget_for(self.settings, lambda: self.engine)
 
     @cached_property
     def sender(self) -> Sender:
@@ -75,5 +82,7 @@ class Runtime:
         return sender_from_url(url, outbox=self.settings.outbox_dir)
 
     def close(self) -> None:
+        if "stripe_budget" in self.__dict__:
+            self.stripe_budget.close()
         if "engine" in self.__dict__:
             self.engine.dispose()
