@@ -21,6 +21,12 @@ from worker.db import make_engine, make_sessionmaker, session_scope
 from worker.email.sender import Sender, sender_from_url
 from worker.settings import Settings
 
+# A card-update click: the customer is waiting (see portal_gateway).
+PORTAL_ATTEMPTS = 2
+PORTAL_RETRY_WAIT_S = 0.25
+PORTAL_TIMEOUT_S = 5.0
+PORTAL_BUDGET_WAIT_S = 1.0
+
 
 class Runtime:
     def __init__(
@@ -67,6 +73,24 @@ class Runtime:
             api_base=self.settings.stripe_api_base,
             timeout_s=self.settings.stripe_timeout_s,
             budget=self.stripe_budget,
+        )
+
+    @cached_property
+    def portal_gateway(self) -> StripeGateway | None:
+        """The gateway of a customer's click (the intake's card-update link): bounded to a
+        few seconds, so a slow or rate-limited Stripe shows the fallback page instead of a
+        spinning browser. One retry, quickly; a budget wait of at most a second."""
+        key = self.settings.stripe_api_key
+        if key is None:
+            return None
+        return StripeGateway(
+            key.reveal(),
+            api_base=self.settings.stripe_api_base,
+            attempts=PORTAL_ATTEMPTS,
+            wait=lambda _state: PORTAL_RETRY_WAIT_S,
+            timeout_s=min(self.settings.stripe_timeout_s, PORTAL_TIMEOUT_S),
+            budget=self.stripe_budget,
+            budget_wait_s=PORTAL_BUDGET_WAIT_S,
         )
 
     @cached_property
