@@ -3,6 +3,7 @@ expire and can be revoked, and a click that opens the portal or a page with a wa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -182,6 +183,21 @@ def test_with_the_portal_off_the_open_invoice_is_paid_on_its_hosted_page(site: S
     page = httpx.get(site.link(invoice_status=None, issued_for="cust:1:exp"), timeout=10)
     assert page.status_code == 503
     assert "try again in a few minutes" in page.text
+
+
+def test_a_click_while_stripe_is_rate_limiting_us_shows_the_invoice_page_at_once(
+    site: Site,
+) -> None:
+    """A 429 paused the fleet for longer than a customer should wait (a worker's call would
+    wait those 5 s): the click gets the open invoice's hosted page at once, and Stripe's API
+    is not called."""
+    site.app.runtime.stripe_budget.pause(5)
+    started = time.monotonic()
+    response = httpx.get(site.link(), timeout=10)
+    assert time.monotonic() - started < 2  # the click waits a second at most
+    assert response.status_code == 303
+    assert response.headers["location"] == "https://invoice.stripe.test/i/abc"
+    assert _portal_requests(site.peer) == []
 
 
 def test_an_expired_link_offers_the_invoice_page(

@@ -42,6 +42,13 @@ def test_the_stripe_timeout_is_a_number_of_seconds() -> None:
     assert load_settings({"STRIPE_TIMEOUT_SECONDS": "2.5"}).stripe_timeout_s == 2.5
 
 
+def test_the_stripe_budget_defaults_to_stripes_live_limits() -> None:
+    settings = load_settings({})
+    assert (settings.stripe_read_rps, settings.stripe_write_rps) == (100, 100)
+    test_mode = load_settings({"DUNNING_STRIPE_READ_RPS": "25", "DUNNING_STRIPE_WRITE_RPS": "2.5"})
+    assert (test_mode.stripe_read_rps, test_mode.stripe_write_rps) == (25, 2.5)
+
+
 def test_secrets_never_show_themselves() -> None:
     secret = Secret("sk_live_topsecret")
     assert "topsecret" not in repr(secret)
@@ -64,6 +71,10 @@ def test_secrets_never_show_themselves() -> None:
         ("STRIPE_TIMEOUT_SECONDS", "0"),
         ("STRIPE_TIMEOUT_SECONDS", "ten"),
         ("STRIPE_TIMEOUT_SECONDS", "601"),
+        ("DUNNING_STRIPE_READ_RPS", "0"),
+        ("DUNNING_STRIPE_READ_RPS", "nan"),
+        ("DUNNING_STRIPE_WRITE_RPS", "-5"),
+        ("DUNNING_STRIPE_WRITE_RPS", "lots"),
         ("DUNNING_CONFIG", "   "),
         ("DUNNING_LOG_FORMAT", "xml"),
         ("DUNNING_METRICS_PORT", "ninety"),

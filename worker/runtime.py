@@ -14,11 +14,18 @@ from functools import cached_property
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from worker.billing.budget import StripeBudget, budget_for
 from worker.billing.stripe_client import StripeGateway
 from worker.config import Policy, load_policy
 from worker.db import make_engine, make_sessionmaker, session_scope
 from worker.email.sender import Sender, sender_from_url
 from worker.settings import Settings
+
+# A card-update click: the customer is waiting (see portal_gateway).
+PORTAL_ATTEMPTS = 2
+PORTAL_RETRY_WAIT_S = 0.25
+PORTAL_TIMEOUT_S = 5.0
+PORTAL_BUDGET_WAIT_S = 1.0
 
 
 class Runtime:
@@ -65,7 +72,31 @@ class Runtime:
             key.reveal(),
             api_base=self.settings.stripe_api_base,
             timeout_s=self.settings.stripe_timeout_s,
+            budget=self.stripe_budget,
         )
+
+    @cached_property
+    def portal_gateway(self) -> StripeGateway | None:
+        """The gateway of a customer's click (the intake's card-update link): bounded to a
+        few seconds, so a slow or rate-limited Stripe shows the fallback page instead of a
+        spinning browser. One retry, quickly; a budget wait of at most a second."""
+        key = self.settings.stripe_api_key
+        if key is None:
+            return None
+        return StripeGateway(
+            key.reveal(),
+            api_base=self.settings.stripe_api_base,
+            attempts=PORTAL_ATTEMPTS,
+            wait=lambda _state: PORTAL_RETRY_WAIT_S,
+            timeout_s=min(self.settings.stripe_timeout_s, PORTAL_TIMEOUT_S),
+            budget=self.stripe_budget,
+            budget_wait_s=PORTAL_BUDGET_WAIT_S,
+        )
+
+    @cached_property
+    def stripe_budget(self) -> StripeBudget:
+        """The fleet's shared Stripe request budget (Redis, or the database)."""
+        return budget_for(self.settings, lambda: self.engine)
 
     @cached_property
     def sender(self) -> Sender:
@@ -75,5 +106,7 @@ class Runtime:
         return sender_from_url(url, outbox=self.settings.outbox_dir)
 
     def close(self) -> None:
+        if "stripe_budget" in self.__dict__:
+            self.stripe_budget.close()
         if "engine" in self.__dict__:
             self.engine.dispose()

@@ -4,7 +4,8 @@ The contract is DESIGN §4. Every variable has an embedded default so that a bar
 the demo: SQLite under ``.dunning/``, a broker that needs no server (kombu's filesystem
 transport under ``.dunning/broker``) and emails written to ``.dunning/outbox``.
 
-Redis database numbering in production: 0 = Celery broker. (Results are not stored.)
+Redis database numbering in production: 0 = Celery broker and the fleet's Stripe budget
+(``dunning:stripe-budget:*``). (Results are not stored.)
 
 Nothing here is read at import time: callers use :func:`load_settings`, and tests build
 :class:`Settings` directly.
@@ -82,6 +83,10 @@ class Settings:
     stripe_webhook_secret: Secret | None = None
     stripe_api_base: str | None = None  # None: Stripe's own
     stripe_timeout_s: float = 80.0  # the stripe library's own default
+    # The fleet-wide Stripe budget (worker.billing.budget), requests per second of every
+    # process together: Stripe's live-mode limits (test mode allows 25 each).
+    stripe_read_rps: float = 100.0
+    stripe_write_rps: float = 100.0
     # Card-update link keys, newest first: the first signs, all verify (rotation).
     link_keys: tuple[LinkKey, ...] = ()
     # The customer's app: where signed access webhooks go, the secret that signs them, and
@@ -202,6 +207,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         stripe_api_base=_http_url("STRIPE_API_BASE", api_base) if api_base else None,
         stripe_timeout_s=_seconds("STRIPE_TIMEOUT_SECONDS", get("STRIPE_TIMEOUT_SECONDS"), 80.0),
+        stripe_read_rps=_rate("DUNNING_STRIPE_READ_RPS", get("DUNNING_STRIPE_READ_RPS")),
+        stripe_write_rps=_rate("DUNNING_STRIPE_WRITE_RPS", get("DUNNING_STRIPE_WRITE_RPS")),
         link_keys=_link_keys(get("DUNNING_LINK_KEYS")),
         **_app(get),
         data_dir=data_dir,
@@ -288,3 +295,20 @@ def _seconds(name: str, value: str | None, default: float) -> float:
         msg = f"{name}: expected a number of seconds above 0 and at most 600, got {value!r}"
         raise SettingError(msg)
     return seconds
+
+
+MAX_RPS = 10_000.0
+
+
+def _rate(name: str, value: str | None, default: float = 100.0) -> float:
+    """Requests per second for the whole fleet (fractions allowed: 0.5 is one every 2 s)."""
+    if value is None:
+        return default
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not 0 < rate <= MAX_RPS:  # also refuses nan and inf
+        msg = f"{name}: expected requests per second above 0 and at most {MAX_RPS:g}, got {value!r}"
+        raise SettingError(msg)
+    return rate

@@ -85,6 +85,19 @@ STRIPE_SECONDS = Histogram(
     ["operation"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 80),
 )
+STRIPE_BUDGET_WAIT = Histogram(
+    "dunning_stripe_budget_wait_seconds",
+    "Time a Stripe call waited for the fleet-wide request budget (its token bucket or a "
+    "429 pause) before its HTTP attempt, by kind: read or write.",
+    ["kind"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+STRIPE_BUDGET_REFUSED = Counter(
+    "dunning_stripe_budget_refused_total",
+    "Stripe calls not made because the fleet-wide budget had no token within the call's "
+    "deadline (or could not be reached), by kind: each is retried later as a transient error.",
+    ["kind"],
+)
 EMAILS = Counter(
     "dunning_emails_total",
     "Customer emails by outcome: sent, unconfirmed (sent, answer lost), failed (refused for "

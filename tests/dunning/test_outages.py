@@ -11,15 +11,19 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from tests.support.paths import START
-from tests.support.pipeline import deliver, task_runtime
+from tests.support.pipeline import KEY, deliver, task_runtime
 from tests.support.smtp import smtp_server
 from tests.support.worked_examples import case_of, invoice_failed
+from worker.billing.budget import DatabaseBudget, OverBudgetError, Rates
+from worker.billing.stripe_client import StripeGateway
 from worker.clock import ManualClock
 from worker.config import Policy
+from worker.db import make_engine
 from worker.dunning.actions import run_action
 from worker.dunning.models import ActionKind, ActionStatus
 from worker.dunning.models import ScheduledAction as Action
@@ -27,6 +31,7 @@ from worker.dunning.scheduler import RETRY_AFTER_FIRST
 from worker.dunning.state import DunningState
 from worker.email.models import Notification
 from worker.runtime import Runtime
+from worker.settings import Settings
 from worker.sim.stripe_peer import INSUFFICIENT_FUNDS, SUCCEED, CardSpec, StripePeer
 
 
@@ -93,6 +98,33 @@ def test_stripe_down_puts_the_retry_back_and_it_charges_once_later(
     assert (retry.status, retry.note) == (ActionStatus.DONE, "paid")
     assert account.charge_attempts(invoice) == 2
     assert case_of(session, invoice).state is DunningState.RECOVERED
+
+
+def test_a_retry_the_fleet_budget_cannot_serve_in_time_is_put_back_uncharged(
+    session: Session, policy: Policy, peer: tuple[StripePeer, str], manual_clock: ManualClock
+) -> None:
+    """Stripe rate-limited the fleet for longer than a task may wait: the retry is not made
+    (no token is taken) and goes back with the transient back-off."""
+    account, url = peer
+    invoice, _ = _failed_invoice(session, policy, account)
+    retry = _due(session, invoice, ActionKind.RETRY_PAYMENT)
+    manual_clock.set(retry.due_at)
+    session.commit()
+    db = session.get_bind().url.render_as_string(hide_password=False)  # type: ignore[union-attr]
+    budget = DatabaseBudget(make_engine(db), Rates())
+    gateway = StripeGateway(KEY, api_base=url, budget=budget, budget_wait_s=0.3)
+    runtime = Runtime(Settings(database_url=db), policy=policy, gateway=gateway)
+    budget.pause(20)  # a 429 elsewhere in the fleet
+    run_action(runtime, ActionKind.RETRY_PAYMENT, retry.id)
+    budget.pause(0)  # a longer pause already set stands
+    with pytest.raises(OverBudgetError):
+        budget.take("write", max_wait_s=1)
+    runtime.close()
+    session.expire_all()
+    assert retry.status is ActionStatus.PLANNED
+    assert retry.due_at == manual_clock.now() + RETRY_AFTER_FIRST
+    assert retry.note is not None and retry.note.startswith("transient: stripe: not called")
+    assert not [r for r in account.requests if r.path.endswith("/pay")]
 
 
 def test_a_request_stripe_says_not_to_repeat_ends_the_attempt_not_the_case(

@@ -34,7 +34,9 @@ Choices:
 * **Rate limits.** Requests go through the StripeGateway's tenacity choke point (429, 409, 5xx
   and connection errors retried, ``Stripe-Should-Retry`` and ``Retry-After`` honoured) and a
   client-side limiter, 10 requests/s by default: under Stripe's 25/s per endpoint and test
-  mode's 25/s in all, leaving room for the running worker. Retries wait their turn too.
+  mode's 25/s in all, leaving room for the running worker. Retries wait their turn too. Each
+  request also takes its token from the fleet-wide budget the workers share
+  (:mod:`worker.billing.budget`), waiting up to a minute for it.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ from worker.settings import SettingError
 log = logging.getLogger(__name__)
 
 PAGE_SIZE: Final = 100  # Stripe's largest `limit`
+# A command, not a task under a time limit: it may wait longer for the fleet's budget.
+BUDGET_WAIT_S: Final = 60.0
 REQUESTS_PER_SECOND: Final = 10.0
 ATTEMPTS: Final = 6  # per request: a backfill would rather wait than stop (though it resumes)
 SOURCE_PREFIX: Final = "backfill:"
@@ -149,6 +153,8 @@ def run_backfill(
         api_base=runtime.settings.stripe_api_base,
         attempts=ATTEMPTS,
         timeout_s=runtime.settings.stripe_timeout_s,
+        budget=runtime.stripe_budget,
+        budget_wait_s=BUDGET_WAIT_S,
     )
     started = time.monotonic()
     with runtime.session() as session:

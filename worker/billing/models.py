@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, Text, UniqueConstraint
+from sqlalchemy import Double, ForeignKey, Index, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from worker.db import Base, BigIntPK
@@ -137,3 +137,17 @@ class PaymentAttempt(Base):
     # True once this attempt has moved a dunning case: the same charge reported again (our
     # 402, invoice.payment_failed, charge.failed) never counts as a second failure.
     counted: Mapped[bool] = mapped_column(default=False)
+
+
+class StripeBudgetBucket(Base):
+    """One of the fleet's Stripe token buckets (``read``, ``write``) when the broker is not
+    Redis (:class:`worker.billing.budget.DatabaseBudget`). Times are seconds since the epoch
+    on the database's own clock, so every host agrees; rows are created on first use."""
+
+    __tablename__ = "stripe_budget"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    tokens: Mapped[float] = mapped_column(Double)
+    refilled_at_s: Mapped[float] = mapped_column(Double)
+    paused_until_s: Mapped[float] = mapped_column(Double)  # a 429's fleet-wide pause
+    granted: Mapped[bool]  # whether the last take got a token (read back by RETURNING)

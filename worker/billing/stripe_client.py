@@ -6,6 +6,12 @@ answers into our domain values. Permanent errors become domain outcomes (a 402 c
 :class:`PaymentResult` with a decline, never an exception); transient ones that outlive
 tenacity surface as :class:`TransientProviderError` for Celery's minutes-scale retry.
 
+With a :class:`~worker.billing.budget.StripeBudget`, each attempt first takes a token of its
+kind (reads: ``retrieve``/``list``; every other call writes) from the fleet's shared buckets,
+and a 429 pauses the whole fleet for as long as this process backs off. A call whose token
+would come after its deadline (``budget_wait_s``, for all its attempts together) is not made
+and surfaces as :class:`TransientProviderError`.
+
 Every mutating call carries an idempotency key derived from our own row, so tenacity retries,
 Celery retries and redeliveries all reuse it and Stripe replays instead of charging twice.
 """
@@ -13,6 +19,7 @@ Celery retries and redeliveries all reuse it and Stripe replays instead of charg
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -26,6 +33,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from worker.billing.budget import Kind, OverBudgetError, StripeBudget
 from worker.billing.declines import (
     decline_from_card_error,
     decline_from_charge,
@@ -39,6 +47,10 @@ from worker.telemetry import STRIPE_REQUESTS, STRIPE_SECONDS, timed
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_RETRY_AFTER_S = 60.0
+# How long one call may wait for the fleet's budget, over all its attempts: well inside a
+# task's soft time limit (worker.app: 60 s), so a starved call is put back, not killed.
+BUDGET_WAIT_S = 15.0
+READ_METHODS = frozenset({"retrieve", "list", "search"})
 
 
 class TransientProviderError(Exception):
@@ -113,6 +125,21 @@ def _wait(state: RetryCallState) -> float:
     return max(0.5, _backoff(state))  # Stripe's SDK never waits less than 0.5 s
 
 
+def _pause_after_429(exc: stripe.StripeError, attempt: int) -> float:
+    """How long the fleet pauses after a 429 on a call's ``attempt``-th try: Stripe's
+    Retry-After when it says one, else the ceiling of this process' own back-off (0.5 s
+    doubling, at most 5 s), so repeated 429s pause the fleet longer."""
+    retry_after = _header(exc, "Retry-After")
+    if retry_after and retry_after.replace(".", "", 1).isdigit():
+        return min(float(retry_after), MAX_RETRY_AFTER_S)
+    return float(min(5.0, 0.5 * 2 ** (attempt - 1)))
+
+
+def kind_of(operation: str) -> Kind:
+    """``invoices.retrieve`` reads (GET); ``invoices.pay``, ``subscriptions.cancel`` write."""
+    return "read" if operation.rsplit(".", 1)[-1] in READ_METHODS else "write"
+
+
 class Page(NamedTuple):
     objects: list[dict[str, Any]]
     has_more: bool
@@ -127,7 +154,10 @@ class StripeGateway:
         attempts: int = 4,
         wait: Callable[[RetryCallState], float] = _wait,
         timeout_s: float = 80.0,
+        budget: StripeBudget | None = None,
+        budget_wait_s: float = BUDGET_WAIT_S,
     ) -> None:
+        self.budget, self.budget_wait_s = budget, budget_wait_s
         base: Any = {"api": api_base} if api_base else None
         # max_network_retries=0: tenacity below is the single retry layer. A request that
         # times out is retried with the same idempotency key (Stripe replays a charge it made).
@@ -154,16 +184,30 @@ class StripeGateway:
         """Run one API call (``operation``: Stripe's resource and method, a metrics label);
         a card decline propagates as ``stripe.CardError`` for the caller to turn into an
         outcome, everything else becomes one of our two error types. ``before_each_attempt``
-        runs before every attempt, retries included (a rate limiter), outside its timing."""
+        runs before every attempt, retries included (a rate limiter), outside its timing;
+        then the attempt takes its token from the fleet's budget, if there is one."""
+        budget, kind = self.budget, kind_of(operation)
+        deadline = time.monotonic() + self.budget_wait_s
+        attempts = 0
 
         def attempt() -> T:  # each HTTP attempt is counted, tenacity's retries included
+            nonlocal attempts
+            attempts += 1
             if before_each_attempt is not None:
                 before_each_attempt()
+            if budget is not None:
+                budget.take(kind, max_wait_s=max(0.0, deadline - time.monotonic()))
             with timed(STRIPE_SECONDS, operation):
                 try:
                     answer = fn()
                 except Exception as exc:
                     STRIPE_REQUESTS.labels(operation, outcome_of(exc)).inc()
+                    if (
+                        budget is not None
+                        and isinstance(exc, stripe.StripeError)
+                        and exc.http_status == 429
+                    ):
+                        budget.pause(_pause_after_429(exc, attempts))
                     raise
             STRIPE_REQUESTS.labels(operation, "ok").inc()
             return answer
@@ -172,6 +216,8 @@ class StripeGateway:
             return self._retrying(attempt)()
         except stripe.CardError:
             raise
+        except OverBudgetError as exc:  # this attempt was not made; a later one replays its key
+            raise TransientProviderError(f"stripe: not called, {exc}") from exc
         except stripe.StripeError as exc:
             summary = f"stripe: {type(exc).__name__} (HTTP {exc.http_status})"
             if is_transient(exc):

@@ -152,7 +152,7 @@ class _Intake:
             return self._page(Page.UNAVAILABLE, None)
         if opened.state is not LinkState.OPEN:
             return self._page(Page(opened.state.value), opened.pay_url, opened.locale)
-        gateway = self.runtime.gateway
+        gateway = self.runtime.portal_gateway  # bounded: the customer is waiting
         back = f"{self.runtime.settings.public_url}/u/{token}/done"
         url = None
         if gateway is not None:
