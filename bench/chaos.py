@@ -101,12 +101,19 @@ class Postgres:
     """A private server in a temporary folder, on its own port (as the ``postgres`` user
     when this runs as root: PostgreSQL refuses to run as root)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, also_on: str | None = None) -> None:
+        """``also_on``: another address to listen on (a bridge other hosts reach), trusted
+        from its /24."""
         self.dir, self.port = Path(tempfile.mkdtemp(prefix="dunning-chaos-pg-")), free_port()
+        self.listen = ",".join(filter(None, ["127.0.0.1", also_on]))
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self._as:
             shutil.chown(self.dir, "postgres", "postgres")
         self._run("initdb", "-A", "trust", "-U", "postgres", "-D", str(self.dir / "data"))
+        if also_on:
+            subnet = also_on.rsplit(".", 1)[0] + ".0/24"
+            with (self.dir / "data" / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {subnet} trust\n")
         self.start()
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "chaos")
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/chaos"
@@ -121,7 +128,8 @@ class Postgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def start(self) -> None:
-        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses={self.listen}"
+        opts += " -c max_connections=200"
         self._ctl("-o", opts, "-l", str(self.dir / "log"), "start")
 
     def stop(self) -> None:
@@ -129,15 +137,20 @@ class Postgres:
 
 
 class Redis:
-    def __init__(self) -> None:
+    def __init__(self, *, also_on: str | None = None) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.bind = ["127.0.0.1", *([also_on] if also_on else [])]
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            [
+                "redis-server",
+                *("--port", str(self.port), "--save", "", "--appendonly", "no"),
+                *("--bind", *self.bind, "--protected-mode", "no"),
+            ],
             stdout=subprocess.DEVNULL,
         )
         wait_for(lambda: socket.create_connection(("127.0.0.1", self.port), 0.2), 10, "redis")
@@ -151,18 +164,18 @@ class Redis:
 class Mail:
     """An SMTP server that records what it accepts, by message key."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.keys: Counter[str] = Counter()
-        self.port = free_port()
+        self.host, self.port = host, free_port()
         self.busy = 0  # the next this-many recipients get 451
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self, hostname=host, port=self.port)
         self.controller.start()
 
     def down(self) -> None:
         self.controller.stop()
 
     def up(self) -> None:
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self, hostname=self.host, port=self.port)
         self.controller.start()
 
     async def handle_RCPT(

@@ -1,5 +1,6 @@
 """The production process layout: ``dunning serve`` + ``dunning worker`` + ``dunning beat`` as
-separate processes on PostgreSQL and Redis, driven only through HTTP and the CLI.
+separate processes on PostgreSQL, with Redis and with RabbitMQ as the broker, driven only
+through HTTP and the CLI.
 
 Slow by nature (the beat ticks every 30 s), so it checks the whole contract in one run.
 """
@@ -20,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from tests.support.paths import REPO
 from tests.support.processes import dunning, free_port, stop
+from tests.support.rabbitmq import rabbitmq_vhost
 from tests.support.smtp import Recorder
 from tests.support.stack import API_KEY, WEBHOOK_SECRET, wait_for
 from worker.db import make_engine
@@ -27,14 +29,24 @@ from worker.dunning.models import DunningCase
 from worker.sim.stripe_peer import INSUFFICIENT_FUNDS, SUCCEED, CardSpec, StripePeer
 
 
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest, redis_url: str) -> Iterator[str]:
+    """Redis, and RabbitMQ (a vhost of its own, so no other run's messages are in it)."""
+    if request.param == "redis":
+        yield redis_url
+        return
+    with rabbitmq_vhost() as url:
+        yield url
+
+
 @pytest.fixture
 def env(
-    pg: str, redis_url: str, mail: tuple[Recorder, int], peer: tuple[StripePeer, str]
+    pg: str, broker_url: str, mail: tuple[Recorder, int], peer: tuple[StripePeer, str]
 ) -> dict[str, str]:
     return {
         **os.environ,
         "DUNNING_DATABASE_URL": pg,
-        "DUNNING_BROKER_URL": redis_url,
+        "DUNNING_BROKER_URL": broker_url,
         "DUNNING_CONFIG": str(REPO / "config" / "dunning.toml"),
         "DUNNING_SMTP_URL": f"smtp://127.0.0.1:{mail[1]}",
         "STRIPE_API_KEY": API_KEY,

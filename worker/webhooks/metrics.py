@@ -91,9 +91,7 @@ def health(session: Session, *, now: datetime) -> Health:
             select(DunningCase.state, func.count())
             .where(DunningCase.state.not_in(TERMINAL))
             .group_by(DunningCase.state)
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     tick = last_tick(session)
     return Health(
