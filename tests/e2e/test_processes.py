@@ -1,7 +1,7 @@
 """The production process layout: ``dunning serve`` + ``dunning worker`` + ``dunning beat`` as
 separate processes on PostgreSQL and Redis, driven only through HTTP and the CLI.
 
-Slow by nature (the beat ticks every 30 s), so it checks the whole contract in one run.
+Slow by nature (the beat ticks every 10 s), so it checks the whole contract in one run.
 """
 
 from __future__ import annotations
