@@ -99,19 +99,19 @@ def _due(
     )
 
 
-def in_flight(session: Session, *, now: datetime) -> int:
-    """Actions claimed and not finished nor lost yet: in the broker or running."""
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(ScheduledAction)
-            .where(
-                ScheduledAction.status == ActionStatus.CLAIMED,
-                ScheduledAction.claimed_at >= now - RECLAIM_AFTER,
-            )
+def in_flight(session: Session, *, now: datetime, at_most: int) -> int:
+    """Actions claimed and not finished nor lost yet (in the broker or running), counted up
+    to ``at_most``: the count walks the claims index no further than the bound."""
+    claims = (
+        select(ScheduledAction.id)
+        .where(
+            ScheduledAction.status == ActionStatus.CLAIMED,
+            ScheduledAction.claimed_at >= now - RECLAIM_AFTER,
         )
-        or 0
+        .limit(at_most)
+        .subquery()
     )
+    return session.scalar(select(func.count()).select_from(claims)) or 0
 
 
 def record_tick(session: Session, *, now: datetime, claimed: int, swept: int) -> None:

@@ -70,7 +70,7 @@ def tick_once(app: Any, *, max_in_flight: int = MAX_IN_FLIGHT) -> int:
         with app.runtime.session() as session:
             now = clock.now()
             if first:  # the first transaction also counts what is in flight and sweeps the inbox
-                room = max_in_flight - in_flight(session, now=now)
+                room = max_in_flight - in_flight(session, now=now, at_most=max_in_flight)
                 inbox = sweep_inbox(session, now=now)
                 for inbox_id in inbox:
                     enqueue_after_commit(
