@@ -5,7 +5,7 @@ invariant, what was observed, and PASS or FAIL; the exit status is 1 if any fail
 
     .venv/bin/python bench/chaos.py [--profile short|full] [--only NAME ...] [--json]
 
-The scheduler tick runs in this process, every second (the shipped beat ticks every 30 s);
+The scheduler tick runs in this process, every second (the shipped beat ticks every 10 s);
 it hands a lost claim out again after 5 s instead of 15 min, so a killed worker's charge is
 retried within the run. Everything else is the shipped code and configuration, except the
 policy's minimum gap (0: retries on one card may follow each other at once here).
@@ -838,7 +838,7 @@ def scenario_smtp(sys_: System, p: dict[str, Any]) -> Result:
 def scenario_two_of_everything(sys_: System, p: dict[str, Any]) -> Result:
     """Two workers and two schedulers for a while, with retries and emails due."""
     sys_.start_worker("worker2")
-    for beat in ("beat1", "beat2"):  # real beats too (they tick every 30 s)
+    for beat in ("beat1", "beat2"):  # real beats too (they tick every 10 s)
         sys_.spawn(beat, "beat", "--loglevel=WARNING", f"--schedule={sys_.root / beat}")
     second = threading.Event()
     ticker = threading.Thread(target=_tick_until, args=(sys_, second), daemon=True)

@@ -12,6 +12,7 @@ from celery.utils.log import get_multiprocessing_logger
 
 from worker import logs
 from worker.dunning import tasks as dunning_tasks
+from worker.enqueue import QUEUES
 from worker.runtime import Runtime
 from worker.schedule import beat_schedule
 from worker.settings import EMBEDDED_BROKER_URL, Settings
@@ -23,7 +24,6 @@ log = logging.getLogger(__name__)
 # Imported above so that creating the app registers their tasks; the worker also imports
 # them by name at boot. Task modules never import this one (enqueueing is worker.enqueue).
 TASK_MODULES = (webhooks_tasks.__name__, dunning_tasks.__name__)
-QUEUES = ("intake", "payments", "emails", "scheduler")
 ROUTES = {
     "webhooks.*": {"queue": "intake"},
     "dunning.tick": {"queue": "scheduler"},  # a webhook backlog must not delay retries

@@ -24,6 +24,10 @@ from celery import Celery
 
 log = logging.getLogger(__name__)
 
+# The queues tasks go to, one per kind of work so that each scales with its own workers
+# (routes: worker.app; `dunning worker -Q`). Here, below the app, so that a command can check
+# a name without importing the app (and its metrics) first.
+QUEUES = ("intake", "payments", "emails", "scheduler")
 COOL_DOWN_FIRST_S, COOL_DOWN_MAX_S = 1.0, 30.0
 BACKLOG = 10_000  # sends waiting for the background thread; beyond that they are skipped
 

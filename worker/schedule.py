@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-TICK_EVERY = timedelta(seconds=30)  # claim due actions, sweep the inbox
+# Claim due actions, sweep the inbox. A tick hands out everything due (up to the in-flight
+# bound, worker.dunning.scheduler), so this is how late an action can leave, and how soon
+# workers that drained the broker get more.
+TICK_EVERY = timedelta(seconds=10)
 CARD_SCAN_EVERY = timedelta(days=1)  # default cards expiring soon (worker.dunning.expiring)
 
 SCHEDULE: tuple[tuple[str, timedelta, str], ...] = (

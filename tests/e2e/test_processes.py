@@ -2,7 +2,7 @@
 separate processes on PostgreSQL, with Redis and with RabbitMQ as the broker, driven only
 through HTTP and the CLI.
 
-Slow by nature (the beat ticks every 30 s), so it checks the whole contract in one run.
+Slow by nature (the beat ticks every 10 s), so it checks the whole contract in one run.
 """
 
 from __future__ import annotations

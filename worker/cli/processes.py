@@ -52,17 +52,38 @@ def serve(host: str, port: int) -> None:
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option(
+    "-Q",
+    "--queues",
+    default="intake,payments,emails,scheduler",
+    show_default=True,
+    help="The queues this worker takes, comma-separated: intake (webhook events), payments "
+    "(retries, final actions), emails (emails, access changes, app webhooks, the card "
+    "scan), scheduler (the tick). Start one worker per kind to scale each alone.",
+)
 @click.pass_context
-def worker(ctx: click.Context) -> None:
+def worker(ctx: click.Context, queues: str) -> None:
     """Celery worker (extra arguments go to `celery worker`); its /metrics on
     DUNNING_METRICS_PORT when set."""
+    from worker.enqueue import QUEUES
+
+    chosen = [name.strip() for name in queues.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(QUEUES))
+    if unknown or not chosen:
+        # Celery would listen on a queue nobody sends to, and take nothing.
+        raise BadInput(
+            f"--queues: {', '.join(unknown) or 'none given'}: not a queue; "
+            f"choose from {', '.join(QUEUES)}"
+        )
     settings = settings_or_exit()
     if settings.metrics_address is not None:
         _serve_worker_metrics(settings)
     from worker.app import create_app
 
     app = create_app(settings, runtime_or_exit(settings))
-    app.worker_main([*_quiet(settings), "worker", "--loglevel=INFO", *ctx.args])
+    app.worker_main(
+        [*_quiet(settings), "worker", "--loglevel=INFO", f"--queues={','.join(chosen)}", *ctx.args]
+    )
 
 
 def _serve_worker_metrics(settings: Settings) -> None:

@@ -18,7 +18,7 @@ from worker.cli.common import Fail, one_line_errors, runtime_or_exit, settings_o
 if TYPE_CHECKING:
     from worker.settings import Settings
 
-# The beat ticks every 30 s: a last tick older than this means it stopped.
+# The beat ticks every 10 s: a last tick older than this means it stopped.
 TICK_LATE_S = 120
 
 

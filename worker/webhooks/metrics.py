@@ -20,7 +20,7 @@ from worker.dunning.scheduler import last_tick
 from worker.dunning.state import TERMINAL, DunningState
 from worker.webhooks.models import InboxEvent, InboxStatus
 
-# An action is overdue once it is this far past its time: the scheduler ticks every 30 s.
+# An action is overdue once it is this far past its time: the scheduler ticks every 10 s.
 OVERDUE_AFTER = timedelta(minutes=2)
 
 

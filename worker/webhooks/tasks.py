@@ -1,7 +1,7 @@
 """Celery adapters for the orchestration layer (thin: the logic is in the modules they call).
 
 ``webhooks.process_event`` processes one stored event (:mod:`worker.webhooks.service`).
-``dunning.tick`` is the scheduler tick (every 30 s, :mod:`worker.schedule`): it claims due
+``dunning.tick`` is the scheduler tick (every 10 s, :mod:`worker.schedule`): it claims due
 dunning actions (:mod:`worker.dunning.scheduler`) and sweeps the inbox
 (:mod:`worker.webhooks.inbox`), and enqueues both after its commit.
 """
@@ -9,14 +9,15 @@ dunning actions (:mod:`worker.dunning.scheduler`) and sweeps the inbox
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import shared_task
 
 from worker import clock
 from worker.db import enqueue_after_commit
-from worker.dunning.scheduler import claim_due, record_tick
-from worker.dunning.tasks import TASK_FOR
+from worker.dunning.scheduler import BATCH, MAX_IN_FLIGHT, claim_due, in_flight, record_tick
+from worker.dunning.tasks import messages
 from worker.enqueue import send_safely
 from worker.webhooks.inbox import note_error, sweep_inbox
 from worker.webhooks.service import process_stored_event
@@ -48,19 +49,40 @@ def tick(self: Any) -> None:
     tick_once(self.app)
 
 
-def tick_once(app: Any) -> int:
-    """Claim due actions and sweep the inbox; enqueue after commit. Returns rows enqueued."""
-    with app.runtime.session() as session:
-        now = clock.now()
-        claimed = claim_due(session, now=now)
-        for item in claimed:
-            enqueue_after_commit(
-                session, send_safely(app, TASK_FOR[item.kind], action_id=item.action_id)
-            )
-        swept = sweep_inbox(session, now=now)
-        for inbox_id in swept:
-            enqueue_after_commit(
-                session, send_safely(app, "webhooks.process_event", inbox_id=inbox_id)
-            )
-        record_tick(session, now=now, claimed=len(claimed), swept=len(swept))
-    return len(claimed) + len(swept)
+# A tick stops claiming after this long (real time): the next one carries on. Far below the
+# task time limits (worker.app); a tick hands out tens of thousands of actions in it.
+TICK_BUDGET_S = 5.0
+
+
+def tick_once(app: Any, *, max_in_flight: int = MAX_IN_FLIGHT) -> int:
+    """Sweep the inbox, then claim due actions batch after batch, each batch in its own
+    transaction and enqueued after its commit, until nothing is due, ``max_in_flight``
+    actions are claimed and unfinished (back-pressure, :mod:`worker.dunning.scheduler`) or
+    TICK_BUDGET_S has passed. Returns rows enqueued.
+
+    Two ticks at once (two beats, a slow tick overlapping the next) claim disjoint rows
+    (SKIP LOCKED); the in-flight bound is then approximate (each counts the other's claims
+    only once committed)."""
+    deadline = time.monotonic() + TICK_BUDGET_S
+    claimed = swept = room = 0
+    first = True
+    while True:
+        with app.runtime.session() as session:
+            now = clock.now()
+            if first:  # the first transaction also counts what is in flight and sweeps the inbox
+                room = max_in_flight - in_flight(session, now=now, at_most=max_in_flight)
+                inbox = sweep_inbox(session, now=now)
+                for inbox_id in inbox:
+                    enqueue_after_commit(
+                        session, send_safely(app, "webhooks.process_event", inbox_id=inbox_id)
+                    )
+                swept = len(inbox)
+            limit = min(BATCH, room)
+            batch = claim_due(session, now=now, limit=limit)
+            for name, ids in messages(batch):
+                enqueue_after_commit(session, send_safely(app, name, action_ids=ids))
+            claimed, room = claimed + len(batch), room - len(batch)
+            record_tick(session, now=now, claimed=claimed, swept=swept)
+        first = False
+        if len(batch) < limit or limit <= 0 or time.monotonic() > deadline:
+            return claimed + swept
