@@ -50,7 +50,7 @@ class Claimed:
 def claim_due(session: Session, *, now: datetime, limit: int = BATCH) -> list[Claimed]:
     """Claim up to ``limit`` due actions: lost claims first (claimed longer than
     RECLAIM_AFTER ago), then planned actions, oldest due first. Each is a ``SELECT ... FOR
-    UPDATE SKIP LOCKED`` on a partial index of migration 0018, walked in order up to the
+    UPDATE SKIP LOCKED`` on a partial index of migration 0017, walked in order up to the
     limit, so a tick with nothing due costs two index probes whatever the table's size; one
     ``UPDATE`` by primary key marks what they found."""
     rows = _due(

@@ -91,8 +91,8 @@ def _hand_on(task: Any, ids: list[int]) -> None:
     send_now(task.app, task.name, {"action_ids": ids})
 
 
-# Each takes one action (``action_id``, as sent before 0018 and by hand) or several
-# (``action_ids``, as the tick sends them).
+# Each takes one action (``action_id``, as releases before migration 0017 sent them, and by
+# hand) or several (``action_ids``, as the tick sends them).
 @shared_task(name="dunning.retry_payment", bind=True)
 def retry_payment(
     self: Any, *, action_id: int | None = None, action_ids: list[int] | None = None

@@ -1,7 +1,7 @@
 """partial indexes for the scheduler tick: planned actions by due time, claims by claim time
 
-Revision ID: 0018
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-08 12:00:00.000000
 
 Rule: each migration must run against the previous release's code; split incompatible changes
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from alembic import op
 
 
-revision: str = "0018"
-down_revision: str | None = "0015"
+revision: str = "0017"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
