@@ -214,6 +214,11 @@ def serve(backend: Backend, log: Path) -> Iterator[tuple[str, int]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        said = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        if said:  # the server's warnings are part of the result (a send that failed, ...)
+            print(f"{backend.name}: dunning serve logged {len(said)} line(s), the last:")
+            for line in said[-5:]:
+                print(f"  {line[:200]}")
 
 
 def server_buckets(url: str) -> dict[float, float]:
@@ -419,7 +424,7 @@ def http_run(target: Target, concurrency: int, seconds: float) -> Run:
     ended = time.monotonic()
     rows, distinct = stored(engine, prefix)  # every 200 was durable before it was sent
     # The sends to the broker trail the answers: wait until every row is in the queue, or
-    # the queue stopped growing for a second (a broker that is down).
+    # the queue stopped growing for three seconds (a broker that is down).
     last, still_since = -1, time.monotonic()
     while True:
         enqueued = backend.queued() - queued_before
@@ -427,7 +432,7 @@ def http_run(target: Target, concurrency: int, seconds: float) -> Run:
             break
         if enqueued != last:
             last, still_since = enqueued, time.monotonic()
-        elif time.monotonic() - still_since > 1.0:
+        elif time.monotonic() - still_since > 3.0:
             break
         time.sleep(0.05)
     send_lag = time.monotonic() - ended

@@ -119,9 +119,12 @@ class InboxWriter:
             inbox_id = added.get(event_id) if event_id not in claimed else None
             claimed.add(event_id)
             results.append(Stored(inbox_id, event_id))
-        for inbox_id in added.values():
-            self._after_commit(inbox_id)
         _settle(waiting, results)
+        for inbox_id in added.values():
+            try:
+                self._after_commit(inbox_id)
+            except Exception:  # the sweeper hands the event over later
+                log.exception("after-commit work failed for inbox row %s", inbox_id)
 
     def _insert(self, waiting: list[_Waiting]) -> dict[str, int]:
         with self._engine.begin() as conn:
