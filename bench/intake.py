@@ -424,7 +424,7 @@ def http_run(target: Target, concurrency: int, seconds: float) -> Run:
     ended = time.monotonic()
     rows, distinct = stored(engine, prefix)  # every 200 was durable before it was sent
     # The sends to the broker trail the answers: wait until every row is in the queue, or
-    # the queue stopped growing for three seconds (a broker that is down).
+    # the queue stopped growing for five seconds (a broker that is down).
     last, still_since = -1, time.monotonic()
     while True:
         enqueued = backend.queued() - queued_before
@@ -432,7 +432,7 @@ def http_run(target: Target, concurrency: int, seconds: float) -> Run:
             break
         if enqueued != last:
             last, still_since = enqueued, time.monotonic()
-        elif time.monotonic() - still_since > 3.0:
+        elif time.monotonic() - still_since > 5.0:
             break
         time.sleep(0.05)
     send_lag = time.monotonic() - ended
@@ -504,7 +504,7 @@ def redis_down_runs(
                 if how == "never up":
                     kill()
                 backend = Backend(f"redis {how}", pg_url, redis_url, work / "down")
-                with serve(backend, work / "serve-down.log") as (url, pid):
+                with serve(backend, work / f"serve-down-{how[0]}.log") as (url, pid):
                     body, signature = next(deliveries.make(f"warm{how[0]}{int(time.time())}", 1))
                     headers = {"Stripe-Signature": signature, "Content-Type": "application/json"}
                     httpx.post(f"{url}/webhooks/stripe", content=body, headers=headers)

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 COOL_DOWN_FIRST_S, COOL_DOWN_MAX_S = 1.0, 30.0
 BACKLOG = 10_000  # sends waiting for the background thread; beyond that they are skipped
-SEND_BATCH = 500  # sends that share one producer
+SEND_BATCH = 50  # sends that share one producer
+SENDERS = 2  # threads: each send waits a round trip to the broker, the other one sends
 
 
 class Breaker:
@@ -112,7 +113,7 @@ def send_safely(app: Celery, name: str, **kwargs: Any) -> Callable[[], None]:
 
 
 class Background:
-    """Sends from one daemon thread, so the caller (an HTTP request) never waits on the
+    """Sends from daemon threads, so the caller (an HTTP request) never waits on the
     broker. A full backlog skips the send (the sweeper hands the event over later)."""
 
     def __init__(self, app: Celery) -> None:
@@ -138,8 +139,9 @@ class Background:
     def _start(self) -> None:
         with self._lock:
             if self._thread is None:
-                thread = threading.Thread(target=self._run, name="enqueue", daemon=True)
-                thread.start()
+                for i in range(SENDERS):
+                    thread = threading.Thread(target=self._run, name=f"enqueue-{i}", daemon=True)
+                    thread.start()
                 self._thread = thread
 
     def _run(self) -> None:
