@@ -200,11 +200,16 @@ def test_requests_never_open_connections_of_their_own(
     engine = app.runtime.engine
     connects: list[int] = []
     event.listen(engine, "connect", lambda *_: connects.append(1))
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
     bodies = [event_body(f"evt_pool_{i}") for i in range(300)]
     try:
         with serve_in_thread(build_intake(app)) as url:
             with ThreadPoolExecutor(max_workers=32) as pool:
                 answers = list(pool.map(lambda b: post(url, b, sign(b)).status_code, bodies))
+            # at most one statement a delivery, and nothing but the inbox's INSERT
+            assert 1 <= len(statements) <= 300
+            assert {s.split(" (", 1)[0] for s in statements} == {"INSERT INTO inbox_events"}
             assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
             assert httpx.get(f"{url}/metrics", timeout=10).status_code == 200
         assert answers == [200] * 300
