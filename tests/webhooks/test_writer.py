@@ -85,10 +85,14 @@ def test_store_events_adds_each_event_once(db_url: str) -> None:
 
 
 def _store_all(writer: InboxWriter, deliveries: list[Delivery]) -> list[Stored | BaseException]:
+    """All at once from one event loop, as the intake's requests do. The loop runs on a
+    thread of its own: a session-wide fixture (the browser) may hold this thread's."""
+
     async def run() -> list[Stored | BaseException]:
         return await asyncio.gather(*(writer.store(d) for d in deliveries), return_exceptions=True)
 
-    return asyncio.run(run())
+    with ThreadPoolExecutor(max_workers=1) as loop_thread:
+        return loop_thread.submit(asyncio.run, run()).result()
 
 
 @pytest.mark.parametrize("database", ["pg", "sqlite_url"])

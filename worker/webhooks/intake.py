@@ -117,10 +117,10 @@ class _Intake:
         self.enqueue(inbox_id)()
 
     async def _db(self, work: Callable[..., T], *args: Any) -> T:
-        """``work(*args)`` on a thread holding one of ``db_slots``: as many as the engine's
-        pool keeps connections, so a request never waits for a connection nor opens one
-        (SQLite: one, its single writer, so writers queue here and not in its busy loop).
-        A connection the server dropped is retried once on a fresh one."""
+        """``work(*args)`` on a thread holding one of ``db_slots``: as many as the pool keeps
+        connections beside the inbox writers', so no request waits for a connection or opens
+        one (SQLite: one, so its writers queue here and not in its busy loop). A connection
+        the server dropped is retried once on a fresh one."""
         return await anyio.to_thread.run_sync(
             retry_once_on_disconnect, lambda: work(*args), limiter=self.db_slots
         )
@@ -351,10 +351,6 @@ class _Front:
             if count is None:
                 count = self.counts[status] = INTAKE_REQUESTS.labels(WEBHOOK, str(status))
             count.inc()
-
-    @property
-    def routes(self) -> list[Any]:
-        return self.app.routes
 
 
 class _Measured:
