@@ -22,10 +22,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON, BigInteger, DateTime, Enum, Integer, MetaData, create_engine, event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -88,9 +89,30 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         _configure_sqlite(engine)
         return engine
     # A server that does not answer a connection within seconds is down for our purposes.
-    return create_engine(
-        url, pool_pre_ping=True, connect_args={"connect_timeout": 3}, hide_parameters=True, **kwargs
-    )
+    # No ping before each checkout (a round trip per transaction): connections are renewed
+    # after RECYCLE_S, and one found dead in use (a restarted server) fails that transaction
+    # and marks every older connection of the pool for renewal, so the next checkout gets a
+    # live one. Callers that must not fail on that first use retry it once
+    # (:func:`retry_once_on_disconnect`); Celery tasks are retried anyway.
+    options: dict[str, Any] = {"pool_recycle": RECYCLE_S, **kwargs}
+    return create_engine(url, connect_args={"connect_timeout": 3}, hide_parameters=True, **options)
+
+
+RECYCLE_S = 1800  # under the idle timeouts of common proxies and firewalls
+
+T = TypeVar("T")
+
+
+def retry_once_on_disconnect(work: Callable[[], T]) -> T:
+    """``work()``, run again once when it failed on a connection the pool had kept after
+    the server dropped it (the retry checks out a fresh one). ``work`` must be one whole
+    transaction: a disconnect means it was not committed."""
+    try:
+        return work()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return work()
 
 
 def _configure_sqlite(engine: Engine) -> None:

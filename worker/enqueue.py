@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 QUEUES = ("intake", "payments", "emails", "scheduler")
 COOL_DOWN_FIRST_S, COOL_DOWN_MAX_S = 1.0, 30.0
 BACKLOG = 10_000  # sends waiting for the background thread; beyond that they are skipped
+SEND_BATCH = 50  # sends that share one producer
+SENDERS = 2  # threads: each send waits a round trip to the broker, the other one sends
 
 
 class Breaker:
@@ -76,18 +78,52 @@ def send_now(app: Celery, name: str, kwargs: dict[str, Any]) -> None:
         breaker.succeeded()
 
 
+def send_many(app: Celery, sends: list[tuple[str, dict[str, Any]]]) -> None:
+    """Send these tasks on one producer (one connection from the pool for all) unless the
+    breaker is open; the first failure opens it and skips the rest (the sweeper hands them
+    over). The representations Celery would build of each task's arguments are given, so
+    none is computed by its safe (and slow) repr."""
+    breaker = _breaker(app)
+    if not breaker.allows():
+        log.debug("enqueue of %s task(s) skipped, broker unavailable", len(sends))
+        return
+    sent = 0
+    try:
+        with app.producer_or_acquire() as producer:
+            for name, kwargs in sends:
+                app.send_task(
+                    name,
+                    kwargs=kwargs,
+                    retry=False,
+                    producer=producer,
+                    argsrepr="()",
+                    kwargsrepr=repr(kwargs),
+                )
+                sent += 1
+    except Exception as exc:  # any broker failure: the sweeper catches up
+        breaker.failed()
+        log.warning(
+            "enqueue of %s task(s) failed, sweeper will retry: %s",
+            len(sends) - sent,
+            type(exc).__name__,
+        )
+    else:
+        breaker.succeeded()
+
+
 def send_safely(app: Celery, name: str, **kwargs: Any) -> Callable[[], None]:
     """An after-commit callback that sends ``name`` from the calling thread (the tick)."""
     return lambda: send_now(app, name, kwargs)
 
 
 class Background:
-    """Sends from one daemon thread, so the caller (an HTTP request) never waits on the
+    """Sends from daemon threads, so the caller (an HTTP request) never waits on the
     broker. A full backlog skips the send (the sweeper hands the event over later)."""
 
     def __init__(self, app: Celery) -> None:
         self._app = app
-        self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(BACKLOG)
+        # SimpleQueue: a put is one C call, no lock of ours around it (a request's cost)
+        self._queue: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -95,21 +131,30 @@ class Background:
         """An after-commit callback that queues the send and returns at once."""
 
         def queue_send() -> None:
-            self._start()
-            try:
-                self._queue.put_nowait((name, kwargs))
-            except queue.Full:
+            if self._thread is None:
+                self._start()
+            if self._queue.qsize() >= BACKLOG:
                 log.warning("enqueue of %s skipped, %s sends waiting", name, BACKLOG)
+                return
+            self._queue.put((name, kwargs))
 
         return queue_send
 
     def _start(self) -> None:
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="enqueue", daemon=True)
-                self._thread.start()
+                for i in range(SENDERS):
+                    thread = threading.Thread(target=self._run, name=f"enqueue-{i}", daemon=True)
+                    thread.start()
+                self._thread = thread
 
     def _run(self) -> None:
+        """Everything queued since the last round goes out together."""
         while True:
-            name, kwargs = self._queue.get()
-            send_now(self._app, name, kwargs)
+            sends = [self._queue.get()]
+            while len(sends) < SEND_BATCH:
+                try:
+                    sends.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            send_many(self._app, sends)

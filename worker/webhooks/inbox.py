@@ -11,11 +11,14 @@ What an event *means* is :mod:`worker.webhooks.handlers`; processing one is
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from worker.billing.payload import storable
@@ -79,26 +82,74 @@ def keep_rejected(
 def store_event(session: Session, *, provider: str, body: bytes, now: datetime) -> Stored:
     """INSERT ... ON CONFLICT DO NOTHING on (provider, event_id)."""
     event_id, event_type = parse_envelope(body)
-    values = {
-        "provider": provider,
-        "event_id": event_id,
-        "event_type": event_type,
-        "payload": body.decode("utf-8"),
-        "received_at": now,
-        "sweep_at": now + SWEEP_AFTER,
-        "status": InboxStatus.PENDING,
-        "enqueue_count": 1,
-    }
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    values = _row(provider, event_id, event_type, body.decode("utf-8"), now)
     stmt = (
-        insert(InboxEvent)
+        _insert(session.get_bind().dialect.name)(InboxEvent)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["provider", "event_id"])
         .returning(InboxEvent.id)
     )
     inbox_id = session.scalar(stmt)
     return Stored(inbox_id, event_id)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A delivery's body as text and what :func:`parse_envelope` read from it."""
+
+    event_id: str
+    event_type: str
+    payload: str
+
+
+def parse_delivery(body: bytes) -> Delivery:
+    """A body ready for :func:`store_events`, or :class:`BadEventError`."""
+    event_id, event_type = parse_envelope(body)
+    try:
+        payload = body.decode("utf-8")
+    except UnicodeDecodeError:  # JSON in UTF-16 or UTF-32: Stripe sends UTF-8
+        raise BadEventError("not UTF-8") from None
+    return Delivery(event_id, event_type, payload)
+
+
+def store_events(
+    conn: Connection, *, provider: str, deliveries: Sequence[Delivery], now: datetime
+) -> dict[str, int]:
+    """Many deliveries in one ``INSERT ... VALUES (...), (...) ON CONFLICT DO NOTHING``, in
+    the caller's transaction: the inbox ids of the rows it added, by event id. An event id
+    already stored, or given twice, adds no second row."""
+    rows, seen = [], set()
+    for d in deliveries:
+        if d.event_id not in seen:
+            seen.add(d.event_id)
+            rows.append(_row(provider, d.event_id, d.event_type, d.payload, now))
+    # Executed with many parameter sets: SQLAlchemy compiles the statement once (cached)
+    # and sends one multi-row INSERT per page of rows ("insertmanyvalues").
+    stmt = (
+        _insert(conn.dialect.name)(InboxEvent)
+        .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+        .returning(InboxEvent.event_id, InboxEvent.id)
+    )
+    return {event_id: inbox_id for event_id, inbox_id in conn.execute(stmt, rows)}
+
+
+def _insert(dialect: str) -> Any:
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+def _row(
+    provider: str, event_id: str, event_type: str, payload: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "provider": provider,
+        "event_id": event_id,
+        "event_type": event_type,
+        "payload": payload,
+        "received_at": now,
+        "sweep_at": now + SWEEP_AFTER,
+        "status": InboxStatus.PENDING,
+        "enqueue_count": 1,
+    }
 
 
 def sweep_inbox(session: Session, *, now: datetime, limit: int = SWEEP_BATCH) -> list[int]:

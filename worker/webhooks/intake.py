@@ -8,8 +8,12 @@ backlog and case states for Prometheus, and this process's counters (requests by
 status, latency, Stripe calls: :mod:`worker.telemetry`); ``GET /u/<token>`` turns a signed
 email link into a fresh billing-portal session (``worker.links``), and ``GET /u/<token>/done``
 thanks the customer back from it. ``GET /v1/customers/<id>/access`` tells the customer's app
-(bearer token) what to allow while an invoice is unpaid. Blocking database work runs in Starlette's
-threadpool, off the event loop.
+(bearer token) what to allow while an invoice is unpaid.
+
+Blocking database work runs off the event loop: deliveries through the inbox writer
+(:mod:`worker.webhooks.writer`: the deliveries that arrive together share one transaction,
+each answered once it committed), the rest on threads that hold one of the pool's
+connections each. ``dunning serve`` runs on uvicorn with httptools and uvloop.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import anyio.to_thread
 import stripe
+from anyio import CapacityLimiter
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import (
@@ -38,7 +44,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker import clock
-from worker.db import enqueue_after_commit
+from worker.db import retry_once_on_disconnect
 from worker.dunning.access import customer_access
 from worker.dunning.cases import SMART_RETRIES_ON, provider_retries_planned
 from worker.email.i18n import email_locale
@@ -47,8 +53,9 @@ from worker.links.pages import Page, render_page
 from worker.links.service import LinkState, OpenedLink, destination, open_link
 from worker.runtime import Runtime
 from worker.telemetry import INTAKE_REQUESTS, INTAKE_SECONDS, exposition, timed
-from worker.webhooks.inbox import BadEventError, Stored, keep_rejected, store_event
+from worker.webhooks.inbox import BadEventError, keep_rejected, parse_delivery
 from worker.webhooks.metrics import render_metrics
+from worker.webhooks.writer import InboxWriter
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,9 @@ _PRIVATE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
 Enqueue = Callable[[int], Callable[[], None]]  # inbox id -> after-commit callback
 BrokerCheck = Callable[[], None]
+T = TypeVar("T")
+WEBHOOK = "/webhooks/stripe"
+WRITERS = 2  # inbox writer threads on PostgreSQL: one batch builds while another commits
 
 
 class _TooLargeError(Exception):
@@ -90,13 +100,30 @@ def _problem(status: int, reason: str) -> JSONResponse:
 
 
 class _Intake:
-    """The endpoints, sharing one runtime. Blocking work goes to the threadpool."""
+    """The endpoints, sharing one runtime. Blocking work goes to threads."""
 
     def __init__(
         self, runtime: Runtime, secret: str, enqueue: Enqueue, broker_check: BrokerCheck
     ) -> None:
         self.runtime, self.secret = runtime, secret
         self.enqueue, self.broker_check = enqueue, broker_check
+        writers = 1 if runtime.engine.dialect.name == "sqlite" else WRITERS
+        self.writer = InboxWriter(
+            runtime.engine, provider="stripe", threads=writers, after_commit=self._enqueue
+        )
+        self.db_slots = CapacityLimiter(_db_slots(runtime, writers))
+
+    def _enqueue(self, inbox_id: int) -> None:
+        self.enqueue(inbox_id)()
+
+    async def _db(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` on a thread holding one of ``db_slots``: as many as the pool keeps
+        connections beside the inbox writers', so no request waits for a connection or opens
+        one (SQLite: one, so its writers queue here and not in its busy loop). A connection
+        the server dropped is retried once on a fresh one."""
+        return await anyio.to_thread.run_sync(
+            retry_once_on_disconnect, lambda: work(*args), limiter=self.db_slots
+        )
 
     async def stripe_webhook(self, request: Request) -> Response:
         try:
@@ -113,10 +140,13 @@ class _Intake:
         except stripe.SignatureVerificationError:
             return _problem(400, "invalid signature")
         try:
-            stored = await asyncio.wait_for(run_in_threadpool(self._store, body), STORE_DEADLINE_S)
+            delivery = parse_delivery(body)
         except BadEventError as exc:
-            await run_in_threadpool(self._keep_rejected, body, str(exc))
+            await self._db(self._keep_rejected, body, str(exc))
             return _problem(400, str(exc))
+        try:
+            async with asyncio.timeout(STORE_DEADLINE_S):
+                stored = await self.writer.store(delivery)
         except (OperationalError, DBAPIError, TimeoutError) as exc:
             # A frozen database is down too. Should the late commit still land, Stripe's
             # redelivery is a duplicate: no second effect.
@@ -125,13 +155,6 @@ class _Intake:
         if stored.inbox_id is None:
             return JSONResponse({"received": stored.event_id, "duplicate": True})
         return JSONResponse({"received": stored.event_id})
-
-    def _store(self, body: bytes) -> Stored:
-        with self.runtime.session() as session:
-            stored = store_event(session, provider="stripe", body=body, now=clock.now())
-            if stored.inbox_id is not None:
-                enqueue_after_commit(session, self.enqueue(stored.inbox_id))
-        return stored
 
     def _keep_rejected(self, body: bytes, reason: str) -> None:
         """Signed, so Stripe's (or someone holding our secret): kept for inspection, when
@@ -147,7 +170,7 @@ class _Intake:
         why not and offers another way to pay."""
         token = request.path_params["token"]
         try:
-            opened = await run_in_threadpool(self._open_link, token)
+            opened = await self._db(self._open_link, token)
         except (OperationalError, DBAPIError):
             return self._page(Page.UNAVAILABLE, None)
         if opened.state is not LinkState.OPEN:
@@ -156,7 +179,9 @@ class _Intake:
         back = f"{self.runtime.settings.public_url}/u/{token}/done"
         url = None
         if gateway is not None:
-            url = await run_in_threadpool(destination, gateway, opened, return_url=back)
+            url = await anyio.to_thread.run_sync(
+                lambda: destination(gateway, opened, return_url=back)
+            )
         if url is None:
             return self._page(Page.UNAVAILABLE, opened.pay_url, opened.locale)
         return RedirectResponse(url, status_code=303, headers=_PRIVATE)
@@ -196,7 +221,7 @@ class _Intake:
             )
         customer = request.path_params["customer"]
         try:
-            found = await run_in_threadpool(self._customer_access, customer)
+            found = await self._db(self._customer_access, customer)
         except (OperationalError, DBAPIError):
             return _problem(503, "database unavailable")
         if found is None:
@@ -212,7 +237,7 @@ class _Intake:
         that does not answer in time costs only its gauges (``dunning_database_up 0``): the
         intake's own counts (its 503s among them) are what an outage needs to show."""
         try:
-            gauges = await asyncio.wait_for(run_in_threadpool(self._metrics), METRICS_DEADLINE_S)
+            gauges = await asyncio.wait_for(self._db(self._metrics), METRICS_DEADLINE_S)
         except (OperationalError, DBAPIError, TimeoutError) as exc:
             log.warning("metrics without the database gauges: %s", type(exc).__name__)
             gauges = ""
@@ -233,13 +258,14 @@ class _Intake:
     async def readyz(self, _: Request) -> Response:
         """Answers within a second: each check that has not answered by then is a problem."""
         found = await asyncio.gather(
-            _within("database", self._database_check), _within("broker", self.broker_check)
+            _within("database", self._db(self._database_check)),
+            _within("broker", anyio.to_thread.run_sync(self.broker_check)),
         )
         problems = [p for p in found if p is not None]
         if problems:
             return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
         try:
-            warnings = await asyncio.wait_for(run_in_threadpool(self._warnings), CHECK_DEADLINE_S)
+            warnings = await asyncio.wait_for(self._db(self._warnings), CHECK_DEADLINE_S)
         except TimeoutError:
             warnings = ["warnings not checked: the database answered slowly"]
         return JSONResponse({"status": "ready", **({"warnings": warnings} if warnings else {})})
@@ -255,10 +281,10 @@ class _Intake:
             conn.execute(text("SELECT 1"))
 
 
-async def _within(what: str, check: Callable[[], None]) -> str | None:
+async def _within(what: str, check: Awaitable[None]) -> str | None:
     """A readiness problem (``what: ErrorName``), or None when ``check`` passed in time."""
     try:
-        await asyncio.wait_for(run_in_threadpool(check), CHECK_DEADLINE_S)
+        await asyncio.wait_for(check, CHECK_DEADLINE_S)
     except TimeoutError:
         return f"{what}: no answer within {CHECK_DEADLINE_S:g} s"
     except Exception as exc:  # any failure means not ready
@@ -266,7 +292,7 @@ async def _within(what: str, check: Callable[[], None]) -> str | None:
     return None
 
 
-def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerCheck) -> Starlette:
+def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerCheck) -> _Front:
     secret = runtime.settings.stripe_webhook_secret
     if secret is None:
         msg = "STRIPE_WEBHOOK_SECRET: required by the webhook intake, not set"
@@ -281,7 +307,50 @@ def create_intake(runtime: Runtime, *, enqueue: Enqueue, broker_check: BrokerChe
         Route("/readyz", intake.readyz, methods=["GET"]),
         Route("/metrics", intake.metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(_Measured, routes=routes)])
+    app = Starlette(routes=routes, middleware=[Middleware(_Measured, routes=routes)])
+    return _Front(intake, app)
+
+
+def _db_slots(runtime: Runtime, writers: int) -> int:
+    """Threads for the other endpoints' database work: the pool's connections that the
+    inbox writers leave (SQLite: one)."""
+    engine = runtime.engine
+    if engine.dialect.name == "sqlite":
+        return 1
+    size = getattr(engine.pool, "size", None)
+    return max(1, size() - writers) if callable(size) else 1
+
+
+class _Front:
+    """Webhook deliveries, nearly all of the traffic, go straight to their endpoint; every
+    other request through Starlette's middleware and router. Counted and timed as
+    :class:`_Measured` does, with the label children looked up once."""
+
+    def __init__(self, intake: _Intake, app: Starlette) -> None:
+        self.intake, self.app = intake, app
+        self.seconds = INTAKE_SECONDS.labels(WEBHOOK)
+        self.counts: dict[int, Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != WEBHOOK or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+        try:
+            response = await self.intake.stripe_webhook(Request(scope, receive))
+        except Exception:
+            # as Starlette's ServerErrorMiddleware: answer 500, let the server log it
+            await PlainTextResponse("Internal Server Error", status_code=500)(scope, receive, send)
+            raise
+        else:
+            status = response.status_code
+            await response(scope, receive, send)
+        finally:
+            self.seconds.observe(time.perf_counter() - started)
+            count = self.counts.get(status)
+            if count is None:
+                count = self.counts[status] = INTAKE_REQUESTS.labels(WEBHOOK, str(status))
+            count.inc()
 
 
 class _Measured:
@@ -319,7 +388,7 @@ class _Measured:
                 INTAKE_REQUESTS.labels(route, str(status)).inc()
 
 
-def build_intake(app: Any) -> Starlette:
+def build_intake(app: Any) -> _Front:
     """The intake wired to a Celery app: enqueue through it, check its broker."""
 
     background = Background(app)
