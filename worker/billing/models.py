@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Text, UniqueConstraint
+from sqlalchemy import ColumnElement, ForeignKey, Index, Text, UniqueConstraint, and_
 from sqlalchemy.orm import Mapped, mapped_column
 
 from worker.db import Base, BigIntPK
+
+PROVIDER = "stripe"  # the only provider so far; every mirrored row says which one it is from
 
 
 class Customer(Base):
@@ -137,3 +140,9 @@ class PaymentAttempt(Base):
     # True once this attempt has moved a dunning case: the same charge reported again (our
     # 402, invoice.payment_failed, charge.failed) never counts as a second failure.
     counted: Mapped[bool] = mapped_column(default=False)
+
+
+def by_provider_id(model: Any, provider_id: str, provider: str = PROVIDER) -> ColumnElement[bool]:
+    """The look-up of a mirrored object by the provider's id: ``(provider, provider_id)``, the
+    columns of its unique index (the id alone cannot use it)."""
+    return and_(model.provider == provider, model.provider_id == provider_id)
