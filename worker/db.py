@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, DateTime, Enum, Integer, MetaData, create_engine, event
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -131,14 +130,6 @@ def read_only_session(engine: Engine) -> Iterator[Session]:
         finally:
             session.close()
             transaction.rollback()
-
-
-def insert_for(session: Session, target: Any) -> postgresql.Insert | sqlite.Insert:
-    """An INSERT with ``ON CONFLICT`` clauses in the session's dialect (both databases have
-    them, and RETURNING)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(target)
-    return sqlite.insert(target)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -8,10 +8,13 @@ and never commit.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, literal, or_, select
+from sqlalchemy import ColumnElement, Text, and_, bindparam, false, literal, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from worker.billing.domain import Card, CustomerFacts, Decline, InvoiceFacts, SubscriptionFacts
@@ -27,7 +30,6 @@ from worker.billing.models import (
     by_provider_id,
 )
 from worker.billing.mrr import monthly_amount
-from worker.db import insert_for
 
 FINAL_INVOICE_STATUSES = frozenset({"paid", "void", "uncollectible"})
 
@@ -198,21 +200,25 @@ def _invoice_mirror(
 ) -> tuple[Customer | None, Subscription | None, Invoice | None]:
     """What we hold of the invoice, its customer and its subscription (None where nothing),
     in one round trip: each looked up by its own unique index, side by side."""
+    statement = _mirror_statement(subscription=facts.subscription_id is not None)
+    params = {"customer": facts.customer_id, "invoice": facts.id, "sub": facts.subscription_id}
+    customer, sub, invoice = session.execute(statement, params).one()
+    return customer, sub, invoice
+
+
+@functools.cache
+def _mirror_statement(*, subscription: bool) -> Any:
+    def key(model: Any, name: str) -> ColumnElement[bool]:
+        return and_(model.provider == PROVIDER, model.provider_id == bindparam(name, type_=Text()))
+
     one = select(literal(1).label("one")).subquery()
-    stmt = (
+    return (
         select(Customer, Subscription, Invoice)
         .select_from(one)
-        .outerjoin(Customer, by_provider_id(Customer, facts.customer_id))
-        .outerjoin(
-            Subscription,
-            by_provider_id(Subscription, facts.subscription_id)
-            if facts.subscription_id
-            else false(),
-        )
-        .outerjoin(Invoice, by_provider_id(Invoice, facts.id))
+        .outerjoin(Customer, key(Customer, "customer"))
+        .outerjoin(Subscription, key(Subscription, "sub") if subscription else false())
+        .outerjoin(Invoice, key(Invoice, "invoice"))
     )
-    customer, sub, invoice = session.execute(stmt).one()
-    return customer, sub, invoice
 
 
 def record_attempt(
@@ -285,23 +291,29 @@ def record_new_invoice_failure(
         attempt = _new_attempt(
             invoice=invoice, source=source, outcome=outcome, at=at, decline=decline
         )
-        values = {
-            c.key: getattr(attempt, c.key)
-            for c in PaymentAttempt.__table__.columns
-            if c.key != "id" and getattr(attempt, c.key) is not None
-        }
-        inserted = session.scalar(
-            insert_for(session, PaymentAttempt)
-            .values(**values, counted=True)
-            .on_conflict_do_nothing(index_elements=["provider", "charge_id"])
-            .returning(PaymentAttempt),
-        )
+        values = {c: getattr(attempt, c) for c in _ATTEMPT_COLUMNS} | {"counted": True}
+        inserted = session.scalar(_insert_new_attempt(session.get_bind().dialect.name), values)
         if inserted is not None:
             return inserted, True
     attempt = record_attempt(
         session, invoice=invoice, source=source, outcome=outcome, at=at, decline=decline
     )
     return attempt, count_once(attempt)
+
+
+_ATTEMPT_COLUMNS = tuple(c.key for c in PaymentAttempt.__table__.columns if c.key != "id")
+
+
+@functools.cache
+def _insert_new_attempt(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (provider, charge_id) DO NOTHING RETURNING the row (built once
+    per dialect; the values are parameters)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(PaymentAttempt)
+        .on_conflict_do_nothing(index_elements=["provider", "charge_id"])
+        .returning(PaymentAttempt)
+    )
 
 
 def _new_attempt(

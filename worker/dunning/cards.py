@@ -8,12 +8,26 @@ the card, so its history includes every fingerprint it has had.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, false, literal, or_, select, text, union, union_all
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Text,
+    and_,
+    bindparam,
+    false,
+    literal_column,
+    or_,
+    select,
+    text,
+    union,
+    union_all,
+)
+from sqlalchemy.orm import Session
 
 from worker.billing.domain import Card
 from worker.billing.models import (
@@ -197,7 +211,10 @@ def card_facts(
     """:func:`card_history` in two statements (the card's and the invoice's attempts, then
     the other invoices' retries on the card), each by indexed look-ups. ``case``: the
     invoice's case, when the caller holds it."""
-    rows = session.execute(_card_and_invoice_attempts(invoice.id, payment_method_id)).all()
+    rows = session.execute(
+        _card_and_invoice_attempts(payment_method_id is not None),
+        {"invoice_id": invoice.id, "pm": payment_method_id},
+    ).all()
     found: dict[int, PaymentAttempt] = {}
     on_card: set[int] = set()
     for attempt, why in rows:
@@ -249,15 +266,17 @@ def _newest(attempt: PaymentAttempt) -> tuple[datetime, int]:
     return attempt.occurred_at, attempt.id
 
 
-def _card_and_invoice_attempts(invoice_id: int, payment_method_id: str | None) -> Any:
-    """One statement: the invoice's own attempts (tagged ``invoice``) and every attempt on
-    its card (tagged ``card``), whatever the invoice, over the card's whole history. The
-    card is the payment method given, else the one the invoice was last tried on, with
-    every fingerprint it has had (a network update renumbers it, the id stays), each part
-    looked up by an index."""
+@functools.cache
+def _card_and_invoice_attempts(method_given: bool) -> Any:
+    """One statement (built once; parameters ``invoice_id`` and ``pm``): the invoice's own
+    attempts (tagged ``invoice``) and every attempt on its card (tagged ``card``), whatever
+    the invoice, over the card's whole history. The card is the payment method ``pm``, else
+    the one the invoice was last tried on, with every fingerprint it has had (a network
+    update renumbers it, the id stays), each part looked up by an index."""
     pa = PaymentAttempt
+    invoice_id = bindparam("invoice_id", type_=BigInteger())
     fingerprints: list[Any] = []
-    if payment_method_id is None:
+    if not method_given:
         last = (
             select(pa.payment_method_id.label("pm"), pa.card_fingerprint.label("fp"))
             .where(
@@ -271,7 +290,7 @@ def _card_and_invoice_attempts(invoice_id: int, payment_method_id: str | None) -
         method: Any = select(last.c.pm).scalar_subquery()
         fingerprints.append(select(last.c.fp.label("fp")))
     else:
-        method = literal(payment_method_id)
+        method = bindparam("pm", type_=Text())
     fingerprints += [
         select(pa.card_fingerprint.label("fp")).where(pa.payment_method_id == method),
         select(PaymentMethod.fingerprint.label("fp")).where(
@@ -280,11 +299,13 @@ def _card_and_invoice_attempts(invoice_id: int, payment_method_id: str | None) -
     ]
     fps = union(*fingerprints).cte("card_fingerprints")
     tagged = union_all(
-        select(pa, literal("invoice").label("why")).where(pa.invoice_id == invoice_id),
-        select(pa, literal("card").label("why")).where(pa.payment_method_id == method),
-        select(pa, literal("card").label("why")).join(fps, pa.card_fingerprint == fps.c.fp),
-    ).subquery("attempts")
-    return select(aliased(PaymentAttempt, tagged), tagged.c.why)
+        select(pa.id, literal_column("'invoice'").label("why")).where(pa.invoice_id == invoice_id),
+        select(pa.id, literal_column("'card'").label("why")).where(pa.payment_method_id == method),
+        select(pa.id, literal_column("'card'").label("why")).join(
+            fps, pa.card_fingerprint == fps.c.fp
+        ),
+    ).subquery("tagged")
+    return select(pa, tagged.c.why).join(tagged, tagged.c.id == pa.id)
 
 
 def _reserved(
@@ -302,58 +323,80 @@ def _reserved(
     first. ``invoices``: those tried on this card; ``fingerprints``: the card's (the saved
     payment method's own is read here)."""
     mine = case or session.scalar(select(DunningCase).where(DunningCase.invoice_id == invoice.id))
-    charging = and_(
-        ScheduledAction.status == ActionStatus.CLAIMED, ScheduledAction.charging_at.is_not(None)
+    known = sorted(f for f in fingerprints if f)
+    others = sorted(invoices - {invoice.id})
+    statement = _reserved_statement(
+        mine=mine is not None,
+        fingerprints=bool(known),
+        method=payment_method_id is not None,
+        others=bool(others),
     )
+    rows = session.execute(
+        statement,
+        {
+            "invoice_id": invoice.id,
+            "mine_opened": mine.opened_at if mine else None,
+            "mine_id": mine.id if mine else None,
+            "fps": known,
+            "pm": payment_method_id,
+            "others": others,
+        },
+    )
+    return tuple(
+        charging_at or ((claimed_at or due_at) if status is ActionStatus.CLAIMED else due_at)
+        for _id, status, due_at, claimed_at, charging_at in rows
+    )
+
+
+@functools.cache
+def _reserved_statement(*, mine: bool, fingerprints: bool, method: bool, others: bool) -> Any:
+    """:func:`_reserved`'s statement for what is known (built once per shape): a union of
+    index look-ups, retries naming the card and retries of the invoices tried on it."""
+    case, action = DunningCase, ScheduledAction
+    charging = and_(action.status == ActionStatus.CLAIMED, action.charging_at.is_not(None))
+    mine_opened = bindparam("mine_opened", type_=case.opened_at.type)
     waiting = (
         and_(
-            ScheduledAction.status.in_([ActionStatus.PLANNED, ActionStatus.CLAIMED]),
-            DunningCase.state.not_in(TERMINAL),
+            action.status.in_([ActionStatus.PLANNED, ActionStatus.CLAIMED]),
+            case.state.not_in(TERMINAL),
             or_(
-                DunningCase.opened_at < mine.opened_at,
-                and_(DunningCase.opened_at == mine.opened_at, DunningCase.id < mine.id),
+                case.opened_at < mine_opened,
+                and_(
+                    case.opened_at == mine_opened,
+                    case.id < bindparam("mine_id", type_=BigInteger()),
+                ),
             ),
         )
-        if mine is not None
+        if mine
         else false()
     )
     retries = (
-        select(
-            ScheduledAction.id,
-            ScheduledAction.status,
-            ScheduledAction.due_at,
-            ScheduledAction.claimed_at,
-            ScheduledAction.charging_at,
-        )
-        .join(DunningCase, DunningCase.id == ScheduledAction.case_id)
+        select(action.id, action.status, action.due_at, action.claimed_at, action.charging_at)
+        .join(case, case.id == action.case_id)
         .where(
-            ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
-            DunningCase.invoice_id != invoice.id,
+            action.kind == ActionKind.RETRY_PAYMENT,
+            case.invoice_id != bindparam("invoice_id", type_=BigInteger()),
             or_(charging, waiting),
         )
     )
     # retries that name the card (a backup card may have no attempt on any of our invoices
     # yet): by its id, or by any payment method with one of its fingerprints
+    pm = bindparam("pm", type_=Text())
     same_card: list[ColumnElement[bool]] = []
     if fingerprints:
-        same_card.append(PaymentMethod.fingerprint.in_(sorted(f for f in fingerprints if f)))
-    if payment_method_id is not None:
+        same_card.append(PaymentMethod.fingerprint.in_(bindparam("fps", expanding=True)))
+    if method:
         saved = select(PaymentMethod.fingerprint).where(
-            by_provider_id(PaymentMethod, payment_method_id)
+            PaymentMethod.provider == PROVIDER, PaymentMethod.provider_id == pm
         )
         same_card.append(PaymentMethod.fingerprint.in_(saved.scalar_subquery()))
-    named = [select(PaymentMethod.provider_id).where(or_(*same_card))]
-    if payment_method_id is not None:
-        named.append(select(literal(payment_method_id)))
-    parts = [retries.where(ScheduledAction.payment_method.in_(union(*named)))]
-    others = sorted(invoices - {invoice.id})
+    named: list[Any] = [select(PaymentMethod.provider_id).where(or_(false(), *same_card))]
+    if method:
+        named.append(select(pm))
+    parts = [retries.where(action.payment_method.in_(union(*named)))]
     if others:  # invoices tried on this card
-        parts.append(retries.where(DunningCase.invoice_id.in_(others)))
-    rows = session.execute(union(*parts))
-    return tuple(
-        charging_at or ((claimed_at or due_at) if status is ActionStatus.CLAIMED else due_at)
-        for _id, status, due_at, claimed_at, charging_at in rows
-    )
+        parts.append(retries.where(case.invoice_id.in_(bindparam("others", expanding=True))))
+    return union(*parts)
 
 
 _ADVICE = (

@@ -10,11 +10,13 @@ What an event *means* is :mod:`worker.webhooks.handlers`; processing one is
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -145,19 +147,27 @@ def claim(
     marks it processed (a rollback gives it back, pending); None when it is not pending (done
     already, or another worker finished it while this one waited for the lock). The outcome
     is ``processed`` unless :func:`settle` says otherwise before the commit."""
-    returned = [InboxEvent.event_type, InboxEvent.error]
-    if payload:
-        returned.append(InboxEvent.payload)
     row = session.execute(
-        update(InboxEvent)
-        .where(InboxEvent.id == inbox_id, InboxEvent.status == InboxStatus.PENDING)
-        .values(status=InboxStatus.PROCESSED, processed_at=now)
-        .returning(*returned)
-        .execution_options(synchronize_session=False)
+        _claim_statement(payload), {"inbox_id": inbox_id, "claimed_at": now}
     ).one_or_none()
     if row is None:
         return None
     return Claimed(row.event_type, row.payload if payload else None, row.error)
+
+
+@functools.cache
+def _claim_statement(payload: bool) -> Any:
+    # Core, not the ORM: no object of this row is in the session to keep in step.
+    table = InboxEvent.__table__
+    returned = [table.c.event_type, table.c.error]
+    if payload:
+        returned.append(table.c.payload)
+    return (
+        update(table)  # type: ignore[arg-type]
+        .where(table.c.id == bindparam("inbox_id"), table.c.status == InboxStatus.PENDING)
+        .values(status=InboxStatus.PROCESSED, processed_at=bindparam("claimed_at"))
+        .returning(*returned)
+    )
 
 
 def hand_back(session: Session, inbox_id: int, *, now: datetime) -> None:
