@@ -11,15 +11,19 @@ import itertools
 import json
 import re
 import tomllib
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from worker.decline_codes import STRIPE_CARD_DECLINE_CODES, STRIPE_PAYMENT_ERROR_CODES
+
+T = TypeVar("T")
 
 
 class DeclineClass(StrEnum):
@@ -110,6 +114,9 @@ class Classes(_Strict):
         return self
 
     def table(self) -> dict[str, DeclineClass]:
+        return _derived(self, "table", self._table)
+
+    def _table(self) -> dict[str, DeclineClass]:
         return {
             code: DeclineClass(name) for name, codes in self.model_dump().items() for code in codes
         }
@@ -298,8 +305,27 @@ class Policy(_Strict):
     @property
     def version(self) -> str:
         """A short digest recorded on each case: which policy it started with."""
+        return _derived(self, "version", self._digest)
+
+    def _digest(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+# What a frozen model derives from its fields, computed once per instance (a policy's digest
+# and decline table are read on every event). Kept beside the model, not in it: model_copy
+# copies an instance's __dict__, and a copy with other fields must not inherit these.
+_DERIVED: dict[tuple[int, str], tuple[weakref.ref[BaseModel], Any]] = {}
+
+
+def _derived(model: BaseModel, name: str, compute: Callable[[], T]) -> T:
+    key = (id(model), name)
+    hit = _DERIVED.get(key)
+    if hit is not None and hit[0]() is model:
+        return cast(T, hit[1])
+    value = compute()
+    _DERIVED[key] = (weakref.ref(model, lambda _ref: _DERIVED.pop(key, None)), value)
+    return value
 
 
 class ConfigError(ValueError):

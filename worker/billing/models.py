@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Double, ForeignKey, Index, Text, UniqueConstraint
+from sqlalchemy import ColumnElement, Double, ForeignKey, Index, Text, UniqueConstraint, and_
 from sqlalchemy.orm import Mapped, mapped_column
 
 from worker.db import Base, BigIntPK
+
+PROVIDER = "stripe"  # the only provider so far; every mirrored row says which one it is from
 
 
 class Customer(Base):
@@ -151,3 +154,9 @@ class StripeBudgetBucket(Base):
     refilled_at_s: Mapped[float] = mapped_column(Double)
     paused_until_s: Mapped[float] = mapped_column(Double)  # a 429's fleet-wide pause
     granted: Mapped[bool]  # whether the last take got a token (read back by RETURNING)
+
+
+def by_provider_id(model: Any, provider_id: str, provider: str = PROVIDER) -> ColumnElement[bool]:
+    """The look-up of a mirrored object by the provider's id: ``(provider, provider_id)``, the
+    columns of its unique index (the id alone cannot use it)."""
+    return and_(model.provider == provider, model.provider_id == provider_id)

@@ -25,9 +25,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker.billing.models import Customer, Invoice
+from worker.billing.models import Customer, Invoice, by_provider_id
 from worker.config import Policy
-from worker.dunning.models import ActionKind, AppEvent, DunningCase, ScheduledAction
+from worker.dunning.models import ActionKind, AppEvent, DunningCase, ScheduledAction, new_action
 from worker.dunning.state import TERMINAL, DunningState
 
 DELIVERY_HORIZON = timedelta(days=3)  # as Stripe: a receiver down longer gets FAILED rows
@@ -60,22 +60,26 @@ def schedule(
     ]
 
 
-def on_open(session: Session, case: DunningCase, *, policy: Policy, now: datetime) -> None:
-    """A case opened: grace now, the later levels planned."""
+def grace(case: DunningCase) -> None:
+    """The level a case opens at: full access, with a banner."""
     case.access, case.access_since = Access.GRACE, case.opened_at
-    record(session, case, "case.opened", at=case.opened_at, now=now)
-    record(session, case, "access.grace", at=case.opened_at, now=now)
+
+
+def on_open(session: Session, case: DunningCase, *, policy: Policy, now: datetime) -> None:
+    """A case opened: grace now, the later levels planned. Its first move out of ``open``
+    does this, once: nothing keyed by the case exists yet, so the rows are written without
+    looking (the unique keys still guard them)."""
+    grace(case)
+    for type_ in ("case.opened", "access.grace"):
+        _add(session, case, type_, at=case.opened_at, now=now)
     for level, at, reason in schedule(policy, opened_at=case.opened_at, now=now):
-        key = f"case:{case.id}:access:{level.value}"
-        if session.scalar(select(ScheduledAction.id).where(ScheduledAction.idempotency_key == key)):
-            continue
         session.add(
-            ScheduledAction(
+            new_action(
                 case_id=case.id,
                 customer_id=case.customer_id,
                 kind=ActionKind.ACCESS_CHANGE,
                 due_at=at,
-                idempotency_key=key,
+                idempotency_key=f"case:{case.id}:access:{level.value}",
                 template=level.value,
                 reason=reason,
                 created_at=now,
@@ -122,7 +126,11 @@ def record(session: Session, case: DunningCase, type_: str, *, at: datetime, now
     latest = session.scalar(
         select(func.max(AppEvent.created_at)).where(AppEvent.case_id == case.id)
     )
-    at = max(at, latest) if latest is not None else at
+    _add(session, case, type_, at=max(at, latest) if latest is not None else at, now=now)
+
+
+def _add(session: Session, case: DunningCase, type_: str, *, at: datetime, now: datetime) -> None:
+    key = f"app:case:{case.id}:{type_}"
     customer = session.get_one(Customer, case.customer_id)
     invoice = session.get_one(Invoice, case.invoice_id)
     event_id = "evt_dw_" + hashlib.sha256(key.encode()).hexdigest()[:24]
@@ -154,7 +162,7 @@ def record(session: Session, case: DunningCase, type_: str, *, at: datetime, now
         )
     )
     session.add(
-        ScheduledAction(
+        new_action(
             case_id=None,  # not the case's to cancel: a fact that happened is always told
             customer_id=case.customer_id,
             kind=ActionKind.NOTIFY_APP,
@@ -170,7 +178,9 @@ def record(session: Session, case: DunningCase, type_: str, *, at: datetime, now
 def customer_access(session: Session, customer_provider_id: str) -> dict[str, Any] | None:
     """The customer's access as the app's banner needs it, or None for a customer we do not
     know: the strictest level of their open cases, and those cases."""
-    customer = session.scalar(select(Customer).where(Customer.provider_id == customer_provider_id))
+    customer = session.scalar(
+        select(Customer).where(by_provider_id(Customer, customer_provider_id))
+    )
     if customer is None:
         return None
     cases = session.scalars(

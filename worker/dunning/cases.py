@@ -9,14 +9,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import func, or_, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from worker.billing import mrr
 from worker.billing.domain import SubscriptionFacts
 from worker.billing.models import Customer, Invoice, Subscription
 from worker.config import DeclineClass, Policy, RetryMode, SegmentFacts
+from worker.db import enqueue_after_commit
 from worker.dunning.models import (
     ActionKind,
     ActionStatus,
@@ -46,32 +49,36 @@ def lock_case(session: Session, case_id: int) -> DunningCase:
 
 
 def case_for_invoice(session: Session, invoice: Invoice) -> DunningCase | None:
-    case_id = session.scalar(select(DunningCase.id).where(DunningCase.invoice_id == invoice.id))
-    return lock_case(session, case_id) if case_id is not None else None
+    """The invoice's case, locked for this transaction (one statement), or None."""
+    return session.scalar(
+        select(DunningCase)
+        .where(DunningCase.invoice_id == invoice.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
 
 
-def open_case(
+def new_case(
     session: Session, invoice: Invoice, *, failed_at: datetime, policy: Policy, now: datetime
 ) -> DunningCase:
-    """The invoice's case, created in ``open`` if it has none (one case per invoice). It
-    opens when the payment failed at the provider, and its window runs from there, however
-    late we learn of it (a backlog, a replay)."""
-    case = case_for_invoice(session, invoice)
-    if case is None:
-        _remember(session, policy, now=now)
-        effective = policy.for_segment(segment_facts(session, invoice))
-        case = DunningCase(
-            invoice_id=invoice.id,
-            customer_id=invoice.customer_id,
-            state=DunningState.OPEN,
-            retries_mode=policy.retries.mode,
-            policy_version=policy.version,
-            opened_at=failed_at,
-            window_ends_at=failed_at + timedelta(days=effective.retries.window_days),
-            updated_at=now,
-        )
-        session.add(case)
-        session.flush()  # the id keys the actions planned for it
+    """A case in ``open`` for an invoice that has none. It opens when the payment failed at
+    the provider, and its window runs from there, however late we learn of it (a backlog, a
+    replay). Written at the next flush: its first move (:func:`worker.dunning.transitions.
+    apply`) is then part of the same INSERT."""
+    _remember(session, policy, now=now)
+    effective = policy.for_segment(segment_facts(session, invoice))
+    case = DunningCase(
+        invoice_id=invoice.id,
+        customer_id=invoice.customer_id,
+        state=DunningState.OPEN,
+        retries_mode=policy.retries.mode,
+        policy_version=policy.version,
+        opened_at=failed_at,
+        window_ends_at=failed_at + timedelta(days=effective.retries.window_days),
+        updated_at=now,
+        paused_seconds=0,
+    )
+    session.add(case)
     return case
 
 
@@ -110,9 +117,14 @@ def segment_facts(session: Session, invoice: Invoice) -> SegmentFacts:
 
 
 _POLICIES: dict[str, Policy] = {}  # by digest; a version never changes
+# The versions each database is known to hold (committed): checked once per process.
+_STORED: WeakKeyDictionary[Engine, set[str]] = WeakKeyDictionary()
 
 
 def _remember(session: Session, policy: Policy, *, now: datetime) -> None:
+    stored = _STORED.setdefault(session.get_bind().engine, set())
+    if policy.version in stored:
+        return
     if session.get(PolicyVersion, policy.version) is None:
         session.add(
             PolicyVersion(
@@ -120,6 +132,7 @@ def _remember(session: Session, policy: Policy, *, now: datetime) -> None:
             )
         )
         session.flush()
+    enqueue_after_commit(session, lambda: stored.add(policy.version))
 
 
 def policy_of(session: Session, case: DunningCase, current: Policy) -> Policy:
@@ -139,22 +152,6 @@ def _version_of(session: Session, case: DunningCase, current: Policy) -> Policy:
             return current
         _POLICIES[case.policy_version] = Policy.model_validate(stored.body)
     return _POLICIES[case.policy_version]
-
-
-def retries_done(session: Session, case: DunningCase) -> int:
-    return (
-        session.scalar(
-            select(func.count())
-            .select_from(ScheduledAction)
-            .where(
-                ScheduledAction.case_id == case.id,
-                ScheduledAction.kind == ActionKind.RETRY_PAYMENT,
-                # a running retry counts: its result may be recorded after a webhook about it
-                ScheduledAction.status.in_([ActionStatus.DONE, ActionStatus.CLAIMED]),
-            )
-        )
-        or 0
-    )
 
 
 def in_flight(session: Session, case: DunningCase, kind: ActionKind) -> ScheduledAction | None:
@@ -246,4 +243,6 @@ SMART_RETRIES_ON = (
 
 
 def customer_timezone(session: Session, case: DunningCase) -> str | None:
-    return session.scalar(select(Customer.timezone).where(Customer.id == case.customer_id))
+    """From the customer's row (usually loaded already in this transaction)."""
+    customer = session.get(Customer, case.customer_id)
+    return customer.timezone if customer is not None else None

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from worker.billing import normalise
 from worker.billing import service as billing
 from worker.billing.domain import Card, CustomerFacts, EventParseError
-from worker.billing.models import Customer, PaymentMethod
+from worker.billing.models import Customer, PaymentMethod, by_provider_id
 from worker.billing.ratelimit import RateLimiter
 from worker.config import Policy
 from worker.dunning.cards import expiry_end
@@ -112,7 +112,7 @@ def stale_notice(
     if customer.default_payment_method_id != action.payment_method:
         return "skipped: the customer changed the card"
     pm = session.scalar(
-        select(PaymentMethod).where(PaymentMethod.provider_id == action.payment_method)
+        select(PaymentMethod).where(by_provider_id(PaymentMethod, action.payment_method))
     )
     if pm is None or pm.exp_year is None or pm.exp_month is None:
         return None
@@ -132,7 +132,7 @@ def note_replaced(session: Session, customer: Customer, *, at: datetime, by_netw
     ).all()
     for notice in notices:
         pm = session.scalar(
-            select(PaymentMethod).where(PaymentMethod.provider_id == notice.payment_method)
+            select(PaymentMethod).where(by_provider_id(PaymentMethod, notice.payment_method))
         )
         expires = (
             f"{pm.exp_year:04d}-{pm.exp_month:02d}" if pm and pm.exp_year and pm.exp_month else None

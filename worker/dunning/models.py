@@ -140,6 +140,27 @@ class ScheduledAction(Base):
     finished_at: Mapped[datetime | None]
 
 
+def new_action(**values: Any) -> ScheduledAction:
+    """A new action with every optional column stated (None unless given): rows planned
+    together then share one multi-row INSERT."""
+    return ScheduledAction(**{**_UNSET_ACTION_COLUMNS, **values})
+
+
+_UNSET_ACTION_COLUMNS: dict[str, Any] = dict.fromkeys(
+    (
+        "case_id",
+        "template",
+        "recovery_method",
+        "note",
+        "claimed_at",
+        "charging_at",
+        "first_due_at",
+        "payment_method",
+        "finished_at",
+    )
+)
+
+
 class CardExpiryNotice(Base):
     """A card we warned about before it expires: one row per card and expiry month, and
     whether (and when, provider time) it was replaced or renewed in time."""

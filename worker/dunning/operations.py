@@ -17,7 +17,14 @@ from sqlalchemy.orm import Session
 
 from worker.billing import service as billing
 from worker.billing.domain import Card, Decline
-from worker.billing.models import AttemptOutcome, AttemptSource, Customer, Invoice, Subscription
+from worker.billing.models import (
+    AttemptOutcome,
+    AttemptSource,
+    Customer,
+    Invoice,
+    Subscription,
+    by_provider_id,
+)
 from worker.config import Policy, RetryMode
 from worker.dunning import expiring, planning, rules
 from worker.dunning.cases import (
@@ -27,7 +34,7 @@ from worker.dunning.cases import (
     final_action_ended,
     in_flight,
     lock_case,
-    open_case,
+    new_case,
     open_cases_of_subscription,
     open_cases_to_retry,
     paid_elsewhere,
@@ -57,10 +64,13 @@ def payment_failed(
     reason: str,
     policy: Policy,
     now: datetime,
+    new_invoice: bool = False,
 ) -> None:
     """A charge on ``invoice`` failed (``requires_action``: the customer must authenticate).
     Opens the invoice's case if needed, records the attempt on the card once, and moves the
-    case, unless this very charge already did (our 402, or a duplicate event)."""
+    case, unless this very charge already did (our 402, or a duplicate event).
+    ``new_invoice``: this event created the invoice's row, so it has no case and no payment
+    yet (nothing to look up)."""
     if invoice.status in billing.FINAL_INVOICE_STATUSES:
         return  # a late failure for an invoice already paid or closed changes nothing
     outcome = AttemptOutcome.ACTION_REQUIRED if requires_action else AttemptOutcome.FAILED
@@ -75,9 +85,32 @@ def payment_failed(
             decline=decline,
         )
         return
-    case = open_case(session, invoice, failed_at=occurred_at, policy=policy, now=now)
-    if case.state in TERMINAL:
+    case = None if new_invoice else case_for_invoice(session, invoice)
+    if case is not None and case.state in TERMINAL:
         return  # the case is over: a late failure report changes nothing
+    ours = in_flight(session, case, ActionKind.RETRY_PAYMENT) if case is not None else None
+    if new_invoice:
+        attempt, first_time = billing.record_new_invoice_failure(
+            session,
+            invoice=invoice,
+            source=AttemptSource.PROVIDER,
+            outcome=outcome,
+            at=occurred_at,
+            decline=decline,
+        )
+    else:
+        attempt = billing.record_attempt(
+            session,
+            invoice=invoice,
+            source=AttemptSource.OURS if ours else AttemptSource.PROVIDER,
+            outcome=outcome,
+            at=occurred_at,
+            decline=decline,
+            action_id=ours.id if ours else None,
+        )
+        first_time = billing.count_once(attempt)
+    if case is None:  # written with its first move (transitions.apply)
+        case = new_case(session, invoice, failed_at=occurred_at, policy=policy, now=now)
     theirs = invoice.next_payment_attempt
     if case.retries_mode == RetryMode.OWN and theirs is not None and theirs > now:
         log.warning(
@@ -86,17 +119,7 @@ def payment_failed(
             SMART_RETRIES_ON,
             theirs.isoformat(),
         )
-    ours = in_flight(session, case, ActionKind.RETRY_PAYMENT)
-    attempt = billing.record_attempt(
-        session,
-        invoice=invoice,
-        source=AttemptSource.OURS if ours else AttemptSource.PROVIDER,
-        outcome=outcome,
-        at=occurred_at,
-        decline=decline,
-        action_id=ours.id if ours else None,
-    )
-    if not billing.count_once(attempt):
+    if not first_time:
         return
     ended = ended_subscription(session, invoice)
     if ended is not None:  # processed after its subscription's end (events are not ordered)
@@ -349,7 +372,7 @@ def customer_case_ids(session: Session, provider_customer_id: str, verb: str) ->
     """The cases of a customer (by provider id) that ``verb`` applies to, oldest first.
     Raises LookupError for a customer we do not know."""
     customer = session.scalar(
-        select(Customer.id).where(Customer.provider_id == provider_customer_id)
+        select(Customer.id).where(by_provider_id(Customer, provider_customer_id))
     )
     if customer is None:
         msg = f"no customer {provider_customer_id}"

@@ -8,6 +8,7 @@ comes from the rules (:mod:`worker.dunning.rules`). Nothing here calls Stripe or
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
@@ -18,9 +19,22 @@ from worker.billing.models import AttemptOutcome, Customer, Invoice, PaymentAtte
 from worker.billing.service import pending_attempt
 from worker.config import DeclineClass, Policy, RetryMode
 from worker.dunning import contact, rules
-from worker.dunning.cards import action_card, backup_cards, card_history, charged_card
-from worker.dunning.cases import customer_timezone, retries_done
-from worker.dunning.models import ActionKind, ActionStatus, DunningCase, ScheduledAction
+from worker.dunning.cards import (
+    action_card,
+    backup_cards,
+    card_facts,
+    card_history,
+    charged_card,
+    saved_cards,
+)
+from worker.dunning.cases import customer_timezone
+from worker.dunning.models import (
+    ActionKind,
+    ActionStatus,
+    DunningCase,
+    ScheduledAction,
+    new_action,
+)
 from worker.dunning.state import DunningEvent
 from worker.ledger.models import RecoveryMethod
 
@@ -48,20 +62,27 @@ def plan(
     template: str | None = None,
     recovery_method: RecoveryMethod | None = None,
     payment_method: str | None = None,
+    fresh: bool = False,
 ) -> ScheduledAction:
     """Plan an action once: a second call with the same key returns the existing row.
     ``recovery_method``: what a retry's success counts as (default: our retry).
     ``payment_method``: the card a retry charges (default: the customer's default, else the
-    invoice's last card, as far as we know now; a backup retry names its own)."""
-    existing = session.scalar(select(ScheduledAction).where(ScheduledAction.idempotency_key == key))
-    if existing is not None:
-        return existing
+    invoice's last card, as far as we know now; a backup retry names its own). ``fresh``:
+    the key cannot exist yet (the case was opened by the event at hand, or it has never left
+    ``open`` for a cadence key); the row is then written with the others at the next flush,
+    in one INSERT, without looking first (its unique key still guards it)."""
+    if not fresh:
+        existing = session.scalar(
+            select(ScheduledAction).where(ScheduledAction.idempotency_key == key)
+        )
+        if existing is not None:
+            return existing
     if kind is ActionKind.RETRY_PAYMENT:
         recovery_method = recovery_method or RecoveryMethod.RETRY
         if payment_method is None:
             card = charged_card(session, case)
             payment_method = card.payment_method_id if card else None
-    action = ScheduledAction(
+    action = new_action(
         case_id=case.id,
         customer_id=case.customer_id,
         kind=kind,
@@ -74,7 +95,8 @@ def plan(
         created_at=now,
     )
     session.add(action)
-    session.flush()
+    if not fresh:
+        session.flush()
     return action
 
 
@@ -91,12 +113,33 @@ def _retry_count(session: Session, case: DunningCase) -> int:
     )
 
 
+def _retries(session: Session, case: DunningCase) -> tuple[int, int]:
+    """The case's retries: (done or running, planned ever), in one statement."""
+    statuses = session.scalars(
+        select(ScheduledAction.status).where(
+            ScheduledAction.case_id == case.id, ScheduledAction.kind == ActionKind.RETRY_PAYMENT
+        )
+    ).all()
+    done = sum(1 for s in statuses if s in (ActionStatus.DONE, ActionStatus.CLAIMED))
+    return done, len(statuses)
+
+
 def plan_retry(
-    session: Session, case: DunningCase, *, due_at: datetime, reason: str, now: datetime
+    session: Session,
+    case: DunningCase,
+    *,
+    due_at: datetime,
+    reason: str,
+    now: datetime,
+    seq: int | None = None,
+    payment_method: str | None = None,
+    fresh: bool = False,
 ) -> ScheduledAction:
-    """A retry with a fresh idempotency key (one per planned attempt, never reused)."""
-    seq = _retry_count(session, case)
-    invoice_ref = session.scalar(select(Invoice.provider_id).where(Invoice.id == case.invoice_id))
+    """A retry with a fresh idempotency key (one per planned attempt, never reused): the
+    ``seq``-th of the case (default: one more than it has)."""
+    if seq is None:
+        seq = _retry_count(session, case) + 1
+    invoice = session.get_one(Invoice, case.invoice_id)
     return plan(
         session,
         case,
@@ -104,7 +147,9 @@ def plan_retry(
         due_at=due_at,
         reason=reason,
         now=now,
-        key=f"dunning:{invoice_ref}:retry:{seq + 1}",
+        key=f"dunning:{invoice.provider_id}:retry:{seq}",
+        payment_method=payment_method,
+        fresh=fresh,
     )
 
 
@@ -133,7 +178,8 @@ def plan_cadence(
     session: Session, case: DunningCase, event: DunningEvent, *, policy: Policy, now: datetime
 ) -> None:
     """Emails and the final action for a case the failure ``event`` opened (``dunning policy
-    preview`` shows the same plan from the same functions)."""
+    preview`` shows the same plan from the same functions). Once per case, as it leaves
+    ``open``: none of these keys exists yet."""
     zone = rules.customer_zone(customer_timezone(session, case), policy)
     for email in rules.scheduled_emails(
         policy,
@@ -152,6 +198,7 @@ def plan_cadence(
             template=email.template,
             key=f"case:{case.id}:email:{email.step}",
             reason=email.reason,
+            fresh=True,
         )
     if case.retries_mode == RetryMode.OWN:  # in observe mode the provider ends its own dunning
         plan(
@@ -162,85 +209,136 @@ def plan_cadence(
             now=now,
             key=f"case:{case.id}:final",
             reason=f"window end: {policy.final_action.action}",
+            fresh=True,
         )
 
 
-def plan_next_retry(session: Session, case: DunningCase, *, policy: Policy, now: datetime) -> None:
+def plan_next_retry(
+    session: Session, case: DunningCase, *, policy: Policy, now: datetime, fresh: bool = False
+) -> None:
     """The schedule's next retry on the card the case charges, then, when the policy says
-    so, one retry on a backup card (:func:`plan_backup`)."""
-    if pending_attempt(session, case.invoice_id):
-        return  # a payment is settling: its failure, if it fails, plans the next one
+    so, one retry on a backup card (:func:`plan_backup`). ``fresh``: the case was opened by
+    the event at hand (it has no action yet)."""
     invoice = session.get_one(Invoice, case.invoice_id)
+    facts = card_facts(session, invoice, now=now, policy=policy, case=case)
+    if facts.pending is not None:
+        return  # a payment is settling: its failure, if it fails, plans the next one
+    done, planned = (0, 0) if fresh else _retries(session, case)
     decision = rules.next_retry(
         policy,
         DeclineClass(case.decline_class or DeclineClass.SOFT),
         opened_at=case.schedule_start,
         window_ends_at=case.window_ends_at,
         now=now,
-        retries_done=retries_done(session, case),
+        retries_done=done,
         mode=case.retries_mode,
-        card=card_history(session, invoice, now=now, policy=policy),
+        card=facts.history,
         amount=invoice.amount_due,
         zone=rules.customer_zone(customer_timezone(session, case), policy),
     )
-    dropped_key = f"dunning:{invoice.provider_id}:retry-dropped:{_retry_count(session, case) + 1}"
-    _plan_decision(session, case, decision, now=now, dropped_key=dropped_key)
+    charging = charged_card(session, case, last_tried=facts.last_tried)
+    _plan_decision(
+        session,
+        case,
+        decision,
+        now=now,
+        dropped_key=f"dunning:{invoice.provider_id}:retry-dropped:{planned + 1}",
+        seq=planned + 1,
+        payment_method=charging.payment_method_id if charging else None,
+        fresh=fresh,
+    )
     plan_backup(
         session,
         case,
         policy=policy,
         now=now,
         out_of_budget=isinstance(decision, rules.DroppedRetry),
+        fresh=fresh,
+        failing=charging,
     )
 
 
+_UNKNOWN = Card(None)  # "not looked up yet" (compared by identity), for plan_backup
+
+
 def plan_backup(
-    session: Session, case: DunningCase, *, policy: Policy, now: datetime, out_of_budget: bool
+    session: Session,
+    case: DunningCase,
+    *,
+    policy: Policy,
+    now: datetime,
+    out_of_budget: bool,
+    fresh: bool = False,
+    failing: Card | None = _UNKNOWN,
 ) -> ScheduledAction | None:
     """One retry on another saved card of the customer, when ``retries.backup_methods`` says
     the default card has had its chance: declined as needing a new card (class ``hard``), out
     of network budget (``out_of_budget``), or (``after_n``) failed that many times on this
     invoice. Never for fraud or a stop order, never twice for a case (a backup that never
     charged, cancelled by a newer failure, may be planned again), only on a card still
-    attached and not expired, at the first time that card's own network rules allow."""
+    attached and not expired, at the first time that card's own network rules allow.
+    ``fresh``: the case was opened by the event at hand; ``failing``: the card it charges,
+    when the caller knows."""
     settings = policy.retries
     if settings.backup_methods == "never" or case.retries_mode != RetryMode.OWN:
         return None
-    backups = session.scalars(
-        select(ScheduledAction).where(
-            ScheduledAction.case_id == case.id,
-            ScheduledAction.recovery_method == RecoveryMethod.BACKUP_METHOD,
-        )
-    ).all()
+    if case.decline_class in (DeclineClass.FRAUD, DeclineClass.STOP):
+        # A fraud or stop-payment signal is no reason to try the customer's other cards.
+        return None
+
+    def failing_card() -> Card | None:
+        nonlocal failing
+        if failing is _UNKNOWN:
+            failing = charged_card(session, case)
+        return failing
+
+    why = _backup_reason(session, case, failing_card, policy=policy, out_of_budget=out_of_budget)
+    if why is None:
+        return None
+    saved = saved_cards(session, case.customer_id)
+    if not saved:
+        return None  # no other card on file
+    candidates = backup_cards(session, case, failing=failing_card(), now=now, saved=saved)
+    if not candidates:
+        return None
+    backups = (
+        []
+        if fresh
+        else session.scalars(
+            select(ScheduledAction).where(
+                ScheduledAction.case_id == case.id,
+                ScheduledAction.recovery_method == RecoveryMethod.BACKUP_METHOD,
+            )
+        ).all()
+    )
     if any(_may_have_charged(b) for b in backups):
         return None
-    failing = charged_card(session, case)
     invoice = session.get_one(Invoice, case.invoice_id)
+    failing = failing_card()
     default_history = card_history(
         session,
         invoice,
         now=now,
         policy=policy,
         payment_method_id=failing.payment_method_id if failing else None,
+        case=case,
     )
-    fraud_or_stop = (
-        default_history.blocked is not None and default_history.blocked[0] == rules.NEVER
-    )
-    if case.decline_class in (DeclineClass.FRAUD, DeclineClass.STOP) or fraud_or_stop:
-        # A fraud or stop-payment signal on the card (this invoice's or another's) is no
-        # reason to try the customer's other cards. A Mastercard MAC 03 on it is: it says
-        # "not this card".
+    if default_history.blocked is not None and default_history.blocked[0] == rules.NEVER:
+        # The same for such a signal on the card from any invoice. A Mastercard MAC 03 on it
+        # is one: it says "not this card".
         return None
-    why = _backup_reason(session, case, failing, policy=policy, out_of_budget=out_of_budget)
-    if why is None:
-        return None
-    for card in backup_cards(session, case, failing=failing, now=now):
+    for card in candidates:
         decision = rules.network_compliant(
             policy,
             now,
             f"backup card {card.brand or 'card'} ending {card.last4 or '?'}: {why}",
             card_history(
-                session, invoice, now=now, policy=policy, payment_method_id=card.payment_method_id
+                session,
+                invoice,
+                now=now,
+                policy=policy,
+                payment_method_id=card.payment_method_id,
+                case=case,
             ),
             amount=invoice.amount_due,
             window_ends_at=case.window_ends_at,
@@ -256,6 +354,7 @@ def plan_backup(
                 reason=decision.reason,
                 recovery_method=RecoveryMethod.BACKUP_METHOD,
                 payment_method=card.payment_method_id,
+                fresh=fresh,
             )
     return None
 
@@ -286,23 +385,24 @@ def tried_as_backup(session: Session, case: DunningCase, payment_method_id: str)
 def _backup_reason(
     session: Session,
     case: DunningCase,
-    failing: Card | None,
+    failing: Callable[[], Card | None],
     *,
     policy: Policy,
     out_of_budget: bool,
 ) -> str | None:
-    """Why the default card has had its chance, or None while it has not."""
+    """Why the default card (``failing()``) has had its chance, or None while it has not."""
     if case.decline_class == DeclineClass.HARD:
         return "the default card needs replacing"
     if out_of_budget:
         return "the default card is out of network budget"
-    if policy.retries.backup_methods == "after_n" and failing is not None:
+    card = failing() if policy.retries.backup_methods == "after_n" else None
+    if card is not None:
         failures = session.scalar(
             select(func.count())
             .select_from(PaymentAttempt)
             .where(
                 PaymentAttempt.invoice_id == case.invoice_id,
-                PaymentAttempt.payment_method_id == failing.payment_method_id,
+                PaymentAttempt.payment_method_id == card.payment_method_id,
                 PaymentAttempt.outcome == AttemptOutcome.FAILED,
                 PaymentAttempt.counted.is_(True),
             )
@@ -438,6 +538,9 @@ def _plan_decision(
     dropped_key: str,
     key: str | None = None,
     recovery_method: RecoveryMethod | None = None,
+    seq: int | None = None,
+    payment_method: str | None = None,
+    fresh: bool = False,
 ) -> None:
     """Plan the retry the policy placed, under ``key`` or, without one, the next numbered key
     (:func:`plan_retry`); keep a dropped one in the timeline, cancelled, never run."""
@@ -452,9 +555,20 @@ def _plan_decision(
                 key=key,
                 reason=decision.reason,
                 recovery_method=recovery_method,
+                payment_method=payment_method,
+                fresh=fresh,
             )
         else:
-            plan_retry(session, case, due_at=decision.at, reason=decision.reason, now=now)
+            plan_retry(
+                session,
+                case,
+                due_at=decision.at,
+                reason=decision.reason,
+                now=now,
+                seq=seq,
+                payment_method=payment_method,
+                fresh=fresh,
+            )
     elif isinstance(decision, rules.DroppedRetry):
         action = plan(
             session,
@@ -465,6 +579,8 @@ def _plan_decision(
             key=dropped_key,
             reason=decision.reason,
             recovery_method=recovery_method,
+            payment_method=payment_method,
+            fresh=fresh,
         )
         action.status, action.note = ActionStatus.CANCELLED, "network rule"
 

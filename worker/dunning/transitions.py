@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session
 
 from worker.billing.domain import Decline
@@ -59,6 +59,13 @@ class Change:
     old: DunningState
     new: DunningState
     event: DunningEvent
+    opened: bool = False  # the case was created by this very event: nothing planned yet
+
+
+def _opens_dunning(old: DunningState, new: DunningState, event: DunningEvent) -> bool:
+    """The first failure of a case: its emails, final action and access levels are planned
+    (nothing of the kind exists for a case still ``open``)."""
+    return old is S.OPEN and event in FAILURE_EVENTS and new not in TERMINAL
 
 
 def apply(
@@ -82,6 +89,15 @@ def apply(
     policy = policy_of(session, case, policy)
     old = case.state
     new = next_state(old, event)
+    case.state, case.updated_at = new, now
+    if decline is not None and event in FAILURE_EVENTS:
+        case.decline_code = decline.reason
+        case.decline_class = rules.classify(decline, policy)
+    if _opens_dunning(old, new, event):
+        access.grace(case)  # with the move: one write of the case
+    opened = inspect(case).pending
+    if opened:  # a case opened by this event: one INSERT, in the state it moved to
+        session.flush()
     session.add(
         CaseTransition(
             case_id=case.id,
@@ -93,16 +109,12 @@ def apply(
             source=source,
         )
     )
-    case.state, case.updated_at = new, now
-    if decline is not None and event in FAILURE_EVENTS:
-        case.decline_code = decline.reason
-        case.decline_class = rules.classify(decline, policy)
     if old != new:
-        log.info(
+        log.debug(
             "case transition",
             extra={"case_id": case.id, "from": old.value, "to": new.value, "event": event.value},
         )
-    change = Change(case, old, new, event)
+    change = Change(case, old, new, event, opened=opened)
     _effects(
         session,
         change,
@@ -141,16 +153,22 @@ def _effects(
             session, case, note="a payment is processing", kinds=(ActionKind.RETRY_PAYMENT,)
         )
     elif event in FAILURE_EVENTS:
-        if old is S.OPEN:
+        if not change.opened:  # a case this event opened has nothing planned to cancel
+            planning.cancel(
+                session,
+                case,
+                note="superseded by a newer failure",
+                kinds=(ActionKind.RETRY_PAYMENT,),
+            )
+        if new is S.RETRYING:
+            planning.plan_next_retry(session, case, policy=policy, now=now, fresh=change.opened)
+        elif event is E.PAYMENT_FAILED_HARD:  # no blind retry; another card may still pay
+            planning.plan_backup(
+                session, case, policy=policy, now=now, out_of_budget=False, fresh=change.opened
+            )
+        if _opens_dunning(old, new, event):  # last: these rows go out in the retry's INSERT
             planning.plan_cadence(session, case, event, policy=policy, now=now)
             access.on_open(session, case, policy=policy, now=now)
-        planning.cancel(
-            session, case, note="superseded by a newer failure", kinds=(ActionKind.RETRY_PAYMENT,)
-        )
-        if new is S.RETRYING:
-            planning.plan_next_retry(session, case, policy=policy, now=now)
-        elif event is E.PAYMENT_FAILED_HARD:  # no blind retry; another card may still pay
-            planning.plan_backup(session, case, policy=policy, now=now, out_of_budget=False)
     elif (
         event is E.PAYMENT_METHOD_UPDATED
         and new is S.RETRYING

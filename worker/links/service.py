@@ -18,7 +18,7 @@ from enum import StrEnum
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from worker.billing.models import Customer, Invoice
+from worker.billing.models import Customer, Invoice, by_provider_id
 from worker.billing.stripe_client import ProviderError, StripeGateway, TransientProviderError
 from worker.links import tokens
 from worker.links.models import UpdateLink
@@ -102,7 +102,7 @@ def revoke_customer(session: Session, customer_provider_id: str, *, now: datetim
     """End every live link of the customer; the number ended. Raises LookupError for a
     customer we do not know."""
     customer_id = session.scalar(
-        select(Customer.id).where(Customer.provider_id == customer_provider_id)
+        select(Customer.id).where(by_provider_id(Customer, customer_provider_id))
     )
     if customer_id is None:
         msg = f"no customer {customer_provider_id}"

@@ -25,7 +25,7 @@ from worker.billing.domain import (
     InvoiceFacts,
     NormalisedEvent,
 )
-from worker.billing.models import AttemptOutcome, AttemptSource, Invoice
+from worker.billing.models import AttemptOutcome, AttemptSource, Invoice, by_provider_id
 from worker.config import Policy
 from worker.dunning import cases, operations
 from worker.ledger import history
@@ -71,11 +71,13 @@ def _payment_failed(session: Session, event: NormalisedEvent, ctx: Context) -> N
     if facts.amount_due <= 0:  # nothing to collect: no case, no retry, no email
         msg = f"{event.event_type} for invoice {facts.id} with amount_due {facts.amount_due}"
         raise MissingFactsError(msg)
-    invoice = billing.upsert_invoice(session, facts, at=event.occurred_at)
+    # held until the case has moved: dunning reads these rows again by id
+    mirrored = billing.mirror_invoice(session, facts, at=event.occurred_at)
     decline = merge_declines(_recorded_decline(session, event), ctx.fetched_decline)
     operations.payment_failed(
         session,
-        invoice,
+        mirrored.invoice,
+        new_invoice=mirrored.created,
         decline=decline,
         requires_action=event.kind is EventKind.ACTION_REQUIRED,
         occurred_at=event.occurred_at,
@@ -86,7 +88,7 @@ def _payment_failed(session: Session, event: NormalisedEvent, ctx: Context) -> N
     )
 
 
-_FAILURE_KINDS = frozenset({EventKind.PAYMENT_FAILED, EventKind.ACTION_REQUIRED})
+FAILURE_KINDS = frozenset({EventKind.PAYMENT_FAILED, EventKind.ACTION_REQUIRED})
 
 
 def _recorded_decline(session: Session, event: NormalisedEvent) -> Decline:
@@ -109,7 +111,7 @@ def discounts_to_fetch(event: NormalisedEvent) -> str | None:
 def decline_to_fetch(session: Session, event: NormalisedEvent) -> bool:
     """True when only the provider can say why this payment failed (retry-rules §1.1)."""
     return (
-        event.kind in _FAILURE_KINDS
+        event.kind in FAILURE_KINDS
         and event.invoice is not None
         and _recorded_decline(session, event).is_empty
     )
@@ -238,7 +240,7 @@ def _attempt_failed(session: Session, event: NormalisedEvent, ctx: Context) -> N
     invoice = None
     if event.related_invoice_id:
         invoice = session.scalar(
-            select(Invoice).where(Invoice.provider_id == event.related_invoice_id)
+            select(Invoice).where(by_provider_id(Invoice, event.related_invoice_id))
         )
     if decline.charge_id is None:
         return  # without a charge id we cannot tell this attempt from the next one

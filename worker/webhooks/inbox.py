@@ -10,13 +10,14 @@ What an event *means* is :mod:`worker.webhooks.handlers`; processing one is
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -180,6 +181,76 @@ def hold(session: Session, inbox_id: int, *, now: datetime) -> None:
     row = session.get(InboxEvent, inbox_id, with_for_update=True)
     if row is not None and row.status is InboxStatus.PENDING:
         row.sweep_at = max(row.sweep_at, now + PROCESSING_HOLD)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    event_type: str
+    payload: str | None  # None when not asked for (the caller already read it)
+    error: str | None  # what a failed earlier run noted (cleared once it is processed)
+
+
+def claim(
+    session: Session, inbox_id: int, *, now: datetime, payload: bool = True
+) -> Claimed | None:
+    """Take a pending row for processing in this transaction: one UPDATE that locks it and
+    marks it processed (a rollback gives it back, pending); None when it is not pending (done
+    already, or another worker finished it while this one waited for the lock). The outcome
+    is ``processed`` unless :func:`settle` says otherwise before the commit."""
+    row = session.execute(
+        _claim_statement(payload), {"inbox_id": inbox_id, "claimed_at": now}
+    ).one_or_none()
+    if row is None:
+        return None
+    return Claimed(row.event_type, row.payload if payload else None, row.error)
+
+
+@functools.cache
+def _claim_statement(payload: bool) -> Any:
+    # Core, not the ORM: no object of this row is in the session to keep in step.
+    table = InboxEvent.__table__
+    returned = [table.c.event_type, table.c.error]
+    if payload:
+        returned.append(table.c.payload)
+    return (
+        update(table)  # type: ignore[arg-type]
+        .where(table.c.id == bindparam("inbox_id"), table.c.status == InboxStatus.PENDING)
+        .values(status=InboxStatus.PROCESSED, processed_at=bindparam("claimed_at"))
+        .returning(*returned)
+    )
+
+
+def hand_back(session: Session, inbox_id: int, *, now: datetime) -> None:
+    """Undo :func:`claim` in the same transaction and :func:`hold` the row: the worker must
+    ask the provider something first, outside any transaction."""
+    hold_until = now + PROCESSING_HOLD
+    session.execute(
+        update(InboxEvent)
+        .where(InboxEvent.id == inbox_id)
+        .values(
+            status=InboxStatus.PENDING,
+            processed_at=None,
+            sweep_at=case(
+                (InboxEvent.sweep_at < hold_until, hold_until), else_=InboxEvent.sweep_at
+            ),
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def settle(
+    session: Session, inbox_id: int, claimed: Claimed, status: InboxStatus, error: str | None
+) -> InboxStatus:
+    """The outcome of a claimed row, when it is not a plain ``processed`` (which the claim
+    wrote): ``ignored`` or ``failed`` with why, or processed after an earlier run's error."""
+    if status is not InboxStatus.PROCESSED or error is not None or claimed.error is not None:
+        session.execute(
+            update(InboxEvent)
+            .where(InboxEvent.id == inbox_id)
+            .values(status=status, error=redact(error) if error else None)
+            .execution_options(synchronize_session=False)
+        )
+    return status
 
 
 def note_error(session: Session, inbox_id: int, *, error: str) -> None:
